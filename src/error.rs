@@ -1,0 +1,220 @@
+//! Errors: why a task has no value, and why a pool could not be built.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+
+/// Why [`JoinHandle::join`](crate::JoinHandle::join) returned no value.
+///
+/// More variants will come (a task killed for exceeding its budget), so match with a
+/// wildcard arm or use the `is_*` methods.
+#[non_exhaustive]
+pub enum JoinError {
+    /// The closure panicked. The payload is kept as given to `panic!` or
+    /// [`std::panic::panic_any`], whatever its type; the runner that ran it lives on.
+    Panicked(Box<dyn Any + Send + 'static>),
+    /// The pool was shut down before the task started: it was spawned after
+    /// [`Pool::shutdown`](crate::Pool::shutdown) began, or it was still queued when a
+    /// [`Pool::shutdown_timeout`](crate::Pool::shutdown_timeout) ran out. The closure was
+    /// dropped without running.
+    Shutdown,
+}
+
+impl JoinError {
+    /// True if the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, JoinError::Panicked(_))
+    }
+
+    /// True if the task never ran because the pool was shut down.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, JoinError::Shutdown)
+    }
+
+    /// The panic payload, if the task panicked; pass it to [`std::panic::resume_unwind`] to
+    /// re-raise the panic in the joining thread.
+    pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
+        match self {
+            JoinError::Panicked(payload) => Some(payload),
+            JoinError::Shutdown => None,
+        }
+    }
+
+    /// The panic message, when the payload is a `&str` or a `String` (what `panic!` makes).
+    pub fn panic_message(&self) -> Option<&str> {
+        match self {
+            JoinError::Panicked(payload) => payload_message(payload.as_ref()),
+            JoinError::Shutdown => None,
+        }
+    }
+}
+
+fn payload_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(payload) => match payload_message(payload.as_ref()) {
+                Some(msg) => f.debug_tuple("Panicked").field(&msg).finish(),
+                None => f.write_str("Panicked(<non-string payload>)"),
+            },
+            JoinError::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(payload) => match payload_message(payload.as_ref()) {
+                Some(msg) => write!(f, "task panicked: {msg}"),
+                None => f.write_str("task panicked with a non-string payload (see into_panic)"),
+            },
+            JoinError::Shutdown => f.write_str(
+                "task not run: the pool was shut down before it started; \
+                 spawn only on a pool that is still running",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// Why [`Builder::build`](crate::Builder::build) could not make a pool.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum BuildError {
+    /// `workers(0)`: a pool needs at least one slot.
+    NoWorkers,
+    /// `cores([])`: an explicit core list must name at least one core.
+    NoCores,
+    /// With pinning on, each slot owns one core, so there cannot be more slots than cores.
+    TooManyWorkers {
+        /// Slots asked for.
+        workers: usize,
+        /// Cores available to pin them to.
+        cores: usize,
+    },
+    /// More workers than [`MAX_WORKERS`](crate::MAX_WORKERS).
+    WorkerLimit {
+        /// Slots asked for.
+        workers: usize,
+        /// The most accepted.
+        limit: usize,
+    },
+    /// A core in `cores(..)` that this process may not run on (see `taskset`, cgroup
+    /// cpusets).
+    CoreNotAllowed {
+        /// The core asked for.
+        core: usize,
+        /// The cores this thread may run on.
+        allowed: Vec<usize>,
+    },
+    /// The same core named twice in `cores(..)`.
+    DuplicateCore(usize),
+    /// `stack_size` below the minimum a runner needs.
+    StackTooSmall {
+        /// Bytes asked for.
+        requested: usize,
+        /// The smallest accepted size.
+        minimum: usize,
+    },
+    /// The thread name prefix contains a NUL byte, which thread names cannot hold.
+    InvalidThreadName,
+    /// `spin` longer than the accepted maximum: an idle runner would burn its core.
+    SpinTooLong {
+        /// The spin asked for.
+        requested: std::time::Duration,
+        /// The longest accepted spin.
+        maximum: std::time::Duration,
+    },
+    /// The OS refused something the pool needs: reading the affinity mask, creating a
+    /// runner thread, or pinning it.
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoWorkers => f.write_str("workers(0): a pool needs at least one worker"),
+            BuildError::NoCores => f.write_str("cores([]): name at least one core, or leave cores unset to use all allowed cores"),
+            BuildError::TooManyWorkers { workers, cores } => write!(
+                f,
+                "{workers} workers but only {cores} cores to pin them to: with pinning on, each worker owns one core; \
+                 ask for at most {cores} workers, or turn pinning off with pin(false)"
+            ),
+            BuildError::WorkerLimit { workers, limit } => write!(
+                f,
+                "{workers} workers is above the limit of {limit}; a pool's workers are meant to match its cores"
+            ),
+            BuildError::CoreNotAllowed { core, allowed } => write!(
+                f,
+                "core {core} is not in this process's affinity mask (allowed: {allowed:?}); pick cores from that list"
+            ),
+            BuildError::DuplicateCore(core) => {
+                write!(f, "core {core} is listed twice in cores(..); list each core once")
+            }
+            BuildError::StackTooSmall { requested, minimum } => write!(
+                f,
+                "stack_size({requested}) is below the minimum of {minimum} bytes a runner needs"
+            ),
+            BuildError::InvalidThreadName => {
+                f.write_str("the thread name prefix contains a NUL byte; thread names cannot")
+            }
+            BuildError::SpinTooLong { requested, maximum } => write!(
+                f,
+                "spin({requested:?}) is longer than the maximum {maximum:?}: an idle runner would burn its core; use a shorter spin"
+            ),
+            BuildError::Os { what, source } => write!(f, "could not {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Os { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// [`Pool::shutdown_timeout`](crate::Pool::shutdown_timeout) ran out while some runners
+/// were still inside a task.
+///
+/// Those runners were detached: they finish their current task in the background and then
+/// exit. Every task that was still queued was rejected with [`JoinError::Shutdown`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownTimedOut {
+    pub(crate) busy_runners: usize,
+}
+
+impl ShutdownTimedOut {
+    /// How many runners were still running a task at the deadline.
+    pub fn busy_runners(&self) -> usize {
+        self.busy_runners
+    }
+}
+
+impl fmt::Display for ShutdownTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shutdown timed out with {} runner(s) still inside a task; they were detached and \
+             queued tasks were rejected",
+            self.busy_runners
+        )
+    }
+}
+
+impl std::error::Error for ShutdownTimedOut {}

@@ -1,0 +1,77 @@
+//! Run Rust closures ("microservices") on worker threads pinned to cores, Linux only.
+//!
+//! This is the system of Boucher et al., *Putting the "Micro" Back in Microservice*
+//! (USENIX ATC'18): Rust's type system, not a process boundary, isolates one function from
+//! another, so launching one costs microseconds rather than a `fork`.
+//!
+//! # The model
+//!
+//! - A [`Pool`] has one **slot** per core: the right to run tasks on that core, with its
+//!   own FIFO queue. One **runner** thread holds each slot, pinned to the slot's core, and
+//!   runs task closures directly on its stack: no context switch and no syscall per task.
+//! - [`Pool::spawn`] from outside the pool pushes to a global queue; from inside a task it
+//!   pushes to the running slot's queue. Idle slots take batches from the global queue and
+//!   steal from each other; an idle runner spins briefly, then sleeps until a spawn wakes
+//!   it.
+//! - A task that has started never moves to another thread. A panic is caught at the task
+//!   boundary and handed to the joiner with its payload; the runner goes on.
+//! - Slots are separate from the threads that hold them so that a runner that has run one
+//!   task for too long can hand its slot to a fresh thread and keep the long task (timer
+//!   preemption, the next step of this crate).
+//!
+//! ```
+//! let pool = microsched::Pool::builder().workers(1).build()?;
+//! let answer = pool.spawn(|| 6 * 7);
+//! let oops = pool.spawn(|| -> u32 { panic!("no such service") });
+//! assert_eq!(answer.join()?, 42);
+//! assert_eq!(oops.join().unwrap_err().panic_message(), Some("no such service"));
+//! pool.shutdown();
+//! assert!(pool.spawn(|| 1).join().unwrap_err().is_shutdown());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Soundness
+//!
+//! Every task runs on its own OS thread from start to end, and the kernel does every
+//! switch between tasks, so thread-local state, `errno` and lock ownership are never torn.
+//! The crate never unwinds a task from an arbitrary instruction; destructors run only on
+//! the normal and the panic paths. The design and its rules are in `DESIGN.md` of the
+//! project.
+//!
+//! # Platform
+//!
+//! Linux (x86_64 and aarch64): the crate uses `futex`, `sched_setaffinity` and, later,
+//! per-thread timers and signals directly. `--cfg loom` swaps its synchronisation
+//! primitives for loom's (see `loom-tests/`).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("microsched runs on Linux only: it relies on futex, sched_setaffinity and per-thread timers");
+
+mod builder;
+mod error;
+mod loom;
+mod pool;
+mod runner;
+mod sleep;
+mod slot;
+mod stats;
+mod sys;
+mod task;
+
+pub use builder::{Builder, DEFAULT_SPIN, MAX_SPIN, MAX_WORKERS, MIN_STACK_SIZE};
+pub use error::{BuildError, JoinError, ShutdownTimedOut};
+pub use pool::{Handle, Pool};
+pub use stats::{SlotStats, Stats};
+pub use task::JoinHandle;
+
+/// The internals that `loom-tests/` model-checks. Not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::sleep::{Sleep, Slept};
+    pub use crate::stats::SlotCounters;
+    pub use crate::task::{new as new_task, Task};
+}

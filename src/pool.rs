@@ -1,0 +1,408 @@
+//! The pool: shared state, spawning, stats and shutdown.
+//!
+//! # Shutdown protocol
+//!
+//! 1. Close the gate: set `CLOSED` in `gate`. A spawn from outside the pool increments the
+//!    gate's in-flight count before it pushes and decrements it after; one that finds
+//!    `CLOSED` refuses the task instead. A spawn from inside a task of the pool checks the
+//!    same bit and refuses too.
+//! 2. Wait until no spawn is in flight. From here on, the injector only shrinks.
+//! 3. `mode = DRAIN`, and wake every sleeping runner. Runners keep running tasks until they
+//!    find none anywhere, then exit. So every task accepted before the close runs, and
+//!    every handle resolves with the task's own outcome.
+//! 4. Wait for the runners to exit (all of them, or until a deadline).
+//! 5. Deadline passed: `mode = DISCARD`; queued tasks are taken from every queue (by this
+//!    thread, through the stealers, and by runners as they come back from their current
+//!    task) and resolved with `JoinError::Shutdown`. Runners still inside a task are
+//!    detached: they exit when their task returns.
+//!
+//! `shutdown` called from inside a task of the pool does steps 1–3 and returns: a runner
+//! cannot wait for itself to finish the task it is running.
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::Injector;
+use parking_lot::{Condvar, Mutex};
+
+use crate::builder::Builder;
+use crate::error::ShutdownTimedOut;
+use crate::loom::{AtomicU8, AtomicUsize, Ordering};
+use crate::runner::{self, steal, Runner};
+use crate::sleep::Sleep;
+use crate::slot::Slot;
+use crate::stats::{PoolCounters, Stats};
+use crate::task::{self, JoinHandle, Task};
+
+const CLOSED: usize = 1;
+const IN_FLIGHT: usize = 2;
+
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const DISCARD: u8 = 2;
+
+/// State shared by the pool, its handles and its runners.
+pub(crate) struct Shared {
+    pub(crate) injector: Injector<Task>,
+    pub(crate) slots: Box<[Slot]>,
+    pub(crate) sleep: Sleep,
+    /// Shutdown step 1: `CLOSED` bit plus `IN_FLIGHT` times the number of outside spawns
+    /// between their check and their push. SeqCst/AcqRel: the close must be ordered with
+    /// every spawn's increment.
+    gate: AtomicUsize,
+    /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
+    mode: AtomicU8,
+    pub(crate) counters: PoolCounters,
+    /// Runner threads that have not exited yet, and the condition shutdown waits on.
+    live: Mutex<usize>,
+    exited: Condvar,
+    pub(crate) spin: Duration,
+}
+
+impl Shared {
+    pub(crate) fn new(cores: Vec<Option<usize>>, spin: Duration) -> Self {
+        let workers = cores.len();
+        Self {
+            injector: Injector::new(),
+            slots: cores.into_iter().map(Slot::new).collect(),
+            sleep: Sleep::new(workers),
+            gate: AtomicUsize::new(0),
+            mode: AtomicU8::new(RUNNING),
+            counters: PoolCounters::default(),
+            live: Mutex::new(workers),
+            exited: Condvar::new(),
+            spin,
+        }
+    }
+
+    pub(crate) fn spawn<F, T>(self: &Arc<Self>, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        runner::with_current(|current| match current {
+            Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(func),
+            _ => self.spawn_outside(func),
+        })
+    }
+
+    /// A spawn from a thread that holds no slot of this pool: through the gate into the
+    /// injector.
+    fn spawn_outside<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.gate.fetch_add(IN_FLIGHT, Ordering::SeqCst) & CLOSED != 0 {
+            self.gate.fetch_sub(IN_FLIGHT, Ordering::Release);
+            return self.refuse(func);
+        }
+        let (task, handle) = task::new(func);
+        self.counters.injected.fetch_add(1, Ordering::Relaxed);
+        self.injector.push(task);
+        self.gate.fetch_sub(IN_FLIGHT, Ordering::Release);
+        self.sleep.notify_one();
+        handle
+    }
+
+    pub(crate) fn refuse<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        task::rejected(func)
+    }
+
+    pub(crate) fn discard(&self, task: Task) {
+        self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+        task.reject();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Runners exit once they find no work.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.mode.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// Runners reject what they pop instead of running it.
+    pub(crate) fn is_discarding(&self) -> bool {
+        self.mode.load(Ordering::Acquire) == DISCARD
+    }
+
+    /// Shutdown steps 1–3. Idempotent.
+    fn close(&self) {
+        self.gate.fetch_or(CLOSED, Ordering::SeqCst);
+        while self.gate.load(Ordering::Acquire) & !CLOSED != 0 {
+            thread::yield_now();
+        }
+        let _ = self
+            .mode
+            .compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
+        self.sleep.notify_all();
+    }
+
+    /// Shutdown step 5.
+    fn discard_queued(&self) {
+        self.mode.store(DISCARD, Ordering::SeqCst);
+        self.sleep.notify_all();
+        let stealers = self.slots.iter().map(|s| &s.stealer);
+        loop {
+            let mut found = false;
+            while let Some(task) = steal(|| self.injector.steal()) {
+                self.discard(task);
+                found = true;
+            }
+            for stealer in stealers.clone() {
+                while let Some(task) = steal(|| stealer.steal()) {
+                    self.discard(task);
+                    found = true;
+                }
+            }
+            if !found {
+                break;
+            }
+        }
+    }
+
+    /// Called by each runner thread as it ends, however it ends.
+    pub(crate) fn runner_exited(&self) {
+        let mut live = self.live.lock();
+        *live -= 1;
+        if *live == 0 {
+            self.exited.notify_all();
+        }
+    }
+
+    /// Shutdown step 4: true if every runner exited before `deadline`.
+    fn wait_for_runners(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        let mut live = self.live.lock();
+        while *live > 0 {
+            match deadline {
+                None => self.exited.wait(&mut live),
+                Some(deadline) => {
+                    if self.exited.wait_until(&mut live, deadline).timed_out() && *live > 0 {
+                        return Err(ShutdownTimedOut {
+                            busy_runners: *live,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i)))
+            .collect();
+        Stats::collect(&self.counters, slots)
+    }
+}
+
+/// A pool of runner threads, one per slot, each pinned to its own core.
+///
+/// See the [crate documentation](crate) for the model. Dropping the pool shuts it down
+/// gracefully: see [`Pool::shutdown`].
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// A builder with the defaults: one pinned worker per core this thread may run on.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A pool with the default settings; the same as `Pool::builder().build()`.
+    pub fn new() -> Result<Pool, crate::BuildError> {
+        Builder::new().build()
+    }
+
+    pub(crate) fn from_parts(shared: Arc<Shared>, threads: Vec<thread::JoinHandle<()>>) -> Pool {
+        Pool {
+            shared,
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// Runs `func` on the pool and returns a handle to its result.
+    ///
+    /// From a thread outside the pool the task goes to the global queue; from a task of
+    /// this pool it goes to the running slot's own queue (idle slots steal from it). Never
+    /// blocks and never panics: after [`shutdown`](Pool::shutdown) has begun, the handle
+    /// resolves at once with [`JoinError::Shutdown`](crate::JoinError::Shutdown) and `func`
+    /// is dropped unrun.
+    pub fn spawn<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared.spawn(func)
+    }
+
+    /// A cheap, cloneable handle that can spawn onto this pool from anywhere, including
+    /// from inside its own tasks.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The number of slots (and runner threads).
+    pub fn workers(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// True once shutdown has begun: spawns are refused from then on.
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Shuts the pool down gracefully and waits for it.
+    ///
+    /// New spawns are refused from the moment this is called; every task accepted before
+    /// runs to completion (queued tasks included), then the runner threads exit and are
+    /// joined. It waits as long as the running tasks take; use
+    /// [`shutdown_timeout`](Pool::shutdown_timeout) to bound that. Calling it again, or
+    /// from several threads, is fine. Called from inside a task of this pool it closes the
+    /// pool and returns without waiting, since the caller's own runner is busy running it.
+    pub fn shutdown(&self) {
+        // Without a deadline the wait cannot time out.
+        let _ = self.shutdown_until(None);
+    }
+
+    /// Like [`shutdown`](Pool::shutdown), but waits at most `timeout` for the tasks to
+    /// finish. At the deadline, tasks still queued are dropped unrun and their handles
+    /// resolve with [`JoinError::Shutdown`](crate::JoinError::Shutdown); runners still
+    /// inside a task are detached, exit when it returns, and are counted in the error.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimedOut> {
+        self.shutdown_until(Instant::now().checked_add(timeout))
+    }
+
+    fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        let shared = &self.shared;
+        shared.close();
+        if runner::with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared))) {
+            return Ok(());
+        }
+        if let Err(timed_out) = shared.wait_for_runners(deadline) {
+            shared.discard_queued();
+            return Err(timed_out);
+        }
+        for thread in self.threads.lock().drain(..) {
+            // A runner never unwinds (it aborts instead), so join cannot return an error.
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    /// [`shutdown`](Pool::shutdown), unless a [`shutdown_timeout`](Pool::shutdown_timeout)
+    /// already gave up on some runners: those stay detached.
+    fn drop(&mut self) {
+        if !self.shared.is_discarding() {
+            self.shutdown();
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers())
+            .field("shut_down", &self.is_shutdown())
+            .finish()
+    }
+}
+
+/// A cloneable handle for spawning onto a [`Pool`] without owning it.
+///
+/// It keeps the pool's queues alive but not its runners: once the pool is shut down,
+/// spawns through a handle are refused like any other.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// The same as [`Pool::spawn`].
+    pub fn spawn<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared.spawn(func)
+    }
+
+    /// The same as [`Pool::stats`].
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// The same as [`Pool::is_shutdown`].
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// A handle to the pool whose task is running on this thread, if any.
+    pub fn current() -> Option<Handle> {
+        runner::with_current(|r| {
+            r.map(|r| Handle {
+                shared: r.shared.clone(),
+            })
+        })
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("workers", &self.shared.slots.len())
+            .field("shut_down", &self.is_shutdown())
+            .finish()
+    }
+}
+
+/// Spawns the runner threads of a freshly built pool. Used by the builder.
+pub(crate) fn start_runner(
+    shared: &Arc<Shared>,
+    index: usize,
+    builder: thread::Builder,
+    affinity: Option<Vec<usize>>,
+    ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let shared = shared.clone();
+    builder.spawn(move || {
+        struct Exit(Arc<Shared>);
+        impl Drop for Exit {
+            fn drop(&mut self) {
+                self.0.runner_exited();
+            }
+        }
+        let exit = Exit(shared.clone());
+        let pinned = affinity.map_or(Ok(()), |cpus| crate::sys::set_current_affinity(&cpus));
+        let ok = pinned.is_ok();
+        let _ = ready.send((index, pinned));
+        drop(ready);
+        if ok {
+            Runner::main(shared, index);
+        }
+        drop(exit);
+    })
+}

@@ -1,0 +1,234 @@
+//! Runners: the thread holding a slot, and its loop.
+//!
+//! # The loop
+//!
+//! 1. Find a task: the slot's own deque, then a batch from the injector, then a batch
+//!    stolen from a peer slot (starting at a random peer). Finding more than one task wakes
+//!    another sleeping runner to steal the surplus.
+//! 2. Run it on this thread's stack under `catch_unwind` (see `task.rs`). A started task
+//!    never moves: it lives and dies on the thread that started it.
+//! 3. No task: if the pool is shutting down, exit (the queues this runner can see are
+//!    drained). Otherwise spin for the configured time, looking for work and yielding now
+//!    and then so a thread sharing the core (a spawner) can run.
+//! 4. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn or shutdown wakes
+//!    it.
+//!
+//! A task that joins a handle runs the same steps 1–2 while it waits ([`help_while`]), so a
+//! task may join another one queued behind it on a one-worker pool.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_deque::{Steal, Worker};
+
+use crate::pool::Shared;
+use crate::slot::Slot;
+use crate::task::{self, JoinHandle, Task};
+
+thread_local! {
+    /// The runner on this thread, if any, while its loop is on the stack.
+    static CURRENT: Cell<*const Runner> = const { Cell::new(ptr::null()) };
+}
+
+pub(crate) struct Runner {
+    pub(crate) shared: Arc<Shared>,
+    index: usize,
+    /// xorshift state for picking the first victim to steal from.
+    rng: Cell<u32>,
+}
+
+/// Calls `f` with the runner on this thread, if this thread is a runner.
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Runner>) -> R) -> R {
+    let ptr = CURRENT.with(Cell::get);
+    // SAFETY: `CURRENT` is non-null only while `Runner::main` is on this thread's stack,
+    // with the runner borrowed there; everything that reads it runs inside that call
+    // (task code, helping joins), so the runner outlives `f`.
+    f(unsafe { ptr.as_ref() })
+}
+
+/// While `pending()` and before `deadline`, runs other tasks of the current runner's pool
+/// on this thread. Returns at once on a thread that is not a runner, and as soon as there
+/// is no task to run: the caller then blocks, because whatever it waits for is running on
+/// another thread.
+pub(crate) fn help_while(deadline: Option<Instant>, pending: impl Fn() -> bool) {
+    with_current(|runner| {
+        let Some(runner) = runner else { return };
+        while pending() && deadline.is_none_or(|d| Instant::now() < d) {
+            match runner.find_task() {
+                Some(task) => runner.execute(task),
+                None => return,
+            }
+        }
+    });
+}
+
+impl Runner {
+    /// The body of a runner thread: hold slot `index` and serve it until shutdown.
+    pub(crate) fn main(shared: Arc<Shared>, index: usize) {
+        let runner = Runner {
+            shared,
+            index,
+            rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
+        };
+        // The runtime catches every task panic; an unwind reaching here is a bug in this
+        // crate, and a runner that vanished would leave its slot unserved and its handles
+        // unresolved. Abort loudly instead.
+        let bomb = AbortOnUnwind;
+        CURRENT.with(|c| c.set(&runner));
+        runner.run();
+        CURRENT.with(|c| c.set(ptr::null()));
+        std::mem::forget(bomb);
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.shared.slots[self.index]
+    }
+
+    fn local(&self) -> &Worker<Task> {
+        // SAFETY: this runner holds slot `index` for its whole life.
+        unsafe { self.slot().local() }
+    }
+
+    fn run(&self) {
+        loop {
+            if let Some(task) = self.find_task() {
+                self.execute(task);
+                continue;
+            }
+            if self.shared.is_stopping() {
+                return;
+            }
+            if self.spin_for_work() {
+                continue;
+            }
+            self.shared.sleep.sleep(self.index, || {
+                self.work_visible() || self.shared.is_stopping()
+            });
+        }
+    }
+
+    /// Runs `task`, or rejects it if a shutdown ran out of time.
+    pub(crate) fn execute(&self, task: Task) {
+        if self.shared.is_discarding() {
+            self.shared.discard(task);
+        } else {
+            task.run(&self.slot().counters);
+        }
+    }
+
+    /// Loop step 1.
+    fn find_task(&self) -> Option<Task> {
+        let local = self.local();
+        if let Some(task) = local.pop() {
+            return Some(task);
+        }
+        let before = local.len();
+        if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
+            self.slot()
+                .counters
+                .from_injector((local.len() - before) as u64 + 1);
+            self.share_surplus();
+            return Some(task);
+        }
+        let slots = &self.shared.slots;
+        let start = self.next_victim() % slots.len();
+        for i in 0..slots.len() {
+            let victim = (start + i) % slots.len();
+            if victim == self.index {
+                continue;
+            }
+            if let Some(task) = steal(|| slots[victim].stealer.steal_batch_and_pop(local)) {
+                self.slot()
+                    .counters
+                    .stolen((local.len() - before) as u64 + 1);
+                self.share_surplus();
+                return Some(task);
+            }
+        }
+        None
+    }
+
+    /// After taking a batch, let a sleeping peer steal part of it.
+    fn share_surplus(&self) {
+        if !self.local().is_empty() {
+            self.shared.sleep.notify_one();
+        }
+    }
+
+    fn work_visible(&self) -> bool {
+        !self.shared.injector.is_empty() || self.shared.slots.iter().any(|s| !s.stealer.is_empty())
+    }
+
+    /// Loop step 3. Returns true if work (or shutdown) showed up while spinning.
+    fn spin_for_work(&self) -> bool {
+        let spin = self.shared.spin;
+        if spin.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + spin;
+        let mut round = 0u32;
+        loop {
+            if self.work_visible() || self.shared.is_stopping() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            round = round.wrapping_add(1);
+            if round % 4 == 0 {
+                std::thread::yield_now();
+            } else {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    fn next_victim(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng.set(x);
+        x as usize
+    }
+
+    /// A spawn from a task running on this runner: it goes to the slot's own deque.
+    pub(crate) fn spawn_local<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.shared.is_closed() {
+            return self.shared.refuse(func);
+        }
+        let (task, handle) = task::new(func);
+        self.slot().counters.local_spawn();
+        self.local().push(task);
+        self.shared.sleep.notify_one();
+        handle
+    }
+}
+
+/// `Steal::Retry` means a concurrent operation got in the way, not that the queue is empty.
+pub(crate) fn steal(mut attempt: impl FnMut() -> Steal<Task>) -> Option<Task> {
+    loop {
+        match attempt() {
+            Steal::Success(task) => return Some(task),
+            Steal::Empty => return None,
+            Steal::Retry => std::hint::spin_loop(),
+        }
+    }
+}
+
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        eprintln!("microsched: a runner unwound outside a task (a bug in microsched); aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,148 @@
+//! How idle runners sleep and how spawns wake them, with no lost wake-ups.
+//!
+//! Each slot has a state word, a [`Futex`]: `AWAKE`, `SLEEPING` or `NOTIFIED`. The word
+//! belongs to the slot, not to a thread, so whichever thread holds the slot sleeps on it and
+//! a waker needs no thread handle. `sleepers` counts slots in `SLEEPING`, so a spawn that
+//! finds nobody asleep pays one fence and one load.
+//!
+//! # Protocol
+//!
+//! Sleeper (the slot's holder, after it found no work and spun for a while):
+//!
+//! 1. `state = SLEEPING`, `sleepers += 1`, then a SeqCst fence.
+//! 2. Re-check for work (and for shutdown) with the caller's `recheck`.
+//! 3. Work found: `swap(AWAKE)`. If the old value was `SLEEPING`, it takes itself off
+//!    `sleepers`; if it was `NOTIFIED`, the waker already did. Either way it goes back to
+//!    work, and the wake-up it may have absorbed is harmless: it is awake and will look at
+//!    every queue before it sleeps again.
+//! 4. No work: block on the word until it reads `NOTIFIED`, then `state = AWAKE`.
+//!
+//! Waker (after pushing a task):
+//!
+//! 5. SeqCst fence, then load `sleepers`; zero means nobody is past step 1, done.
+//! 6. Otherwise CAS some slot's word `SLEEPING → NOTIFIED` (starting at a rotating index, so
+//!    wake-ups spread), take it off `sleepers`, and `FUTEX_WAKE` it.
+//!
+//! Why no wake-up is lost: the push and step 5 on one side, step 1 and step 2 on the other,
+//! are each separated by a SeqCst fence. In the single total order of SeqCst fences, if the
+//! sleeper's fence comes first the waker's load sees `sleepers > 0` and the word
+//! `SLEEPING` (or the sleeper is already past step 3); if the waker's fence comes first,
+//! the sleeper's re-check sees the pushed task. The word goes to `NOTIFIED` only by a CAS
+//! from `SLEEPING`, and step 4 compares and blocks atomically in the kernel, so a wake sent
+//! between the check and the block is not missed. `loom-tests/` model-checks all of this.
+
+use crate::loom::{fence, AtomicU64, AtomicUsize, Futex, Ordering};
+
+const AWAKE: u32 = 0;
+const SLEEPING: u32 = 1;
+const NOTIFIED: u32 = 2;
+
+/// One slot's word, with the two counters written next to it: `parks` by the sleeper just
+/// before it blocks, `unparks` by the waker that moved it to `NOTIFIED` (Relaxed: they are
+/// statistics; `parks - unparks` is the number of slots asleep right now).
+#[repr(align(128))]
+struct SlotWord {
+    word: Futex,
+    parks: AtomicU64,
+    unparks: AtomicU64,
+}
+
+/// The sleep states of a pool's slots.
+pub(crate) struct Sleep {
+    words: Box<[SlotWord]>,
+    sleepers: AtomicUsize,
+    next: AtomicUsize,
+}
+
+/// What [`Sleep::sleep`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slept {
+    /// The re-check found work or shutdown; the slot never blocked.
+    Cancelled,
+    /// Blocked, and was woken by a waker.
+    Woken,
+}
+
+impl Sleep {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self {
+            words: (0..slots)
+                .map(|_| SlotWord {
+                    word: Futex::new(AWAKE),
+                    parks: AtomicU64::new(0),
+                    unparks: AtomicU64::new(0),
+                })
+                .collect(),
+            sleepers: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Steps 1–4 for slot `slot`, called only by the slot's holder. `recheck` returns true
+    /// if there is work (or a reason to stop) after all.
+    pub(crate) fn sleep(&self, slot: usize, recheck: impl FnOnce() -> bool) -> Slept {
+        let word = &self.words[slot].word;
+        word.store(SLEEPING, Ordering::SeqCst);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+
+        if recheck() {
+            if word.swap(AWAKE, Ordering::SeqCst) == SLEEPING {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Slept::Cancelled;
+        }
+
+        self.words[slot].parks.fetch_add(1, Ordering::Relaxed);
+        // Acquire pairs with the waker's CAS, so everything it did before (its push) is
+        // visible once we see NOTIFIED.
+        while word.load(Ordering::Acquire) != NOTIFIED {
+            word.wait(SLEEPING, None);
+        }
+        word.store(AWAKE, Ordering::Relaxed);
+        Slept::Woken
+    }
+
+    /// Steps 5–6: wakes one sleeping slot, if any. Returns true if it woke one.
+    pub(crate) fn notify_one(&self) -> bool {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let n = self.words.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).any(|i| self.wake((start + i) % n))
+    }
+
+    /// Wakes every sleeping slot (shutdown).
+    pub(crate) fn notify_all(&self) {
+        fence(Ordering::SeqCst);
+        for slot in 0..self.words.len() {
+            self.wake(slot);
+        }
+    }
+
+    fn wake(&self, slot: usize) -> bool {
+        let word = &self.words[slot].word;
+        if word
+            .compare_exchange(SLEEPING, NOTIFIED, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.words[slot].unparks.fetch_add(1, Ordering::Relaxed);
+            word.wake_one();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `(parks, unparks)` of `slot`.
+    pub(crate) fn counts(&self, slot: usize) -> (u64, u64) {
+        let w = &self.words[slot];
+        (
+            w.parks.load(Ordering::Relaxed),
+            w.unparks.load(Ordering::Relaxed),
+        )
+    }
+}

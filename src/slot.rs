@@ -1,0 +1,53 @@
+//! Slots: the per-core right to run tasks, separate from the thread that exercises it.
+//!
+//! A slot owns a local FIFO deque (crossbeam `Worker`), the `Stealer` other slots and the
+//! shutdown sweep take from, and its counters. The deque's `Worker` end may only be used by
+//! the slot's *holder*, the one runner thread that holds the slot at the time. Today a
+//! slot's holder is the runner started for it, for the life of the pool; preemption will
+//! hand a slot to a standby thread mid-task, which is why the deque lives here and not on
+//! the runner's stack.
+
+use std::cell::UnsafeCell;
+
+use crossbeam_deque::{Stealer, Worker};
+
+use crate::stats::SlotCounters;
+use crate::task::Task;
+
+pub(crate) struct Slot {
+    local: UnsafeCell<Worker<Task>>,
+    pub(crate) stealer: Stealer<Task>,
+    /// The core the holder is pinned to, if pinning is on.
+    pub(crate) core: Option<usize>,
+    pub(crate) counters: SlotCounters,
+}
+
+// SAFETY: the only `!Sync` part is the `Worker`, and it is reached only through `local`,
+// whose contract is that the caller holds the slot: one thread at a time. Everything else
+// is `Sync`.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    pub(crate) fn new(core: Option<usize>) -> Self {
+        // FIFO: a slot runs its own tasks in the order they were spawned. Stealers take from
+        // the same (oldest) end.
+        let local = Worker::new_fifo();
+        Self {
+            stealer: local.stealer(),
+            local: UnsafeCell::new(local),
+            core,
+            counters: SlotCounters::default(),
+        }
+    }
+
+    /// The slot's local deque.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds this slot, and keeps holding it while the reference lives.
+    pub(crate) unsafe fn local(&self) -> &Worker<Task> {
+        // SAFETY: the caller holds the slot, so no other thread uses the `Worker`; shared
+        // references on the holder's own thread are fine (`Worker`'s methods take `&self`).
+        unsafe { &*self.local.get() }
+    }
+}

@@ -1,0 +1,140 @@
+//! Counters, and the snapshot [`Pool::stats`](crate::Pool::stats) returns.
+//!
+//! Each slot's counters are written only by the thread holding the slot (and, for
+//! `record_outcome`, by whichever thread ran the task), so they are plain `Relaxed`
+//! increments on a cache line of their own: no ordering is promised between counters,
+//! only that each is exact once the pool is quiescent (every handle joined, or after
+//! shutdown). A task's outcome is counted before its handle resolves, so a caller that has
+//! joined N tasks sees at least N outcomes.
+
+use crate::loom::{AtomicU64, Ordering};
+
+/// Per-slot counters, padded so two slots never share a cache line.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct SlotCounters {
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    local_spawns: AtomicU64,
+    from_injector: AtomicU64,
+    stolen: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl SlotCounters {
+    pub(crate) fn record_outcome(&self, panicked: bool) {
+        bump(if panicked {
+            &self.panicked
+        } else {
+            &self.completed
+        });
+    }
+
+    pub(crate) fn local_spawn(&self) {
+        bump(&self.local_spawns);
+    }
+
+    pub(crate) fn from_injector(&self, tasks: u64) {
+        self.from_injector.fetch_add(tasks, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stolen(&self, tasks: u64) {
+        self.stolen.fetch_add(tasks, Ordering::Relaxed);
+    }
+
+    /// `parks` and `unparks` live beside the slot's sleep word (see `sleep.rs`).
+    pub(crate) fn snapshot(&self, core: Option<usize>, (parks, unparks): (u64, u64)) -> SlotStats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SlotStats {
+            core,
+            completed: read(&self.completed),
+            panicked: read(&self.panicked),
+            local_spawns: read(&self.local_spawns),
+            from_injector: read(&self.from_injector),
+            stolen: read(&self.stolen),
+            parks,
+            unparks,
+        }
+    }
+}
+
+/// Pool-wide counters that no slot owns.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounters {
+    /// Tasks accepted from threads that hold no slot of the pool (pushed to the injector).
+    pub(crate) injected: AtomicU64,
+    /// Spawns refused because the pool was shut down.
+    pub(crate) refused: AtomicU64,
+    /// Accepted tasks dropped unrun because a shutdown ran out of time.
+    pub(crate) discarded: AtomicU64,
+}
+
+/// A snapshot of a pool's counters. Counters are read one by one while the pool runs, so a
+/// snapshot taken mid-flight may be off by the tasks in flight; after shutdown it is exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tasks accepted. Once the pool is quiescent,
+    /// `spawned == completed + panicked + discarded`.
+    pub spawned: u64,
+    /// Tasks that returned a value.
+    pub completed: u64,
+    /// Tasks whose closure panicked.
+    pub panicked: u64,
+    /// Spawns refused because the pool was shut down (not counted in `spawned`).
+    pub refused: u64,
+    /// Accepted tasks dropped unrun because a `shutdown_timeout` ran out while they were
+    /// queued.
+    pub discarded: u64,
+    /// Tasks taken from another slot's queue.
+    pub stolen: u64,
+    /// Times a runner went to sleep for lack of work.
+    pub parks: u64,
+    /// Times a spawn (or shutdown) woke a sleeping runner. `parks - unparks` runners are
+    /// asleep right now.
+    pub unparks: u64,
+    /// The same counters for each slot, in slot order.
+    pub slots: Vec<SlotStats>,
+}
+
+/// One slot's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SlotStats {
+    /// The core the slot's runner is pinned to, if pinning is on.
+    pub core: Option<usize>,
+    /// Tasks this slot ran that returned a value.
+    pub completed: u64,
+    /// Tasks this slot ran that panicked.
+    pub panicked: u64,
+    /// Tasks spawned from inside this slot's tasks (pushed to its local queue).
+    pub local_spawns: u64,
+    /// Tasks this slot took from the global injector (in batches).
+    pub from_injector: u64,
+    /// Tasks this slot stole from other slots' queues.
+    pub stolen: u64,
+    /// Times this slot's runner went to sleep.
+    pub parks: u64,
+    /// Times it was woken by a spawn or by shutdown.
+    pub unparks: u64,
+}
+
+impl Stats {
+    pub(crate) fn collect(pool: &PoolCounters, slots: Vec<SlotStats>) -> Stats {
+        let sum = |f: fn(&SlotStats) -> u64| slots.iter().map(f).sum::<u64>();
+        Stats {
+            spawned: pool.injected.load(Ordering::Relaxed) + sum(|s| s.local_spawns),
+            completed: sum(|s| s.completed),
+            panicked: sum(|s| s.panicked),
+            refused: pool.refused.load(Ordering::Relaxed),
+            discarded: pool.discarded.load(Ordering::Relaxed),
+            stolen: sum(|s| s.stolen),
+            parks: sum(|s| s.parks),
+            unparks: sum(|s| s.unparks),
+            slots,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Tasks: a closure, the slot its result goes to, and the handle that reads it.
+//!
+//! # One allocation per task
+//!
+//! `spawn` makes one `Arc<TaskCell<F, T>>` and hands out two views of it: a [`Task`]
+//! (`Arc<dyn Runnable>`, type-erased, what the queues carry) and a [`JoinHandle<T>`]
+//! (`Arc<dyn Join<T>>`, what the caller keeps).
+//!
+//! # Protocol (the join word, a [`Futex`])
+//!
+//! The word has two bits: `COMPLETE` (the output is written) and `WAITING` (a joiner may be
+//! asleep on the word).
+//!
+//! 1. Exactly one `Task` exists per cell, and queues hand each entry out once, so exactly
+//!    one thread calls [`Task::run`] or [`Task::reject`]. That thread alone takes the
+//!    closure and writes the output cell.
+//! 2. The runner writes the output, then `fetch_or(COMPLETE, Release)`. The release
+//!    publishes the output to whoever acquires `COMPLETE`.
+//! 3. If the word it replaced had `WAITING`, it wakes all waiters on the word. Its own
+//!    `Arc` keeps the word alive across the wake.
+//! 4. A joiner spins briefly on `COMPLETE` (Acquire), then `fetch_or(WAITING, Acquire)`:
+//!    both read-modify-writes are totally ordered on the word, so either the joiner sees
+//!    `COMPLETE` in the value it replaced and returns, or the runner sees `WAITING` in the
+//!    value it replaced and wakes it. The joiner then sleeps while the word is exactly
+//!    `WAITING`; the kernel compares and queues atomically, so the wake cannot be lost.
+//! 5. Having observed `COMPLETE` with Acquire, the handle takes the output. `join`
+//!    consumes the handle, so the output is taken at most once.
+
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::JoinError;
+use crate::loom::{Futex, Ordering, UnsafeCell};
+use crate::stats::SlotCounters;
+
+const COMPLETE: u32 = 0b01;
+const WAITING: u32 = 0b10;
+
+/// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs
+/// ~7 µs of latency on the machines this was tuned on (MEASURED.md), so a task that is
+/// about to finish is cheaper to wait for awake; past a few µs, sleeping frees the core
+/// for the runner, which may share it. Measured with `cargo bench --bench dispatch`.
+const JOIN_SPIN: Duration = if cfg!(loom) {
+    Duration::ZERO
+} else {
+    Duration::from_micros(20)
+};
+
+/// The result slot of one task and the word its joiner waits on.
+pub(crate) struct JoinState<T> {
+    word: Futex,
+    output: UnsafeCell<Option<Result<T, JoinError>>>,
+}
+
+impl<T> JoinState<T> {
+    fn new() -> Self {
+        Self {
+            word: Futex::new(0),
+            output: UnsafeCell::new(None),
+        }
+    }
+
+    /// A state that is complete from the start: a task rejected at `spawn`.
+    fn completed(result: Result<T, JoinError>) -> Self {
+        Self {
+            word: Futex::new(COMPLETE),
+            output: UnsafeCell::new(Some(result)),
+        }
+    }
+
+    /// Protocol steps 2–3. Called once, by the thread that holds the `Task`.
+    fn complete(&self, result: Result<T, JoinError>) {
+        // SAFETY: step 1: only the holder of the single `Task` writes the cell, and the
+        // handle reads it only after seeing `COMPLETE`, which is set below.
+        self.output.with_mut(|out| unsafe { *out = Some(result) });
+        let prev = self.word.fetch_or(COMPLETE, Ordering::Release);
+        if prev & WAITING != 0 {
+            self.word.wake_all();
+        }
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        self.word.load(Ordering::Acquire) & COMPLETE != 0
+    }
+
+    /// Protocol step 4. Returns true once complete, false if `deadline` passed first.
+    fn wait(&self, deadline: Option<Instant>) -> bool {
+        if self.is_complete() {
+            return true;
+        }
+        let spin_until = Instant::now() + JOIN_SPIN;
+        while Instant::now() < spin_until {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+            if self.is_complete() {
+                return true;
+            }
+        }
+        loop {
+            let prev = self.word.fetch_or(WAITING, Ordering::Acquire);
+            if prev & COMPLETE != 0 {
+                return true;
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+            };
+            self.word.wait(WAITING, timeout);
+        }
+    }
+
+    /// Protocol step 5.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the task's only `JoinHandle`, and it has seen `is_complete()` (Acquire).
+    unsafe fn take(&self) -> Result<T, JoinError> {
+        // SAFETY: the caller's contract: the runner wrote the cell before setting
+        // `COMPLETE` and never touches it again; no other handle exists.
+        match self.output.with_mut(|out| unsafe { (*out).take() }) {
+            Some(result) => result,
+            None => unreachable!("a complete task's output is taken once, by its only handle"),
+        }
+    }
+}
+
+/// A task's closure and its result slot, in one allocation.
+struct TaskCell<F, T> {
+    join: JoinState<T>,
+    func: UnsafeCell<Option<F>>,
+}
+
+// SAFETY: the cells are handed between threads only through the protocol above: `func` is
+// touched by the single holder of the `Task` (step 1), `output` by that holder before
+// `COMPLETE` and by the single handle after it. `F` and `T` are moved across threads, so
+// they must be `Send`; no `&F` or `&T` is ever shared, so they need not be `Sync`.
+unsafe impl<F: Send, T: Send> Sync for TaskCell<F, T> {}
+// SAFETY: as above; the cell owns an `F` and a `T`, both `Send`.
+unsafe impl<F: Send, T: Send> Send for TaskCell<F, T> {}
+
+/// What the queues carry: run or reject a task without knowing its types.
+trait Runnable: Send + Sync {
+    /// Runs the closure under `catch_unwind`, counts the outcome in `counters`, then
+    /// publishes it. Returns true if it panicked.
+    fn run(&self, counters: &SlotCounters) -> bool;
+    /// Drops the closure unrun and resolves the handle with [`JoinError::Shutdown`].
+    fn reject(&self);
+}
+
+impl<F, T> Runnable for TaskCell<F, T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    fn run(&self, counters: &SlotCounters) -> bool {
+        // SAFETY: step 1: this thread holds the only `Task` for this cell.
+        let Some(func) = self.func.with_mut(|func| unsafe { (*func).take() }) else {
+            unreachable!("a task is run or rejected once, by the holder of its only Task")
+        };
+        let result = panic::catch_unwind(AssertUnwindSafe(func)).map_err(JoinError::Panicked);
+        let panicked = result.is_err();
+        // Counted before publishing, so a caller that has joined every task sees them all
+        // in `Pool::stats`.
+        counters.record_outcome(panicked);
+        self.join.complete(result);
+        panicked
+    }
+
+    fn reject(&self) {
+        // SAFETY: step 1, as in `run`.
+        let func = self.func.with_mut(|func| unsafe { (*func).take() });
+        drop_quietly(func);
+        self.join.complete(Err(JoinError::Shutdown));
+    }
+}
+
+/// A queued task. Dropping it without `run` or `reject` drops the closure and leaves the
+/// handle waiting forever, so every path that pops a `Task` ends in one of the two.
+pub(crate) struct Task(Arc<dyn Runnable>);
+
+impl Task {
+    /// Runs the task on this thread. Never unwinds: the closure's panic is caught and
+    /// carried in the handle; a panic from dropping the last reference to the result (the
+    /// handle already gone) is caught and its payload leaked.
+    pub(crate) fn run(self, counters: &SlotCounters) -> bool {
+        let panicked = self.0.run(counters);
+        drop_quietly(self.0);
+        panicked
+    }
+
+    /// Resolves the task's handle with [`JoinError::Shutdown`] without running it.
+    pub(crate) fn reject(self) {
+        self.0.reject();
+        drop_quietly(self.0);
+    }
+}
+
+/// Drops `value`, catching a panic from its destructor.
+///
+/// The runtime drops closures it rejects and results nobody will read; those destructors
+/// are user code and may panic, and a runner must not unwind. The payload of such a panic
+/// is leaked rather than dropped, because dropping it could panic again.
+pub(crate) fn drop_quietly<V>(value: V) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        mem::forget(payload);
+    }
+}
+
+/// The handle's view of a task: its join state, whatever the closure's type.
+trait Join<T>: Send + Sync {
+    fn state(&self) -> &JoinState<T>;
+}
+
+impl<F: Send, T: Send> Join<T> for TaskCell<F, T> {
+    fn state(&self) -> &JoinState<T> {
+        &self.join
+    }
+}
+
+impl<T: Send> Join<T> for JoinState<T> {
+    fn state(&self) -> &JoinState<T> {
+        self
+    }
+}
+
+// SAFETY: a `JoinState` that stands alone (a task rejected at spawn) is complete from the
+// start: its cell is only ever read, by the single handle that owns it.
+unsafe impl<T: Send> Sync for JoinState<T> {}
+
+/// Makes a task for `func` and the handle that will receive its result.
+pub(crate) fn new<F, T>(func: F) -> (Task, JoinHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = Arc::new(TaskCell {
+        join: JoinState::new(),
+        func: UnsafeCell::new(Some(func)),
+    });
+    let handle = JoinHandle { task: cell.clone() };
+    (Task(cell), handle)
+}
+
+/// A handle resolved at once with [`JoinError::Shutdown`], for a spawn on a closed pool.
+pub(crate) fn rejected<F, T>(func: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    drop_quietly(func);
+    JoinHandle {
+        task: Arc::new(JoinState::completed(Err(JoinError::Shutdown))),
+    }
+}
+
+/// An owned permission to wait for a task and take its result.
+///
+/// Dropping the handle detaches the task: it still runs, and its result is dropped.
+/// Joining from inside a task of the same pool runs other queued tasks of the pool while
+/// it waits, so a task may join a task it spawned even on a one-worker pool.
+#[must_use = "dropping a JoinHandle detaches the task; call join() to get its result"]
+pub struct JoinHandle<T> {
+    task: Arc<dyn Join<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the task and returns its value, or why there is none.
+    pub fn join(self) -> Result<T, JoinError> {
+        let state = self.task.state();
+        crate::runner::help_while(None, || !state.is_complete());
+        state.wait(None);
+        // SAFETY: `wait(None)` returns only once complete; `self` is the only handle and is
+        // consumed here.
+        unsafe { state.take() }
+    }
+
+    /// Waits at most `timeout`. On time-out the handle comes back in `Err`, so the caller
+    /// can wait again or drop it.
+    pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JoinError>, Self> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.join_deadline(deadline),
+            None => Ok(self.join()),
+        }
+    }
+
+    /// Waits until `deadline` at the latest. On time-out the handle comes back in `Err`.
+    pub fn join_deadline(self, deadline: Instant) -> Result<Result<T, JoinError>, Self> {
+        let state = self.task.state();
+        crate::runner::help_while(Some(deadline), || !state.is_complete());
+        if state.wait(Some(deadline)) {
+            // SAFETY: complete; `self` is the only handle and is consumed here.
+            Ok(unsafe { state.take() })
+        } else {
+            Err(self)
+        }
+    }
+
+    /// True once the task has finished (with a value, a panic, or a rejection): `join`
+    /// will then return at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.state().is_complete()
+    }
+}
+
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
