@@ -30,7 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handle = pool.handle();
     let total = pool.spawn(move || {
         let parts: Vec<_> = (0..8u64).map(|i| handle.spawn(move || i * i)).collect();
-        parts.into_iter().map(|p| p.join().unwrap_or(0)).sum::<u64>()
+        parts
+            .into_iter()
+            .map(|p| p.join().unwrap_or(0))
+            .sum::<u64>()
     });
     println!("sum of squares 0..8 = {}", total.join()?);
 

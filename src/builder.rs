@@ -111,7 +111,13 @@ impl Builder {
         let shared = Arc::new(Shared::new(
             affinities
                 .iter()
-                .map(|a| if self.pin { a.as_ref().map(|c| c[0]) } else { None })
+                .map(|a| {
+                    if self.pin {
+                        a.as_ref().map(|c| c[0])
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
             self.spin,
         ));

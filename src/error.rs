@@ -12,7 +12,7 @@ use std::io;
 pub enum JoinError {
     /// The closure panicked. The payload is kept as given to `panic!` or
     /// [`std::panic::panic_any`], whatever its type; the runner that ran it lives on.
-    Panicked(Box<dyn Any + Send + 'static>),
+    Panicked(PanicPayload),
     /// The pool was shut down before the task started: it was spawned after
     /// [`Pool::shutdown`](crate::Pool::shutdown) began, or it was still queued when a
     /// [`Pool::shutdown_timeout`](crate::Pool::shutdown_timeout) ran out. The closure was
@@ -35,7 +35,7 @@ impl JoinError {
     /// re-raise the panic in the joining thread.
     pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
         match self {
-            JoinError::Panicked(payload) => Some(payload),
+            JoinError::Panicked(payload) => Some(payload.into_inner()),
             JoinError::Shutdown => None,
         }
     }
@@ -43,26 +43,16 @@ impl JoinError {
     /// The panic message, when the payload is a `&str` or a `String` (what `panic!` makes).
     pub fn panic_message(&self) -> Option<&str> {
         match self {
-            JoinError::Panicked(payload) => payload_message(payload.as_ref()),
+            JoinError::Panicked(payload) => payload.message(),
             JoinError::Shutdown => None,
         }
     }
 }
 
-fn payload_message(payload: &(dyn Any + Send)) -> Option<&str> {
-    payload
-        .downcast_ref::<&'static str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-}
-
 impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JoinError::Panicked(payload) => match payload_message(payload.as_ref()) {
-                Some(msg) => f.debug_tuple("Panicked").field(&msg).finish(),
-                None => f.write_str("Panicked(<non-string payload>)"),
-            },
+            JoinError::Panicked(payload) => f.debug_tuple("Panicked").field(payload).finish(),
             JoinError::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -71,7 +61,7 @@ impl fmt::Debug for JoinError {
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JoinError::Panicked(payload) => match payload_message(payload.as_ref()) {
+            JoinError::Panicked(payload) => match payload.message() {
                 Some(msg) => write!(f, "task panicked: {msg}"),
                 None => f.write_str("task panicked with a non-string payload (see into_panic)"),
             },
@@ -84,6 +74,73 @@ impl fmt::Display for JoinError {
 }
 
 impl std::error::Error for JoinError {}
+
+/// What a task panicked with.
+///
+/// The payload of `panic!` is a `&'static str` or a `String`, readable with
+/// [`message`](PanicPayload::message); [`std::panic::panic_any`] can raise any `Send` type,
+/// which comes back whole from [`into_inner`](PanicPayload::into_inner).
+///
+/// `PanicPayload` is `Sync` (so [`JoinError`] is an ordinary `Error + Send + Sync`) even
+/// though an arbitrary payload need not be: a payload of another type is never reachable
+/// through a shared reference, only by value.
+pub struct PanicPayload(Payload);
+
+enum Payload {
+    Str(&'static str),
+    String(String),
+    Other(Exclusive<Box<dyn Any + Send + 'static>>),
+}
+
+/// A value reachable only by moving it out, never through `&`.
+struct Exclusive<T>(T);
+
+// SAFETY: `Sync` promises that `&Exclusive<T>` may be used from several threads. No method
+// of `Exclusive` (or of `PanicPayload`) hands out `&T`: the value is only ever moved out
+// (`PanicPayload::into_inner`, which takes `self`). Sharing a reference therefore shares
+// nothing of `T`, so only `T: Send` is needed.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
+
+impl PanicPayload {
+    pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> Self {
+        let payload = match payload.downcast::<&'static str>() {
+            Ok(s) => Payload::Str(*s),
+            Err(payload) => match payload.downcast::<String>() {
+                Ok(s) => Payload::String(*s),
+                Err(payload) => Payload::Other(Exclusive(payload)),
+            },
+        };
+        PanicPayload(payload)
+    }
+
+    /// The message, when the payload is a `&str` or a `String`.
+    pub fn message(&self) -> Option<&str> {
+        match &self.0 {
+            Payload::Str(s) => Some(s),
+            Payload::String(s) => Some(s),
+            Payload::Other(_) => None,
+        }
+    }
+
+    /// The payload as the panic raised it, for downcasting or
+    /// [`std::panic::resume_unwind`].
+    pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
+        match self.0 {
+            Payload::Str(s) => Box::new(s),
+            Payload::String(s) => Box::new(s),
+            Payload::Other(Exclusive(payload)) => payload,
+        }
+    }
+}
+
+impl fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(msg) => fmt::Debug::fmt(msg, f),
+            None => f.write_str("<non-string payload>"),
+        }
+    }
+}
 
 /// Why [`Builder::build`](crate::Builder::build) could not make a pool.
 #[non_exhaustive]

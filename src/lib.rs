@@ -48,7 +48,9 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(not(target_os = "linux"))]
-compile_error!("microsched runs on Linux only: it relies on futex, sched_setaffinity and per-thread timers");
+compile_error!(
+    "microsched runs on Linux only: it relies on futex, sched_setaffinity and per-thread timers"
+);
 
 mod builder;
 mod error;
@@ -62,7 +64,7 @@ mod sys;
 mod task;
 
 pub use builder::{Builder, DEFAULT_SPIN, MAX_SPIN, MAX_WORKERS, MIN_STACK_SIZE};
-pub use error::{BuildError, JoinError, ShutdownTimedOut};
+pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use pool::{Handle, Pool};
 pub use stats::{SlotStats, Stats};
 pub use task::JoinHandle;
@@ -71,7 +73,7 @@ pub use task::JoinHandle;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::sleep::{Sleep, Slept};
+    pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;
     pub use crate::task::{new as new_task, Task};
 }

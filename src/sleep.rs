@@ -48,7 +48,7 @@ struct SlotWord {
 }
 
 /// The sleep states of a pool's slots.
-pub(crate) struct Sleep {
+pub struct Sleep {
     words: Box<[SlotWord]>,
     sleepers: AtomicUsize,
     next: AtomicUsize,
@@ -56,7 +56,7 @@ pub(crate) struct Sleep {
 
 /// What [`Sleep::sleep`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slept {
+pub enum Slept {
     /// The re-check found work or shutdown; the slot never blocked.
     Cancelled,
     /// Blocked, and was woken by a waker.
@@ -64,7 +64,7 @@ pub(crate) enum Slept {
 }
 
 impl Sleep {
-    pub(crate) fn new(slots: usize) -> Self {
+    pub fn new(slots: usize) -> Self {
         Self {
             words: (0..slots)
                 .map(|_| SlotWord {
@@ -80,7 +80,7 @@ impl Sleep {
 
     /// Steps 1–4 for slot `slot`, called only by the slot's holder. `recheck` returns true
     /// if there is work (or a reason to stop) after all.
-    pub(crate) fn sleep(&self, slot: usize, recheck: impl FnOnce() -> bool) -> Slept {
+    pub fn sleep(&self, slot: usize, recheck: impl FnOnce() -> bool) -> Slept {
         let word = &self.words[slot].word;
         word.store(SLEEPING, Ordering::SeqCst);
         self.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -104,7 +104,7 @@ impl Sleep {
     }
 
     /// Steps 5–6: wakes one sleeping slot, if any. Returns true if it woke one.
-    pub(crate) fn notify_one(&self) -> bool {
+    pub fn notify_one(&self) -> bool {
         fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) == 0 {
             return false;
@@ -115,7 +115,7 @@ impl Sleep {
     }
 
     /// Wakes every sleeping slot (shutdown).
-    pub(crate) fn notify_all(&self) {
+    pub fn notify_all(&self) {
         fence(Ordering::SeqCst);
         for slot in 0..self.words.len() {
             self.wake(slot);

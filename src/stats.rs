@@ -12,7 +12,7 @@ use crate::loom::{AtomicU64, Ordering};
 /// Per-slot counters, padded so two slots never share a cache line.
 #[repr(align(128))]
 #[derive(Debug, Default)]
-pub(crate) struct SlotCounters {
+pub struct SlotCounters {
     completed: AtomicU64,
     panicked: AtomicU64,
     local_spawns: AtomicU64,

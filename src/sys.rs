@@ -25,7 +25,9 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `CPU_ISSET` only reads the set, and every index is below `CPU_SETSIZE`.
-    Ok((0..MAX_CPUS).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..MAX_CPUS)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// Restricts the calling thread to `cpus` (`sched_setaffinity`). Every index must be below

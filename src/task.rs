@@ -31,7 +31,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::JoinError;
+use crate::error::{JoinError, PanicPayload};
 use crate::loom::{Futex, Ordering, UnsafeCell};
 use crate::stats::SlotCounters;
 
@@ -163,7 +163,8 @@ where
         let Some(func) = self.func.with_mut(|func| unsafe { (*func).take() }) else {
             unreachable!("a task is run or rejected once, by the holder of its only Task")
         };
-        let result = panic::catch_unwind(AssertUnwindSafe(func)).map_err(JoinError::Panicked);
+        let result = panic::catch_unwind(AssertUnwindSafe(func))
+            .map_err(|payload| JoinError::Panicked(PanicPayload::new(payload)));
         let panicked = result.is_err();
         // Counted before publishing, so a caller that has joined every task sees them all
         // in `Pool::stats`.
@@ -182,20 +183,20 @@ where
 
 /// A queued task. Dropping it without `run` or `reject` drops the closure and leaves the
 /// handle waiting forever, so every path that pops a `Task` ends in one of the two.
-pub(crate) struct Task(Arc<dyn Runnable>);
+pub struct Task(Arc<dyn Runnable>);
 
 impl Task {
     /// Runs the task on this thread. Never unwinds: the closure's panic is caught and
     /// carried in the handle; a panic from dropping the last reference to the result (the
     /// handle already gone) is caught and its payload leaked.
-    pub(crate) fn run(self, counters: &SlotCounters) -> bool {
+    pub fn run(self, counters: &SlotCounters) -> bool {
         let panicked = self.0.run(counters);
         drop_quietly(self.0);
         panicked
     }
 
     /// Resolves the task's handle with [`JoinError::Shutdown`] without running it.
-    pub(crate) fn reject(self) {
+    pub fn reject(self) {
         self.0.reject();
         drop_quietly(self.0);
     }
@@ -234,7 +235,7 @@ impl<T: Send> Join<T> for JoinState<T> {
 unsafe impl<T: Send> Sync for JoinState<T> {}
 
 /// Makes a task for `func` and the handle that will receive its result.
-pub(crate) fn new<F, T>(func: F) -> (Task, JoinHandle<T>)
+pub fn new<F, T>(func: F) -> (Task, JoinHandle<T>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
