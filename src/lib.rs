@@ -69,6 +69,11 @@ pub use pool::{Handle, Pool};
 pub use stats::{SlotStats, Stats};
 pub use task::JoinHandle;
 
+/// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The internals that `loom-tests/` model-checks. Not part of the API.
 #[cfg(loom)]
 #[doc(hidden)]

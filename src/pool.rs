@@ -29,7 +29,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::builder::Builder;
 use crate::error::ShutdownTimedOut;
-use crate::loom::{AtomicU8, AtomicUsize, Ordering};
+use crate::loom::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::runner::{self, steal, Runner};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
@@ -43,15 +43,24 @@ const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
 const DISCARD: u8 = 2;
 
+/// What every spawn from outside the pool writes, on a cache line of its own: runners read
+/// `mode` and the slot list on every task, and must not lose those lines to spawners.
+#[repr(align(128))]
+struct Gate {
+    /// Shutdown step 1: `CLOSED` bit plus `IN_FLIGHT` times the number of outside spawns
+    /// between their check and their push. SeqCst: the close is ordered with every spawn's
+    /// increment, so a spawn either sees `CLOSED` or is waited for.
+    word: AtomicUsize,
+    /// Tasks accepted through the gate (Relaxed: a statistic).
+    injected: AtomicU64,
+}
+
 /// State shared by the pool, its handles and its runners.
 pub(crate) struct Shared {
     pub(crate) injector: Injector<Task>,
     pub(crate) slots: Box<[Slot]>,
     pub(crate) sleep: Sleep,
-    /// Shutdown step 1: `CLOSED` bit plus `IN_FLIGHT` times the number of outside spawns
-    /// between their check and their push. SeqCst/AcqRel: the close must be ordered with
-    /// every spawn's increment.
-    gate: AtomicUsize,
+    gate: Gate,
     /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
     mode: AtomicU8,
     pub(crate) counters: PoolCounters,
@@ -68,7 +77,10 @@ impl Shared {
             injector: Injector::new(),
             slots: cores.into_iter().map(Slot::new).collect(),
             sleep: Sleep::new(workers),
-            gate: AtomicUsize::new(0),
+            gate: Gate {
+                word: AtomicUsize::new(0),
+                injected: AtomicU64::new(0),
+            },
             mode: AtomicU8::new(RUNNING),
             counters: PoolCounters::default(),
             live: Mutex::new(workers),
@@ -95,14 +107,14 @@ impl Shared {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if self.gate.fetch_add(IN_FLIGHT, Ordering::SeqCst) & CLOSED != 0 {
-            self.gate.fetch_sub(IN_FLIGHT, Ordering::Release);
+        if self.gate.word.fetch_add(IN_FLIGHT, Ordering::SeqCst) & CLOSED != 0 {
+            self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
             return self.refuse(func);
         }
         let (task, handle) = task::new(func);
-        self.counters.injected.fetch_add(1, Ordering::Relaxed);
+        self.gate.injected.fetch_add(1, Ordering::Relaxed);
         self.injector.push(task);
-        self.gate.fetch_sub(IN_FLIGHT, Ordering::Release);
+        self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
         self.sleep.notify_one();
         handle
     }
@@ -122,7 +134,7 @@ impl Shared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.gate.load(Ordering::Acquire) & CLOSED != 0
+        self.gate.word.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Runners exit once they find no work.
@@ -137,8 +149,8 @@ impl Shared {
 
     /// Shutdown steps 1–3. Idempotent.
     fn close(&self) {
-        self.gate.fetch_or(CLOSED, Ordering::SeqCst);
-        while self.gate.load(Ordering::Acquire) & !CLOSED != 0 {
+        self.gate.word.fetch_or(CLOSED, Ordering::SeqCst);
+        while self.gate.word.load(Ordering::Acquire) & !CLOSED != 0 {
             thread::yield_now();
         }
         let _ = self
@@ -204,7 +216,11 @@ impl Shared {
             .enumerate()
             .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i)))
             .collect();
-        Stats::collect(&self.counters, slots)
+        Stats::collect(
+            self.gate.injected.load(Ordering::Relaxed),
+            &self.counters,
+            slots,
+        )
     }
 }
 

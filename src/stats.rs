@@ -37,7 +37,7 @@ impl SlotCounters {
         bump(&self.local_spawns);
     }
 
-    pub(crate) fn from_injector(&self, tasks: u64) {
+    pub(crate) fn took_from_injector(&self, tasks: u64) {
         self.from_injector.fetch_add(tasks, Ordering::Relaxed);
     }
 
@@ -64,8 +64,6 @@ impl SlotCounters {
 /// Pool-wide counters that no slot owns.
 #[derive(Debug, Default)]
 pub(crate) struct PoolCounters {
-    /// Tasks accepted from threads that hold no slot of the pool (pushed to the injector).
-    pub(crate) injected: AtomicU64,
     /// Spawns refused because the pool was shut down.
     pub(crate) refused: AtomicU64,
     /// Accepted tasks dropped unrun because a shutdown ran out of time.
@@ -123,10 +121,11 @@ pub struct SlotStats {
 }
 
 impl Stats {
-    pub(crate) fn collect(pool: &PoolCounters, slots: Vec<SlotStats>) -> Stats {
+    /// `injected`: tasks accepted from threads that hold no slot of the pool.
+    pub(crate) fn collect(injected: u64, pool: &PoolCounters, slots: Vec<SlotStats>) -> Stats {
         let sum = |f: fn(&SlotStats) -> u64| slots.iter().map(f).sum::<u64>();
         Stats {
-            spawned: pool.injected.load(Ordering::Relaxed) + sum(|s| s.local_spawns),
+            spawned: injected + sum(|s| s.local_spawns),
             completed: sum(|s| s.completed),
             panicked: sum(|s| s.panicked),
             refused: pool.refused.load(Ordering::Relaxed),

@@ -91,13 +91,13 @@ impl<T> JoinState<T> {
             return true;
         }
         let spin_until = Instant::now() + JOIN_SPIN;
-        while Instant::now() < spin_until {
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
+        let mut round = 0u32;
+        while round % 64 != 0 || Instant::now() < spin_until {
+            std::hint::spin_loop();
             if self.is_complete() {
                 return true;
             }
+            round = round.wrapping_add(1);
         }
         loop {
             let prev = self.word.fetch_or(WAITING, Ordering::Acquire);

@@ -42,7 +42,9 @@ fn a_timed_out_join_can_be_joined_again_from_another_thread() {
         // join, on another thread, must still be woken.
         let value = match handle.join_timeout(Duration::ZERO) {
             Ok(result) => result.unwrap(),
-            Err(handle) => thread::spawn(move || handle.join().unwrap()).join().unwrap(),
+            Err(handle) => thread::spawn(move || handle.join().unwrap())
+                .join()
+                .unwrap(),
         };
         assert_eq!(value, 11);
         runner.join().unwrap();

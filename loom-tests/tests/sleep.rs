@@ -25,12 +25,10 @@ impl Queue {
             if taken >= self.pushed.load(Ordering::Acquire) {
                 return false;
             }
-            match self.taken.compare_exchange(
-                taken,
-                taken + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .taken
+                .compare_exchange(taken, taken + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return true,
                 Err(now) => taken = now,
             }
