@@ -275,3 +275,41 @@ impl fmt::Display for ShutdownTimedOut {
 }
 
 impl std::error::Error for ShutdownTimedOut {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_keep_their_type_and_message() {
+        let p = PanicPayload::new(Box::new("static"));
+        assert_eq!(p.message(), Some("static"));
+        assert_eq!(p.into_inner().downcast_ref::<&str>(), Some(&"static"));
+        let p = PanicPayload::new(Box::new(String::from("owned")));
+        assert_eq!(format!("{p:?}"), "\"owned\"");
+        assert_eq!(
+            p.into_inner().downcast_ref::<String>().map(String::as_str),
+            Some("owned")
+        );
+        let p = PanicPayload::new(Box::new(17u64));
+        assert_eq!(p.message(), None);
+        assert_eq!(format!("{p:?}"), "<non-string payload>");
+        assert_eq!(p.into_inner().downcast_ref::<u64>(), Some(&17));
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = BuildError::TooManyWorkers {
+            workers: 3,
+            cores: 2,
+        };
+        assert!(e.to_string().contains("at most 2 workers"));
+        let e = ShutdownTimedOut { busy_runners: 1 };
+        assert!(e.to_string().contains("1 runner(s)"));
+        let e = BuildError::Os {
+            what: "spawn a runner thread",
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        };
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

@@ -146,3 +146,33 @@ impl Sleep {
         )
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_recheck_that_finds_work_cancels_the_sleep() {
+        let sleep = Sleep::new(2);
+        assert_eq!(sleep.sleep(1, || true), Slept::Cancelled);
+        assert_eq!(sleep.sleepers.load(Ordering::SeqCst), 0);
+        assert!(!sleep.notify_one(), "nobody is asleep");
+        assert_eq!(sleep.counts(1), (0, 0));
+    }
+
+    #[test]
+    fn notify_one_wakes_a_sleeper_and_counts_it() {
+        let sleep = Arc::new(Sleep::new(1));
+        let sleeper = {
+            let sleep = sleep.clone();
+            std::thread::spawn(move || sleep.sleep(0, || false))
+        };
+        while !sleep.notify_one() {
+            std::thread::yield_now();
+        }
+        assert_eq!(sleeper.join().unwrap(), Slept::Woken);
+        assert_eq!(sleep.counts(0), (1, 1));
+        assert_eq!(sleep.sleepers.load(Ordering::SeqCst), 0);
+    }
+}

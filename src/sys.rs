@@ -89,3 +89,60 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_affinity_mask_is_readable_and_can_be_narrowed() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        assert!(
+            allowed.windows(2).all(|w| w[0] < w[1]),
+            "sorted: {allowed:?}"
+        );
+        // On a scratch thread, so the test thread's own mask is left alone.
+        let first = allowed[0];
+        let narrowed = std::thread::spawn(move || {
+            set_current_affinity(&[first]).unwrap();
+            allowed_cpus().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(narrowed, vec![first]);
+    }
+
+    #[test]
+    fn an_impossible_cpu_is_an_error_not_a_panic() {
+        let err = std::thread::spawn(|| set_current_affinity(&[MAX_CPUS]))
+            .join()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn futex_wait_returns_when_the_word_differs_or_on_timeout_or_wake() {
+        let word = Arc::new(AtomicU32::new(1));
+        // Mismatch: returns at once.
+        futex_wait(&word, 0, None);
+        // Timeout: returns.
+        futex_wait(&word, 1, Some(Duration::from_millis(1)));
+        // Wake: a sleeper comes back once the word changes and it is woken.
+        let sleeper = {
+            let word = word.clone();
+            std::thread::spawn(move || {
+                while word.load(Ordering::Acquire) == 1 {
+                    futex_wait(&word, 1, None);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        word.store(2, Ordering::Release);
+        futex_wake(&word, 1);
+        sleeper.join().unwrap();
+    }
+}

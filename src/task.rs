@@ -136,13 +136,11 @@ struct TaskCell<F, T> {
     func: UnsafeCell<Option<F>>,
 }
 
-// SAFETY: the cells are handed between threads only through the protocol above: `func` is
-// touched by the single holder of the `Task` (step 1), `output` by that holder before
-// `COMPLETE` and by the single handle after it. `F` and `T` are moved across threads, so
-// they must be `Send`; no `&F` or `&T` is ever shared, so they need not be `Sync`.
+// SAFETY: `Sync` lets the runner and the handle share `&TaskCell`. `join` is `Sync` on its
+// own (below); `func` is touched only by the single holder of the `Task` (step 1), so no
+// two threads ever reach it at once. The closure is moved to the runner, never shared, so
+// `F: Send` suffices.
 unsafe impl<F: Send, T: Send> Sync for TaskCell<F, T> {}
-// SAFETY: as above; the cell owns an `F` and a `T`, both `Send`.
-unsafe impl<F: Send, T: Send> Send for TaskCell<F, T> {}
 
 /// What the queues carry: run or reject a task without knowing its types.
 trait Runnable: Send + Sync {
@@ -230,8 +228,11 @@ impl<T: Send> Join<T> for JoinState<T> {
     }
 }
 
-// SAFETY: a `JoinState` that stands alone (a task rejected at spawn) is complete from the
-// start: its cell is only ever read, by the single handle that owns it.
+// SAFETY: the runner and the handle share `&JoinState`. The word is atomic. The output
+// cell is written once, by the single holder of the `Task`, before `COMPLETE` is set with
+// Release, and read only by the single handle after it has seen `COMPLETE` with Acquire
+// (protocol steps 1-5), so the two never touch it unsynchronised. The output is moved from
+// the runner to the handle, never shared, so `T: Send` suffices.
 unsafe impl<T: Send> Sync for JoinState<T> {}
 
 /// Makes a task for `func` and the handle that will receive its result.

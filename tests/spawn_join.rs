@@ -270,6 +270,24 @@ fn unpinned_runners_keep_the_inherited_mask() {
     );
 }
 
+#[test]
+fn unpinned_runners_with_a_core_list_may_run_on_any_of_those_cores() {
+    let allowed = allowed_cpus_of_this_thread();
+    let last = *allowed.last().unwrap();
+    let pool = Pool::builder()
+        .pin(false)
+        .cores([last])
+        .workers(2)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            join(pool.spawn(allowed_cpus_of_this_thread)).unwrap(),
+            vec![last]
+        );
+    }
+}
+
 /// The `Cpus_allowed_list` of the calling thread, from procfs.
 fn allowed_cpus_of_this_thread() -> Vec<usize> {
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
