@@ -78,6 +78,7 @@ struct ReadmeDoctests;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
+    pub use crate::runner::{serve, Serve};
     pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;
     pub use crate::task::{new as new_task, Task};

@@ -2,18 +2,19 @@
 //!
 //! # The loop
 //!
-//! 1. Find a task: the slot's own deque, then a batch from the injector, then a batch
+//! 1. Note whether shutdown has begun.
+//! 2. Find a task: the slot's own deque, then a batch from the injector, then a batch
 //!    stolen from a peer slot (starting at a random peer). Finding more than one task wakes
 //!    another sleeping runner to steal the surplus.
-//! 2. Run it on this thread's stack under `catch_unwind` (see `task.rs`). A started task
-//!    never moves: it lives and dies on the thread that started it.
-//! 3. No task: if the pool is shutting down, exit (the queues this runner can see are
-//!    drained). Otherwise spin for the configured time, looking for work and yielding now
+//! 3. Run it on this thread's stack under `catch_unwind` (see `task.rs`). A started task
+//!    never moves: it lives and dies on the thread that started it. Back to 1.
+//! 4. No task, and step 1 saw shutdown: exit; every queue this runner can take from is
+//!    drained. Otherwise spin for the configured time, looking for work and yielding now
 //!    and then so a thread sharing the core (a spawner) can run.
-//! 4. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn or shutdown wakes
+//! 5. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn or shutdown wakes
 //!    it.
 //!
-//! A task that joins a handle runs the same steps 1–2 while it waits ([`help_while`]), so a
+//! A task that joins a handle runs the same steps 2–3 while it waits ([`help_while`]), so a
 //! task may join another one queued behind it on a one-worker pool.
 
 use std::cell::Cell;
@@ -24,6 +25,7 @@ use std::time::Instant;
 use crossbeam_deque::{Steal, Worker};
 
 use crate::pool::Shared;
+use crate::sleep::Sleep;
 use crate::slot::Slot;
 use crate::task::{self, JoinHandle, Task};
 
@@ -84,7 +86,7 @@ impl Runner {
         // unresolved. Abort loudly instead.
         let bomb = AbortOnUnwind;
         CURRENT.with(|c| c.set(&runner));
-        runner.run();
+        serve(&runner, &runner.shared.sleep, index);
         CURRENT.with(|c| c.set(ptr::null()));
         std::mem::forget(bomb);
     }
@@ -98,34 +100,81 @@ impl Runner {
         unsafe { self.slot().local() }
     }
 
-    fn run(&self) {
-        loop {
-            if let Some(task) = self.find_task() {
-                self.execute(task);
-                continue;
-            }
-            if self.shared.is_stopping() {
-                return;
-            }
-            if self.spin_for_work() {
-                continue;
-            }
-            self.shared.sleep.sleep(self.index, || {
-                self.work_visible() || self.shared.is_stopping()
-            });
+    /// After taking a batch, let a sleeping peer steal part of it.
+    fn share_surplus(&self) {
+        if !self.local().is_empty() {
+            self.shared.sleep.notify_one();
         }
     }
 
-    /// Runs `task`, or rejects it if a shutdown ran out of time.
-    pub(crate) fn execute(&self, task: Task) {
-        if self.shared.is_discarding() {
-            self.shared.discard(task);
-        } else {
-            task.run(&self.slot().counters);
-        }
+    fn next_victim(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng.set(x);
+        x as usize
     }
 
-    /// Loop step 1.
+    /// A spawn from a task running on this runner: it goes to the slot's own deque.
+    pub(crate) fn spawn_local<F, T>(&self, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.shared.is_closed() {
+            return self.shared.refuse(func);
+        }
+        let (task, handle) = task::new(func);
+        self.slot().counters.local_spawn();
+        self.local().push(task);
+        self.shared.sleep.notify_one();
+        handle
+    }
+}
+
+/// What the runner loop needs from a pool. The runner implements it with the real deques;
+/// `loom-tests/` implements it with a model queue, so the loop it checks is this one.
+pub trait Serve {
+    /// A unit of work.
+    type Task;
+    /// Loop step 2: take a task from any queue this runner may take from.
+    fn find_task(&self) -> Option<Self::Task>;
+    /// Loop step 3.
+    fn execute(&self, task: Self::Task);
+    /// Whether any queue has work, without taking it (the sleep protocol's re-check).
+    fn work_visible(&self) -> bool;
+    /// Whether shutdown has begun (mode `DRAIN` or later).
+    fn is_stopping(&self) -> bool;
+    /// Loop step 4: spin for a while; true if work or shutdown showed up.
+    fn spin_for_work(&self) -> bool;
+}
+
+/// The runner loop, for slot `slot`.
+pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) {
+    loop {
+        // Step 1 comes first: shutdown publishes `DRAIN` only after every accepted spawn
+        // has pushed, so a runner that saw `DRAIN` *before* an empty look has seen every
+        // task it could have missed. (Reading it after the look let a runner exit past a
+        // task pushed in between: `tests/regression_drain_strands_late_push.rs`.)
+        let stopping = runner.is_stopping();
+        if let Some(task) = runner.find_task() {
+            runner.execute(task);
+            continue;
+        }
+        if stopping {
+            return;
+        }
+        if runner.spin_for_work() {
+            continue;
+        }
+        sleep.sleep(slot, || runner.work_visible() || runner.is_stopping());
+    }
+}
+
+impl Serve for Runner {
+    type Task = Task;
+
     fn find_task(&self) -> Option<Task> {
         let local = self.local();
         if let Some(task) = local.pop() {
@@ -157,10 +206,12 @@ impl Runner {
         None
     }
 
-    /// After taking a batch, let a sleeping peer steal part of it.
-    fn share_surplus(&self) {
-        if !self.local().is_empty() {
-            self.shared.sleep.notify_one();
+    /// Runs `task`, or rejects it if a shutdown ran out of time.
+    fn execute(&self, task: Task) {
+        if self.shared.is_discarding() {
+            self.shared.discard(task);
+        } else {
+            task.run(&self.slot().counters);
         }
     }
 
@@ -168,7 +219,11 @@ impl Runner {
         !self.shared.injector.is_empty() || self.shared.slots.iter().any(|s| !s.stealer.is_empty())
     }
 
-    /// Loop step 3. Returns true if work (or shutdown) showed up while spinning.
+    fn is_stopping(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
+    /// Polls the queues, yielding the core every few rounds.
     fn spin_for_work(&self) -> bool {
         let spin = self.shared.spin;
         if spin.is_zero() {
@@ -192,31 +247,6 @@ impl Runner {
                 }
             }
         }
-    }
-
-    fn next_victim(&self) -> usize {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.rng.set(x);
-        x as usize
-    }
-
-    /// A spawn from a task running on this runner: it goes to the slot's own deque.
-    pub(crate) fn spawn_local<F, T>(&self, func: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        if self.shared.is_closed() {
-            return self.shared.refuse(func);
-        }
-        let (task, handle) = task::new(func);
-        self.slot().counters.local_spawn();
-        self.local().push(task);
-        self.shared.sleep.notify_one();
-        handle
     }
 }
 
