@@ -94,11 +94,13 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!();
     println!(
-        "environment: {workers} workers (all cores this process may use), Linux {}, {rounds} interleaved rounds, spin {:?}",
+        "environment: {workers} workers (all cores this process may use), Linux {}, {rounds} interleaved rounds, spin {}, \
+         cross-thread atomic ping-pong round trip {:.0} ns (measured now)",
         kernel.trim(),
         std::env::var("MICROSCHED_SPIN_US")
             .map(|v| format!("{v} µs (MICROSCHED_SPIN_US)"))
-            .unwrap_or_else(|_| format!("{:?} (default)", microsched::DEFAULT_SPIN))
+            .unwrap_or_else(|_| format!("{:?} (default)", microsched::DEFAULT_SPIN)),
+        ping_pong_ns()
     );
     println!();
     println!("round trip of a trivial closure, spawn → result ({trips} per round; thread: {thread_trips})");
@@ -223,6 +225,40 @@ fn tiny_rayon_run(pool: &rayon::ThreadPool, n: usize) -> f64 {
     let elapsed = start.elapsed();
     assert_eq!(sum, n * (n - 1) / 2);
     n as f64 / elapsed.as_secs_f64()
+}
+
+/// The floor under any hand-off between two threads on this machine: one atomic bounced
+/// between two spinning threads, median nanoseconds per round trip.
+fn ping_pong_ns() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const N: u64 = 100_000;
+    let flag = Arc::new(AtomicU64::new(0));
+    let peer = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            for i in 0..N {
+                while flag.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                flag.store(2 * i + 2, Ordering::Release);
+            }
+        })
+    };
+    let mut samples = Vec::with_capacity(N as usize / 100);
+    for batch in 0..N / 100 {
+        let start = Instant::now();
+        for j in 0..100 {
+            let i = batch * 100 + j;
+            flag.store(2 * i + 1, Ordering::Release);
+            while flag.load(Ordering::Acquire) != 2 * i + 2 {
+                std::hint::spin_loop();
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e9 / 100.0);
+    }
+    peer.join().unwrap();
+    median(&samples)
 }
 
 fn percentile(samples: &[f64], q: f64) -> f64 {
