@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A task that fans out: its spawns go to its own slot's queue, idle slots steal them,
-    // and joining from inside a task runs queued work instead of blocking the runner.
+    // and a join inside a task runs the awaited task inline if it is still queued.
     let handle = pool.handle();
     let total = pool.spawn(move || {
         let parts: Vec<_> = (0..8u64).map(|i| handle.spawn(move || i * i)).collect();
@@ -47,18 +47,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     std::panic::set_hook(previous_hook);
 
-    // A handle can be waited on with a timeout.
-    let slow = pool.spawn(|| {
-        std::thread::sleep(Duration::from_millis(50));
+    // A handle can be waited on with a timeout; on time-out it comes back.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let slow = pool.spawn(move || {
+        wait.recv().ok();
         "slow result"
     });
     let slow = match slow.join_timeout(Duration::from_millis(1)) {
-        Ok(_) => unreachable!("the task sleeps for 50 ms"),
+        Ok(_) => unreachable!("the task waits for our go"),
         Err(handle) => {
-            println!("not ready after 1 ms; waiting for it");
+            println!("not ready after 1 ms; letting it finish");
             handle
         }
     };
+    go.send(())?;
     println!("then: {}", slow.join()?);
 
     pool.shutdown();

@@ -81,5 +81,5 @@ pub mod __loom {
     pub use crate::runner::{serve, Serve};
     pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;
-    pub use crate::task::{new as new_task, Task};
+    pub use crate::task::{inline_task, new as new_task, Task};
 }

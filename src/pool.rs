@@ -2,19 +2,24 @@
 //!
 //! # Shutdown protocol
 //!
-//! 1. Close the gate: set `CLOSED` in `gate`. A spawn from outside the pool increments the
-//!    gate's in-flight count before it pushes and decrements it after; one that finds
-//!    `CLOSED` refuses the task instead. A spawn from inside a task of the pool checks the
-//!    same bit and refuses too.
-//! 2. Wait until no spawn is in flight. From here on, the injector only shrinks.
-//! 3. `mode = DRAIN`, and wake every sleeping runner. Runners keep running tasks until they
-//!    find none anywhere, then exit. So every task accepted before the close runs, and
-//!    every handle resolves with the task's own outcome.
+//! 1. Close: set `CLOSED` in the gate. A spawn from outside the pool adds `IN_FLIGHT` to the
+//!    gate before it pushes and takes it off after; one that finds `CLOSED` refuses the
+//!    task instead. A spawn from inside a task raises its slot's `spawning` flag (SeqCst),
+//!    then checks `CLOSED` (SeqCst), and lowers the flag after pushing: in the single order
+//!    of SeqCst operations either the spawn sees `CLOSED`, or step 2 sees the flag.
+//! 2. Wait until no outside spawn is in flight and no slot's flag is up. From here on the
+//!    set of accepted tasks is final, and so are the counters that count them.
+//! 3. `mode = DRAIN`, and wake every sleeping runner. Runners keep running tasks, and exit
+//!    once they find none *and* every accepted task has finished (completed + panicked +
+//!    discarded = accepted, from the counters). Waiting for the others' tasks, not just
+//!    for empty queues, matters: a running task may still be waiting for a queued one
+//!    (through a channel, say), or hold a batch it is moving between queues. A runner that
+//!    exits wakes the sleepers so they can re-check.
 //! 4. Wait for the runners to exit (all of them, or until a deadline).
 //! 5. Deadline passed: `mode = DISCARD`; queued tasks are taken from every queue (by this
 //!    thread, through the stealers, and by runners as they come back from their current
-//!    task) and resolved with `JoinError::Shutdown`. Runners still inside a task are
-//!    detached: they exit when their task returns.
+//!    task) and resolved with `JoinError::Shutdown`. Runners exit as soon as they find no
+//!    work; those still inside a task are detached and exit when it returns.
 //!
 //! `shutdown` called from inside a task of the pool does steps 1–3 and returns: a runner
 //! cannot wait for itself to finish the task it is running.
@@ -38,6 +43,14 @@ use crate::task::{self, JoinHandle, Task};
 
 const CLOSED: usize = 1;
 const IN_FLIGHT: usize = 2;
+
+/// Where a pool is in its life; see the shutdown protocol. Only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Running,
+    Drain,
+    Discard,
+}
 
 const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
@@ -111,7 +124,7 @@ impl Shared {
             self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
             return self.refuse(func);
         }
-        let (task, handle) = task::new(func);
+        let (task, handle) = task::new(func, self.id());
         self.gate.injected.fetch_add(1, Ordering::Relaxed);
         self.injector.push(task);
         self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
@@ -128,30 +141,71 @@ impl Shared {
         task::rejected(func)
     }
 
+    /// Rejects a queued task (counted only if no joiner claimed it first).
     pub(crate) fn discard(&self, task: Task) {
-        self.counters.discarded.fetch_add(1, Ordering::Relaxed);
-        task.reject();
+        if task.reject() {
+            self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The pool's identity, stored in its tasks so a join runs a task inline only on a
+    /// runner of the pool that spawned it.
+    pub(crate) fn id(&self) -> usize {
+        self as *const Shared as usize
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.gate.word.load(Ordering::Acquire) & CLOSED != 0
     }
 
-    /// Runners exit once they find no work.
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.mode.load(Ordering::Acquire) != RUNNING
+    /// Acquire: a runner that sees `DRAIN` sees every push and count that shutdown step 2
+    /// waited for.
+    pub(crate) fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            RUNNING => Mode::Running,
+            DRAIN => Mode::Drain,
+            _ => Mode::Discard,
+        }
     }
 
-    /// Runners reject what they pop instead of running it.
-    pub(crate) fn is_discarding(&self) -> bool {
-        self.mode.load(Ordering::Acquire) == DISCARD
+    /// Shutdown step 3's exit condition for a runner that found no work.
+    pub(crate) fn may_exit(&self) -> bool {
+        match self.mode() {
+            Mode::Running => false,
+            Mode::Drain => self.all_finished(),
+            Mode::Discard => true,
+        }
     }
 
-    /// Shutdown steps 1–3. Idempotent.
+    /// Every accepted task has finished. Called after `mode()` returned `DRAIN`, so the
+    /// accepted counts are final (shutdown step 2). A finished count read stale only delays
+    /// the answer: the runner that finished the task counted it before its next sleep
+    /// fence, so either its own re-check or ours sees both counts (the fence argument of
+    /// `sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
+    /// counts from the wake (`runner::serve`).
+    fn all_finished(&self) -> bool {
+        let mut accepted = self.gate.injected.load(Ordering::Relaxed);
+        let mut finished = self.counters.discarded.load(Ordering::Relaxed);
+        for slot in self.slots.iter() {
+            let (spawned, done) = slot.counters.accepted_and_finished();
+            accepted += spawned;
+            finished += done;
+        }
+        finished >= accepted
+    }
+
+    /// Shutdown steps 1–3. Idempotent. The waits of step 2 last as long as a push (the
+    /// spawning threads are between two instructions of ours), unless the OS deschedules a
+    /// spawner in the middle: then they last until it runs again.
     fn close(&self) {
         self.gate.word.fetch_or(CLOSED, Ordering::SeqCst);
         while self.gate.word.load(Ordering::Acquire) & !CLOSED != 0 {
             thread::yield_now();
+        }
+        for slot in self.slots.iter() {
+            while slot.spawning.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
         }
         let _ = self
             .mode
@@ -332,7 +386,7 @@ impl Drop for Pool {
     /// [`shutdown`](Pool::shutdown), unless a [`shutdown_timeout`](Pool::shutdown_timeout)
     /// already gave up on some runners: those stay detached.
     fn drop(&mut self) {
-        if !self.shared.is_discarding() {
+        if self.shared.mode() != Mode::Discard {
             self.shutdown();
         }
     }

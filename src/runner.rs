@@ -1,21 +1,24 @@
 //! Runners: the thread holding a slot, and its loop.
 //!
-//! # The loop
+//! # The loop ([`serve`])
 //!
-//! 1. Note whether shutdown has begun.
+//! 1. Note whether the runner may exit if it finds nothing: shutdown has begun and every
+//!    accepted task has finished (or queued tasks are being discarded).
 //! 2. Find a task: the slot's own deque, then a batch from the injector, then a batch
-//!    stolen from a peer slot (starting at a random peer). Finding more than one task wakes
-//!    another sleeping runner to steal the surplus.
+//!    stolen from a peer slot (starting at a random peer). Every 61st look starts at the
+//!    injector, so a slot whose tasks keep spawning cannot starve it. Finding more than one
+//!    task wakes another sleeping runner to steal the surplus.
 //! 3. Run it on this thread's stack under `catch_unwind` (see `task.rs`). A started task
 //!    never moves: it lives and dies on the thread that started it. Back to 1.
-//! 4. No task, and step 1 saw shutdown: exit; every queue this runner can take from is
-//!    drained. Otherwise spin for the configured time, looking for work and yielding now
-//!    and then so a thread sharing the core (a spawner) can run.
-//! 5. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn or shutdown wakes
-//!    it.
+//! 4. No task, and step 1 said so: wake every sleeping peer (they may be waiting for this
+//!    runner's last task to count as finished) and exit. Otherwise spin for the configured time, looking
+//!    for work and yielding now and then so a thread sharing the core (a spawner) can run.
+//! 5. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn, shutdown, or
+//!    an exiting peer wakes it.
 //!
-//! A task that joins a handle runs the same steps 2–3 while it waits ([`help_while`]), so a
-//! task may join another one queued behind it on a one-worker pool.
+//! A task that joins a handle of its own pool runs the awaited task inline if it is still
+//! queued ([`run_inline`]), and otherwise blocks; it never runs an unrelated task while
+//! it waits.
 
 use std::cell::Cell;
 use std::ptr;
@@ -24,7 +27,8 @@ use std::time::Instant;
 
 use crossbeam_deque::{Steal, Worker};
 
-use crate::pool::Shared;
+use crate::loom::Ordering;
+use crate::pool::{Mode, Shared};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
 use crate::task::{self, JoinHandle, Task};
@@ -36,6 +40,11 @@ use crate::task::{self, JoinHandle, Task};
 const PAUSES_PER_CHECK: u32 = 4;
 const SPIN_ROUNDS_PER_YIELD: u32 = 8;
 
+/// A runner whose own deque never empties (a task that keeps spawning) would never look at
+/// the injector; every this many looks it takes from the injector first, as Go's scheduler
+/// does with its global queue.
+const INJECTOR_EVERY: u32 = 61;
+
 thread_local! {
     /// The runner on this thread, if any, while its loop is on the stack.
     static CURRENT: Cell<*const Runner> = const { Cell::new(ptr::null()) };
@@ -46,6 +55,8 @@ pub(crate) struct Runner {
     index: usize,
     /// xorshift state for picking the first victim to steal from.
     rng: Cell<u32>,
+    /// Looks for work so far, to look at the injector first every `INJECTOR_EVERY` times.
+    looks: Cell<u32>,
 }
 
 /// Calls `f` with the runner on this thread, if this thread is a runner.
@@ -53,23 +64,17 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Runner>) -> R) -> R {
     let ptr = CURRENT.with(Cell::get);
     // SAFETY: `CURRENT` is non-null only while `Runner::main` is on this thread's stack,
     // with the runner borrowed there; everything that reads it runs inside that call
-    // (task code, helping joins), so the runner outlives `f`.
+    // (task code, inline joins), so the runner outlives `f`.
     f(unsafe { ptr.as_ref() })
 }
 
-/// While `pending()` and before `deadline`, runs other tasks of the current runner's pool
-/// on this thread. Returns at once on a thread that is not a runner, and as soon as there
-/// is no task to run: the caller then blocks, because whatever it waits for is running on
-/// another thread.
-pub(crate) fn help_while(deadline: Option<Instant>, pending: impl Fn() -> bool) {
-    with_current(|runner| {
-        let Some(runner) = runner else { return };
-        while pending() && deadline.is_none_or(|d| Instant::now() < d) {
-            match runner.find_task() {
-                Some(task) => runner.execute(task),
-                None => return,
-            }
-        }
+/// A join from inside a task: if this thread is a runner of `pool`, runs `task` here (it
+/// does nothing if another thread has claimed the task already). On any other thread the
+/// task is left to the pool's runners.
+pub(crate) fn run_inline(pool: usize, task: Task) {
+    with_current(|runner| match runner {
+        Some(runner) if runner.shared.id() == pool => runner.execute(task),
+        _ => drop(task),
     });
 }
 
@@ -80,6 +85,7 @@ impl Runner {
             shared,
             index,
             rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
+            looks: Cell::new(0),
         };
         // The runtime catches every task panic; an unwind reaching here is a bug in this
         // crate, and a runner that vanished would leave its slot unserved and its handles
@@ -122,12 +128,17 @@ impl Runner {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        // Shutdown step 1 for spawns from inside: see `pool.rs`.
+        let slot = self.slot();
+        slot.spawning.store(true, Ordering::SeqCst);
         if self.shared.is_closed() {
+            slot.spawning.store(false, Ordering::Release);
             return self.shared.refuse(func);
         }
-        let (task, handle) = task::new(func);
-        self.slot().counters.local_spawn();
+        let (task, handle) = task::new(func, self.shared.id());
+        slot.counters.local_spawn();
         self.local().push(task);
+        slot.spawning.store(false, Ordering::Release);
         self.shared.sleep.notify_one();
         handle
     }
@@ -144,9 +155,10 @@ pub trait Serve {
     fn execute(&self, task: Self::Task);
     /// Whether any queue has work, without taking it (the sleep protocol's re-check).
     fn work_visible(&self) -> bool;
-    /// Whether shutdown has begun (mode `DRAIN` or later).
-    fn is_stopping(&self) -> bool;
-    /// Loop step 4: spin for a while; true if work or shutdown showed up.
+    /// Whether a runner that finds no work may exit: shutdown has begun and every accepted
+    /// task has finished (`DRAIN`), or queued tasks are being discarded (`DISCARD`).
+    fn may_exit(&self) -> bool;
+    /// Loop step 4: spin for a while; true if work showed up or the runner may exit.
     fn spin_for_work(&self) -> bool;
 }
 
@@ -154,21 +166,25 @@ pub trait Serve {
 pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) {
     loop {
         // Step 1 comes first: shutdown publishes `DRAIN` only after every accepted spawn
-        // has pushed, so a runner that saw `DRAIN` *before* an empty look has seen every
-        // task it could have missed. (Reading it after the look let a runner exit past a
-        // task pushed in between: `tests/regression_drain_strands_late_push.rs`.)
-        let stopping = runner.is_stopping();
+        // has pushed, so a runner that saw it may exit *before* an empty look has seen
+        // every task it could have missed. (Reading it after the look let a runner exit
+        // past a task pushed in between: `tests/regression_drain_strands_late_push.rs`.)
+        let may_exit = runner.may_exit();
         if let Some(task) = runner.find_task() {
             runner.execute(task);
             continue;
         }
-        if stopping {
+        if may_exit {
+            // Peers asleep during shutdown wait for the last task to finish; this runner's
+            // tasks may have been it. Their counts were written before this wake, so a
+            // woken peer sees them.
+            sleep.notify_all();
             return;
         }
         if runner.spin_for_work() {
             continue;
         }
-        sleep.sleep(slot, || runner.work_visible() || runner.is_stopping());
+        sleep.sleep(slot, || runner.work_visible() || runner.may_exit());
     }
 }
 
@@ -177,15 +193,19 @@ impl Serve for Runner {
 
     fn find_task(&self) -> Option<Task> {
         let local = self.local();
-        if let Some(task) = local.pop() {
+        let looks = self.looks.get().wrapping_add(1);
+        self.looks.set(looks);
+        if looks % INJECTOR_EVERY != 0 {
+            if let Some(task) = local.pop() {
+                return Some(task);
+            }
+        }
+        if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
+            self.slot().counters.took_from_injector();
+            self.share_surplus();
             return Some(task);
         }
-        let before = local.len();
-        if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
-            self.slot()
-                .counters
-                .took_from_injector((local.len() - before) as u64 + 1);
-            self.share_surplus();
+        if let Some(task) = local.pop() {
             return Some(task);
         }
         let slots = &self.shared.slots;
@@ -196,9 +216,7 @@ impl Serve for Runner {
                 continue;
             }
             if let Some(task) = steal(|| slots[victim].stealer.steal_batch_and_pop(local)) {
-                self.slot()
-                    .counters
-                    .stolen((local.len() - before) as u64 + 1);
+                self.slot().counters.stole();
                 self.share_surplus();
                 return Some(task);
             }
@@ -208,7 +226,7 @@ impl Serve for Runner {
 
     /// Runs `task`, or rejects it if a shutdown ran out of time.
     fn execute(&self, task: Task) {
-        if self.shared.is_discarding() {
+        if self.shared.mode() == Mode::Discard {
             self.shared.discard(task);
         } else {
             task.run(&self.slot().counters);
@@ -219,8 +237,8 @@ impl Serve for Runner {
         !self.shared.injector.is_empty() || self.shared.slots.iter().any(|s| !s.stealer.is_empty())
     }
 
-    fn is_stopping(&self) -> bool {
-        self.shared.is_stopping()
+    fn may_exit(&self) -> bool {
+        self.shared.may_exit()
     }
 
     /// Polls the queues, yielding the core every few rounds.
@@ -232,7 +250,7 @@ impl Serve for Runner {
         let until = Instant::now() + spin;
         let mut round = 0u32;
         loop {
-            if self.work_visible() || self.shared.is_stopping() {
+            if self.work_visible() || self.may_exit() {
                 return true;
             }
             round = round.wrapping_add(1);

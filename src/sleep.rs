@@ -37,9 +37,9 @@ const AWAKE: u32 = 0;
 const SLEEPING: u32 = 1;
 const NOTIFIED: u32 = 2;
 
-/// One slot's word, with the two counters written next to it: `parks` by the sleeper just
-/// before it blocks, `unparks` by the waker that moved it to `NOTIFIED` (Relaxed: they are
-/// statistics; `parks - unparks` is the number of slots asleep right now).
+/// One slot's word, with the two counters the sleeper writes next to it: `parks` just
+/// before it blocks, `unparks` once it is woken (Relaxed: statistics). Both are written by
+/// the sleeper, so `parks - unparks` (0 or 1) says whether the slot is asleep right now.
 #[repr(align(128))]
 struct SlotWord {
     word: Futex,
@@ -100,6 +100,7 @@ impl Sleep {
             word.wait(SLEEPING, None);
         }
         word.store(AWAKE, Ordering::Relaxed);
+        self.words[slot].unparks.fetch_add(1, Ordering::Relaxed);
         Slept::Woken
     }
 
@@ -129,7 +130,6 @@ impl Sleep {
             .is_ok()
         {
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            self.words[slot].unparks.fetch_add(1, Ordering::Relaxed);
             word.wake_one();
             true
         } else {

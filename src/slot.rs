@@ -11,15 +11,31 @@ use std::cell::UnsafeCell;
 
 use crossbeam_deque::{Stealer, Worker};
 
+use crate::loom::AtomicBool;
 use crate::stats::SlotCounters;
 use crate::task::Task;
 
 pub(crate) struct Slot {
     local: UnsafeCell<Worker<Task>>,
+    /// Up while a task of this slot is spawning (shutdown step 1, in `pool.rs`).
+    pub(crate) spawning: Flag,
     pub(crate) stealer: Stealer<Task>,
     /// The core the holder is pinned to, if pinning is on.
     pub(crate) core: Option<usize>,
     pub(crate) counters: SlotCounters,
+}
+
+/// A flag on a cache line of its own: the holder writes it on every spawn, while peers
+/// read the slot's stealer.
+#[repr(align(128))]
+pub(crate) struct Flag(AtomicBool);
+
+impl std::ops::Deref for Flag {
+    type Target = AtomicBool;
+
+    fn deref(&self) -> &AtomicBool {
+        &self.0
+    }
 }
 
 // SAFETY: the only `!Sync` part is the `Worker`, and it is reached only through `local`,
@@ -35,6 +51,7 @@ impl Slot {
         Self {
             stealer: local.stealer(),
             local: UnsafeCell::new(local),
+            spawning: Flag(AtomicBool::new(false)),
             core,
             counters: SlotCounters::default(),
         }

@@ -1,11 +1,13 @@
 //! Counters, and the snapshot [`Pool::stats`](crate::Pool::stats) returns.
 //!
-//! Each slot's counters are written only by the thread holding the slot (and, for
-//! `record_outcome`, by whichever thread ran the task), so they are plain `Relaxed`
-//! increments on a cache line of their own: no ordering is promised between counters,
-//! only that each is exact once the pool is quiescent (every handle joined, or after
-//! shutdown). A task's outcome is counted before its handle resolves, so a caller that has
-//! joined N tasks sees at least N outcomes.
+//! Each slot's counters are written only by the thread holding the slot, so they are
+//! `Relaxed` increments on a cache line of their own. Every event is counted exactly once:
+//! a spawn when its task is accepted, an outcome by the thread that won the task's claim,
+//! before the handle resolves. So a caller that has joined N tasks sees at least N
+//! outcomes, and shutdown uses "finished = accepted" to know that no task is left
+//! (`pool.rs`, shutdown step 3). No ordering is promised between different counters while
+//! the pool runs; once it is quiescent (every handle joined, or after shutdown) they are
+//! exact.
 
 use crate::loom::{AtomicU64, Ordering};
 
@@ -37,12 +39,21 @@ impl SlotCounters {
         bump(&self.local_spawns);
     }
 
-    pub(crate) fn took_from_injector(&self, tasks: u64) {
-        self.from_injector.fetch_add(tasks, Ordering::Relaxed);
+    pub(crate) fn took_from_injector(&self) {
+        bump(&self.from_injector);
     }
 
-    pub(crate) fn stolen(&self, tasks: u64) {
-        self.stolen.fetch_add(tasks, Ordering::Relaxed);
+    pub(crate) fn stole(&self) {
+        bump(&self.stolen);
+    }
+
+    /// Tasks this slot accepted from its own tasks' spawns, and tasks it finished.
+    pub fn accepted_and_finished(&self) -> (u64, u64) {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            read(&self.local_spawns),
+            read(&self.completed) + read(&self.panicked),
+        )
     }
 
     /// `parks` and `unparks` live beside the slot's sleep word (see `sleep.rs`).
@@ -87,7 +98,7 @@ pub struct Stats {
     /// Accepted tasks dropped unrun because a `shutdown_timeout` ran out while they were
     /// queued.
     pub discarded: u64,
-    /// Tasks taken from another slot's queue.
+    /// Successful steals from another slot's queue (each takes a batch of tasks).
     pub stolen: u64,
     /// Times a runner went to sleep for lack of work.
     pub parks: u64,
@@ -110,9 +121,9 @@ pub struct SlotStats {
     pub panicked: u64,
     /// Tasks spawned from inside this slot's tasks (pushed to its local queue).
     pub local_spawns: u64,
-    /// Tasks this slot took from the global injector (in batches).
+    /// Batches this slot took from the global injector.
     pub from_injector: u64,
-    /// Tasks this slot stole from other slots' queues.
+    /// Successful steals from other slots' queues (each takes a batch of tasks).
     pub stolen: u64,
     /// Times this slot's runner went to sleep.
     pub parks: u64,

@@ -6,23 +6,27 @@
 //! (`Arc<dyn Runnable>`, type-erased, what the queues carry) and a [`JoinHandle<T>`]
 //! (`Arc<dyn Join<T>>`, what the caller keeps).
 //!
-//! # Protocol (the join word, a [`Futex`])
+//! # Protocol (the task word, a [`Futex`])
 //!
-//! The word has two bits: `COMPLETE` (the output is written) and `WAITING` (a joiner may be
-//! asleep on the word).
+//! The word has three bits: `CLAIMED` (some thread has taken the right to run or reject the
+//! task), `COMPLETE` (the output is written) and `WAITING` (a joiner may be asleep on the
+//! word).
 //!
-//! 1. Exactly one `Task` exists per cell, and queues hand each entry out once, so exactly
-//!    one thread calls [`Task::run`] or [`Task::reject`]. That thread alone takes the
-//!    closure and writes the output cell.
-//! 2. The runner writes the output, then `fetch_or(COMPLETE, Release)`. The release
+//! 1. A task can be reached twice: through its queue entry (a [`Task`]) and, while it is
+//!    queued, by a joiner on a runner of the same pool, which runs it inline rather than
+//!    wait for it. Whoever wins `fetch_or(CLAIMED)` takes the closure and will write the
+//!    output; the loser drops its reference and does nothing else. Queues hand each entry
+//!    out once, so there are at most two contenders.
+//! 2. The winner writes the output, then `fetch_or(COMPLETE, Release)`. The release
 //!    publishes the output to whoever acquires `COMPLETE`.
 //! 3. If the word it replaced had `WAITING`, it wakes all waiters on the word. Its own
 //!    `Arc` keeps the word alive across the wake.
 //! 4. A joiner spins briefly on `COMPLETE` (Acquire), then `fetch_or(WAITING, Acquire)`:
 //!    both read-modify-writes are totally ordered on the word, so either the joiner sees
-//!    `COMPLETE` in the value it replaced and returns, or the runner sees `WAITING` in the
-//!    value it replaced and wakes it. The joiner then sleeps while the word is exactly
-//!    `WAITING`; the kernel compares and queues atomically, so the wake cannot be lost.
+//!    `COMPLETE` in the value it replaced and returns, or the winner sees `WAITING` in the
+//!    value it replaced and wakes it. The joiner then sleeps while the word still holds the
+//!    value it wrote; the kernel compares and queues atomically, so the wake cannot be
+//!    lost (any other change of the word, such as `CLAIMED`, just makes it look again).
 //! 5. Having observed `COMPLETE` with Acquire, the handle takes the output. `join`
 //!    consumes the handle, so the output is taken at most once.
 
@@ -35,8 +39,9 @@ use crate::error::{JoinError, PanicPayload};
 use crate::loom::{Futex, Ordering, UnsafeCell};
 use crate::stats::SlotCounters;
 
-const COMPLETE: u32 = 0b01;
-const WAITING: u32 = 0b10;
+const COMPLETE: u32 = 0b001;
+const WAITING: u32 = 0b010;
+const CLAIMED: u32 = 0b100;
 
 /// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs
 /// ~7 µs of latency on the machines this was tuned on (MEASURED.md), so a task that is
@@ -65,15 +70,21 @@ impl<T> JoinState<T> {
     /// A state that is complete from the start: a task rejected at `spawn`.
     fn completed(result: Result<T, JoinError>) -> Self {
         Self {
-            word: Futex::new(COMPLETE),
+            word: Futex::new(CLAIMED | COMPLETE),
             output: UnsafeCell::new(Some(result)),
         }
     }
 
-    /// Protocol steps 2–3. Called once, by the thread that holds the `Task`.
+    /// Protocol step 1: true for exactly one caller.
+    fn claim(&self) -> bool {
+        // Acquire: the winner reads the closure, written before the task was published.
+        self.word.fetch_or(CLAIMED, Ordering::Acquire) & CLAIMED == 0
+    }
+
+    /// Protocol steps 2–3. Called once, by the thread that won the claim.
     fn complete(&self, result: Result<T, JoinError>) {
-        // SAFETY: step 1: only the holder of the single `Task` writes the cell, and the
-        // handle reads it only after seeing `COMPLETE`, which is set below.
+        // SAFETY: step 1: only the claim's winner writes the cell, and the handle reads it
+        // only after seeing `COMPLETE`, which is set below.
         self.output.with_mut(|out| unsafe { *out = Some(result) });
         let prev = self.word.fetch_or(COMPLETE, Ordering::Release);
         if prev & WAITING != 0 {
@@ -111,7 +122,7 @@ impl<T> JoinState<T> {
                     _ => return false,
                 },
             };
-            self.word.wait(WAITING, timeout);
+            self.word.wait(prev | WAITING, timeout);
         }
     }
 
@@ -133,22 +144,28 @@ impl<T> JoinState<T> {
 /// A task's closure and its result slot, in one allocation.
 struct TaskCell<F, T> {
     join: JoinState<T>,
+    /// The pool the task was spawned on (the address of its shared state): only that
+    /// pool's runners may run it inline from a join.
+    pool: usize,
     func: UnsafeCell<Option<F>>,
 }
 
-// SAFETY: `Sync` lets the runner and the handle share `&TaskCell`. `join` is `Sync` on its
-// own (below); `func` is touched only by the single holder of the `Task` (step 1), so no
-// two threads ever reach it at once. The closure is moved to the runner, never shared, so
+// SAFETY: `Sync` lets the queue entry and the handle share `&TaskCell`. `join` is `Sync` on
+// its own (below); `func` is touched only by the thread that won the claim (step 1), so no
+// two threads ever reach it at once. The closure is moved to that thread, never shared, so
 // `F: Send` suffices.
 unsafe impl<F: Send, T: Send> Sync for TaskCell<F, T> {}
 
 /// What the queues carry: run or reject a task without knowing its types.
 trait Runnable: Send + Sync {
+    /// Protocol step 1.
+    fn claim(&self) -> bool;
     /// Runs the closure under `catch_unwind`, counts the outcome in `counters`, then
-    /// publishes it. Returns true if it panicked.
-    fn run(&self, counters: &SlotCounters) -> bool;
-    /// Drops the closure unrun and resolves the handle with [`JoinError::Shutdown`].
-    fn reject(&self);
+    /// publishes it. Only after winning the claim.
+    fn run_claimed(&self, counters: &SlotCounters);
+    /// Drops the closure unrun and resolves the handle with [`JoinError::Shutdown`]. Only
+    /// after winning the claim.
+    fn reject_claimed(&self);
 }
 
 impl<F, T> Runnable for TaskCell<F, T>
@@ -156,47 +173,59 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    fn run(&self, counters: &SlotCounters) -> bool {
-        // SAFETY: step 1: this thread holds the only `Task` for this cell.
+    fn claim(&self) -> bool {
+        self.join.claim()
+    }
+
+    fn run_claimed(&self, counters: &SlotCounters) {
+        // SAFETY: step 1: this thread won the claim, so no other thread touches `func`.
         let Some(func) = self.func.with_mut(|func| unsafe { (*func).take() }) else {
-            unreachable!("a task is run or rejected once, by the holder of its only Task")
+            unreachable!("only the claim's winner takes the closure")
         };
         let result = panic::catch_unwind(AssertUnwindSafe(func))
             .map_err(|payload| JoinError::Panicked(PanicPayload::new(payload)));
-        let panicked = result.is_err();
         // Counted before publishing, so a caller that has joined every task sees them all
-        // in `Pool::stats`.
-        counters.record_outcome(panicked);
+        // in `Pool::stats`, and shutdown can tell when every accepted task is done.
+        counters.record_outcome(result.is_err());
         self.join.complete(result);
-        panicked
     }
 
-    fn reject(&self) {
-        // SAFETY: step 1, as in `run`.
+    fn reject_claimed(&self) {
+        // SAFETY: step 1, as in `run_claimed`.
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
         self.join.complete(Err(JoinError::Shutdown));
     }
 }
 
-/// A queued task. Dropping it without `run` or `reject` drops the closure and leaves the
-/// handle waiting forever, so every path that pops a `Task` ends in one of the two.
+/// A reference to a task that may run it: a queue entry, or a joiner's inline claim.
+/// Dropping one without `run` or `reject` is fine only if the other reference exists;
+/// every path that pops a queue entry ends in one of the two.
 pub struct Task(Arc<dyn Runnable>);
 
 impl Task {
-    /// Runs the task on this thread. Never unwinds: the closure's panic is caught and
-    /// carried in the handle; a panic from dropping the last reference to the result (the
-    /// handle already gone) is caught and its payload leaked.
+    /// Runs the task on this thread, unless another thread claimed it first; returns
+    /// whether this call ran it. Never unwinds: the closure's panic is caught and carried
+    /// in the handle; a panic from dropping the last reference to the result (the handle
+    /// already gone) is caught and its payload leaked.
     pub fn run(self, counters: &SlotCounters) -> bool {
-        let panicked = self.0.run(counters);
+        let won = self.0.claim();
+        if won {
+            self.0.run_claimed(counters);
+        }
         drop_quietly(self.0);
-        panicked
+        won
     }
 
-    /// Resolves the task's handle with [`JoinError::Shutdown`] without running it.
-    pub fn reject(self) {
-        self.0.reject();
+    /// Resolves the task's handle with [`JoinError::Shutdown`] without running it, unless
+    /// another thread claimed it first; returns whether this call rejected it.
+    pub fn reject(self) -> bool {
+        let won = self.0.claim();
+        if won {
+            self.0.reject_claimed();
+        }
         drop_quietly(self.0);
+        won
     }
 }
 
@@ -211,14 +240,25 @@ pub(crate) fn drop_quietly<V>(value: V) {
     }
 }
 
-/// The handle's view of a task: its join state, whatever the closure's type.
+/// The handle's view of a task, whatever the closure's type.
 trait Join<T>: Send + Sync {
     fn state(&self) -> &JoinState<T>;
+    /// The pool that may run the task inline, and a second reference to run it with; `None`
+    /// for a task that was never queued.
+    fn inline(self: Arc<Self>) -> Option<(usize, Task)>;
 }
 
-impl<F: Send, T: Send> Join<T> for TaskCell<F, T> {
+impl<F, T> Join<T> for TaskCell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     fn state(&self) -> &JoinState<T> {
         &self.join
+    }
+
+    fn inline(self: Arc<Self>) -> Option<(usize, Task)> {
+        Some((self.pool, Task(self)))
     }
 }
 
@@ -226,23 +266,29 @@ impl<T: Send> Join<T> for JoinState<T> {
     fn state(&self) -> &JoinState<T> {
         self
     }
+
+    fn inline(self: Arc<Self>) -> Option<(usize, Task)> {
+        None
+    }
 }
 
-// SAFETY: the runner and the handle share `&JoinState`. The word is atomic. The output
-// cell is written once, by the single holder of the `Task`, before `COMPLETE` is set with
-// Release, and read only by the single handle after it has seen `COMPLETE` with Acquire
-// (protocol steps 1-5), so the two never touch it unsynchronised. The output is moved from
-// the runner to the handle, never shared, so `T: Send` suffices.
+// SAFETY: the threads holding a task share `&JoinState`. The word is atomic. The output
+// cell is written once, by the claim's winner, before `COMPLETE` is set with Release, and
+// read only by the single handle after it has seen `COMPLETE` with Acquire (protocol steps
+// 1-5), so no two threads touch it unsynchronised. The output is moved from the winner to
+// the handle, never shared, so `T: Send` suffices.
 unsafe impl<T: Send> Sync for JoinState<T> {}
 
-/// Makes a task for `func` and the handle that will receive its result.
-pub fn new<F, T>(func: F) -> (Task, JoinHandle<T>)
+/// Makes a task for `func`, spawned on the pool identified by `pool`, and the handle that
+/// will receive its result.
+pub fn new<F, T>(func: F, pool: usize) -> (Task, JoinHandle<T>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     let cell = Arc::new(TaskCell {
         join: JoinState::new(),
+        pool,
         func: UnsafeCell::new(Some(func)),
     });
     let handle = JoinHandle { task: cell.clone() };
@@ -261,11 +307,15 @@ where
     }
 }
 
+/// The second reference a joiner would run inline (for the loom tests).
+#[cfg(loom)]
+pub fn inline_task<T>(handle: &JoinHandle<T>) -> Option<Task> {
+    handle.task.clone().inline().map(|(_, task)| task)
+}
+
 /// An owned permission to wait for a task and take its result.
 ///
 /// Dropping the handle detaches the task: it still runs, and its result is dropped.
-/// Joining from inside a task of the same pool runs other queued tasks of the pool while
-/// it waits, so a task may join a task it spawned even on a one-worker pool.
 #[must_use = "dropping a JoinHandle detaches the task; call join() to get its result"]
 pub struct JoinHandle<T> {
     task: Arc<dyn Join<T>>,
@@ -273,9 +323,19 @@ pub struct JoinHandle<T> {
 
 impl<T> JoinHandle<T> {
     /// Waits for the task and returns its value, or why there is none.
+    ///
+    /// Called from inside a task of the same pool while the awaited task is still queued,
+    /// it runs that task right here, on the calling runner, instead of blocking: so a task
+    /// may spawn and join children even on a one-worker pool. It never runs any *other*
+    /// task while it waits (a joiner that holds a lock cannot be handed an unrelated task
+    /// that wants the same lock).
     pub fn join(self) -> Result<T, JoinError> {
         let state = self.task.state();
-        crate::runner::help_while(None, || !state.is_complete());
+        if !state.is_complete() {
+            if let Some((pool, task)) = self.task.clone().inline() {
+                crate::runner::run_inline(pool, task);
+            }
+        }
         state.wait(None);
         // SAFETY: `wait(None)` returns only once complete; `self` is the only handle and is
         // consumed here.
@@ -284,6 +344,10 @@ impl<T> JoinHandle<T> {
 
     /// Waits at most `timeout`. On time-out the handle comes back in `Err`, so the caller
     /// can wait again or drop it.
+    ///
+    /// Unlike [`join`](JoinHandle::join) it never runs the task inline, since that could
+    /// not be stopped at the deadline: inside a one-worker pool, a timed join of a queued
+    /// child times out, and a later `join` runs it.
     pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JoinError>, Self> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.join_deadline(deadline),
@@ -292,9 +356,9 @@ impl<T> JoinHandle<T> {
     }
 
     /// Waits until `deadline` at the latest. On time-out the handle comes back in `Err`.
+    /// Like [`join_timeout`](JoinHandle::join_timeout), it never runs the task inline.
     pub fn join_deadline(self, deadline: Instant) -> Result<Result<T, JoinError>, Self> {
         let state = self.task.state();
-        crate::runner::help_while(Some(deadline), || !state.is_complete());
         if state.wait(Some(deadline)) {
             // SAFETY: complete; `self` is the only handle and is consumed here.
             Ok(unsafe { state.take() })

@@ -72,7 +72,10 @@ fn a_payload_that_panics_on_drop_does_not_kill_the_runner() {
     quiet_panics();
     let pool = one_worker();
     let drops = Arc::new(AtomicUsize::new(0));
-    // Nobody joins: the runner itself drops the payload when it releases the task.
+    // Hold the only runner until every handle below is dropped, so that the runtime, not
+    // this thread, drops the last reference to each payload and result.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    drop(pool.spawn(move || blocked.recv().unwrap()));
     for _ in 0..20 {
         let drops = drops.clone();
         drop(pool.spawn(move || -> () { std::panic::panic_any(PanicsOnDrop(drops)) }));
@@ -82,11 +85,12 @@ fn a_payload_that_panics_on_drop_does_not_kill_the_runner() {
         let drops = drops.clone();
         drop(pool.spawn(move || PanicsOnDrop(drops)));
     }
+    release.send(()).unwrap();
     pool.shutdown();
     assert_eq!(drops.load(Ordering::SeqCst), 40);
     let stats = pool.stats();
     assert_eq!(stats.panicked, 20);
-    assert_eq!(stats.completed, 20);
+    assert_eq!(stats.completed, 21);
 }
 
 #[test]

@@ -137,6 +137,80 @@ fn joining_inside_a_one_worker_pool_runs_the_queued_child() {
 }
 
 #[test]
+fn a_join_inside_a_task_never_runs_an_unrelated_task() {
+    // One worker. P holds a lock and joins X; U, queued before X, wants the same lock. A
+    // join that "helped" by running whatever was queued would run U on P's stack, under
+    // P's lock: a deadlock. The join runs only X, the task it waits for.
+    let pool = pool(1);
+    let lock = Arc::new(std::sync::Mutex::new(0));
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (x_tx, x_rx) = std::sync::mpsc::channel::<microsched::JoinHandle<i32>>();
+    let p = pool.spawn({
+        let lock = lock.clone();
+        move || {
+            let mut guard = lock.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let x = x_rx.recv().unwrap();
+            *guard += x.join().unwrap();
+            *guard
+        }
+    });
+    locked_rx.recv().unwrap();
+    let u = pool.spawn({
+        let lock = lock.clone();
+        move || *lock.lock().unwrap() * 10
+    });
+    x_tx.send(pool.spawn(|| 2)).unwrap();
+    assert_eq!(join(p).unwrap(), 2);
+    assert_eq!(join(u).unwrap(), 20);
+}
+
+#[test]
+fn a_timed_join_inside_a_one_worker_pool_times_out_then_join_runs_the_child() {
+    let pool = pool(1);
+    let handle = pool.handle();
+    let parent = pool.spawn(move || {
+        let child = handle.spawn(|| 5);
+        // A timed join never runs the child inline, and nobody else can run it.
+        let child = child
+            .join_timeout(Duration::from_millis(20))
+            .expect_err("the only runner is busy with the parent");
+        child.join().unwrap()
+    });
+    assert_eq!(join(parent).unwrap(), 5);
+}
+
+#[test]
+fn a_task_that_keeps_spawning_does_not_starve_the_global_queue() {
+    // One worker whose local queue never empties: a poller that re-spawns itself until a
+    // flag is set. The task that sets the flag comes from outside, through the injector.
+    fn poll(handle: Handle, stop: Arc<std::sync::atomic::AtomicBool>, rounds: Arc<AtomicUsize>) {
+        rounds.fetch_add(1, Ordering::Relaxed);
+        if !stop.load(Ordering::Acquire) {
+            let next = handle.clone();
+            drop(handle.spawn(move || poll(next, stop, rounds)));
+        }
+    }
+    let pool = pool(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    drop(pool.spawn({
+        let (handle, stop, rounds) = (pool.handle(), stop.clone(), rounds.clone());
+        move || poll(handle, stop, rounds)
+    }));
+    while rounds.load(Ordering::Relaxed) < 1_000 {
+        std::thread::yield_now();
+    }
+    let setter = pool.spawn({
+        let stop = stop.clone();
+        move || stop.store(true, Ordering::Release)
+    });
+    join(setter).unwrap();
+    pool.shutdown();
+    assert!(stop.load(Ordering::Acquire));
+}
+
+#[test]
 fn join_timeout_gives_the_handle_back() {
     let pool = pool(1);
     let gate = Arc::new(Barrier::new(2));

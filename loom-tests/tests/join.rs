@@ -7,12 +7,12 @@ use std::time::Duration;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use microsched::__loom::{new_task, SlotCounters};
+use microsched::__loom::{inline_task, new_task, SlotCounters};
 
 #[test]
 fn join_sees_the_value_whether_it_waits_or_not() {
     loom::model(|| {
-        let (task, handle) = new_task(|| 7u32);
+        let (task, handle) = new_task(|| 7u32, 0);
         let runner = thread::spawn(move || {
             task.run(&SlotCounters::default());
         });
@@ -24,7 +24,7 @@ fn join_sees_the_value_whether_it_waits_or_not() {
 #[test]
 fn a_rejected_task_resolves_its_handle_with_shutdown() {
     loom::model(|| {
-        let (task, handle) = new_task(|| 7u32);
+        let (task, handle) = new_task(|| 7u32, 0);
         let rejecter = thread::spawn(move || task.reject());
         assert!(handle.join().unwrap_err().is_shutdown());
         rejecter.join().unwrap();
@@ -34,7 +34,7 @@ fn a_rejected_task_resolves_its_handle_with_shutdown() {
 #[test]
 fn a_timed_out_join_can_be_joined_again_from_another_thread() {
     loom::model(|| {
-        let (task, handle) = new_task(|| 11u32);
+        let (task, handle) = new_task(|| 11u32, 0);
         let runner = thread::spawn(move || {
             task.run(&SlotCounters::default());
         });
@@ -54,7 +54,7 @@ fn a_timed_out_join_can_be_joined_again_from_another_thread() {
 #[test]
 fn a_panic_reaches_the_joiner_and_is_counted() {
     loom::model(|| {
-        let (task, handle) = new_task(|| -> u32 { std::panic::panic_any(5u8) });
+        let (task, handle) = new_task(|| -> u32 { std::panic::panic_any(5u8) }, 0);
         let counters = Arc::new(SlotCounters::default());
         let runner = {
             let counters = counters.clone();
@@ -62,7 +62,52 @@ fn a_panic_reaches_the_joiner_and_is_counted() {
         };
         let err = handle.join().unwrap_err();
         assert_eq!(err.into_panic().unwrap().downcast_ref::<u8>(), Some(&5));
-        assert!(runner.join().unwrap(), "run reports the panic");
+        assert!(
+            runner.join().unwrap(),
+            "the queue entry won the claim and ran it"
+        );
+        assert_eq!(counters.accepted_and_finished().1, 1);
+    });
+}
+
+#[test]
+fn a_joiner_running_the_task_inline_races_the_queue_and_it_runs_once() {
+    loom::model(|| {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (task, handle) = {
+            let runs = runs.clone();
+            new_task(
+                move || {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    3u32
+                },
+                0,
+            )
+        };
+        let runner = thread::spawn(move || task.run(&SlotCounters::default()));
+        // What `JoinHandle::join` does on a runner of the task's pool.
+        let inline = inline_task(&handle).expect("a queued task can be run inline");
+        let ran_inline = inline.run(&SlotCounters::default());
+        assert_eq!(handle.join().unwrap(), 3);
+        let ran_queued = runner.join().unwrap();
+        assert!(ran_inline ^ ran_queued, "exactly one of the two ran it");
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_reject_racing_an_inline_run_resolves_the_handle_once() {
+    loom::model(|| {
+        let (task, handle) = new_task(|| 4u32, 0);
+        let rejecter = thread::spawn(move || task.reject());
+        let inline = inline_task(&handle).unwrap();
+        let ran = inline.run(&SlotCounters::default());
+        let rejected = rejecter.join().unwrap();
+        assert!(ran ^ rejected);
+        match handle.join() {
+            Ok(v) => assert!(ran && v == 4),
+            Err(e) => assert!(rejected && e.is_shutdown()),
+        }
     });
 }
 
@@ -77,7 +122,7 @@ fn a_result_nobody_joins_is_dropped_exactly_once() {
     loom::model(|| {
         let drops = Arc::new(AtomicUsize::new(0));
         let value = Counted(drops.clone());
-        let (task, handle) = new_task(move || value);
+        let (task, handle) = new_task(move || value, 0);
         let runner = thread::spawn(move || {
             task.run(&SlotCounters::default());
         });
