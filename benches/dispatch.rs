@@ -2,15 +2,17 @@
 //!
 //! 1. Round trip: spawn a trivial closure and wait for its result, one at a time.
 //!    microsched: `spawn` + `JoinHandle::join`. rayon: `ThreadPool::spawn` + a send on a
-//!    long-lived std channel, received by the caller (rayon's `spawn` returns nothing, and
-//!    one channel for all tasks is its cheapest way back), received either blocking
-//!    (`recv`) or by busy-polling `try_recv`, which spares rayon a futex wake-up; the
-//!    ratio is taken against whichever of the two is faster in that round, the strongest
-//!    baseline. std: `thread::spawn` + `join`.
+//!    long-lived std channel (rayon's `spawn` returns nothing, and one channel for all
+//!    tasks is its cheapest way back), received either blocking (`recv`) or by
+//!    busy-polling `try_recv`, which spares rayon a futex wake-up; the ratio is taken
+//!    against whichever of the two is faster in that round, the strongest baseline. std:
+//!    `thread::spawn` + `join`.
 //! 2. Tiny tasks: spawn 100,000 trivial closures, then collect every result.
 //!
-//! The schedulers take turns within each round (interleaved, so machine noise hits all of
-//! them alike) and the summary reports medians of the per-round ratios.
+//! Besides wall time, each measurement reports the CPU time the whole process spent per
+//! task (all threads): spinning idle workers buy latency with CPU, and this shows the
+//! price. The schedulers take turns within each round, in an order that alternates from
+//! round to round, and the summary reports medians of the per-round ratios.
 //!
 //! `cargo bench --bench dispatch` (add `-- --quick` for a short run). The idle spin of
 //! microsched's runners can be overridden with `MICROSCHED_SPIN_US` to compare settings.
@@ -20,6 +22,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use microsched::Pool;
+
+/// One measurement: per-operation wall times (µs) and process CPU time per operation (µs).
+struct Run {
+    samples: Vec<f64>,
+    cpu_us: f64,
+}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -43,51 +51,47 @@ fn main() {
         .build()
         .expect("build the rayon pool");
 
-    let mut rt_ms = Vec::new();
-    let mut rt_rayon = Vec::new();
-    let mut rt_rayon_block = Vec::new();
-    let mut rt_rayon_poll = Vec::new();
-    let mut rt_thread = Vec::new();
-    let mut rt_ratio = Vec::new();
-    let mut tiny_ms = Vec::new();
-    let mut tiny_rayon = Vec::new();
-    let mut tiny_ratio = Vec::new();
-    let mut p99_ms = Vec::new();
-    let mut p99_rayon = Vec::new();
-
+    let mut rt = Table::default();
+    let mut tt = Table::default();
     for round in 0..rounds {
-        let ms = round_trips_microsched(&pool, trips);
-        let ry_block = round_trips_rayon(&rayon, trips, false);
-        let ry_poll = round_trips_rayon(&rayon, trips, true);
-        let (b50, p50) = (percentile(&ry_block, 0.5), percentile(&ry_poll, 0.5));
-        rt_rayon_block.push(b50);
-        rt_rayon_poll.push(p50);
-        let ry = if b50 <= p50 { ry_block } else { ry_poll };
-        let th = round_trips_thread(thread_trips);
-        let (ms50, ry50) = (percentile(&ms, 0.5), percentile(&ry, 0.5));
-        rt_ratio.push(ms50 / ry50);
-        rt_ms.push(ms50);
-        rt_rayon.push(ry50);
-        rt_thread.push(percentile(&th, 0.5));
-        p99_ms.push(percentile(&ms, 0.99));
-        p99_rayon.push(percentile(&ry, 0.99));
+        // Round trips, in an order that alternates between rounds.
+        let mut order: Vec<&str> = vec!["microsched", "rayon recv", "rayon try_recv"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for name in order {
+            let run = match name {
+                "microsched" => round_trips_microsched(&pool, trips),
+                "rayon recv" => round_trips_rayon(&rayon, trips, false),
+                _ => round_trips_rayon(&rayon, trips, true),
+            };
+            rt.add(name, run);
+        }
+        rt.add("std::thread", round_trips_thread(thread_trips));
+        rt.ratio_vs_best_rayon("microsched");
 
-        // Alternate which goes first, so neither always meets a cold or a warm machine.
-        let (tm, tr) = if round % 2 == 0 {
-            let tm = tiny_microsched(&pool, tiny);
-            (tm, tiny_rayon_run(&rayon, tiny))
-        } else {
-            let tr = tiny_rayon_run(&rayon, tiny);
-            (tiny_microsched(&pool, tiny), tr)
-        };
-        tiny_ms.push(tm);
-        tiny_rayon.push(tr);
-        tiny_ratio.push(tm / tr);
+        let mut order = vec!["microsched", "rayon"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for name in order {
+            let run = match name {
+                "microsched" => tiny_microsched(&pool, tiny),
+                _ => tiny_rayon_run(&rayon, tiny),
+            };
+            tt.add(name, run);
+        }
+        let ratio = tt.last("rayon") / tt.last("microsched"); // time per task: rayon / ours
+        tt.ratios.push(ratio);
         eprintln!(
-            "round {round}: round trip µs microsched {ms50:.2} rayon {b50:.2} (recv) {p50:.2} (try_recv) thread {:.1}; tiny tasks Mtasks/s microsched {:.2} rayon {:.2}",
-            rt_thread.last().unwrap(),
-            tm / 1e6,
-            tr / 1e6
+            "round {round}: round trip µs microsched {:.2} rayon {:.2} (recv) {:.2} (try_recv) thread {:.1}; \
+             tiny tasks ns/task microsched {:.0} rayon {:.0}",
+            rt.last("microsched"),
+            rt.last("rayon recv"),
+            rt.last("rayon try_recv"),
+            rt.last("std::thread"),
+            tt.last("microsched") * 1e3,
+            tt.last("rayon") * 1e3,
         );
     }
 
@@ -104,67 +108,131 @@ fn main() {
     );
     println!();
     println!("round trip of a trivial closure, spawn → result ({trips} per round; thread: {thread_trips})");
-    println!("  {:<22} {:>12} {:>12}", "", "median µs", "p99 µs");
     println!(
-        "  {:<22} {:>12.2} {:>12.2}",
-        "microsched",
-        median(&rt_ms),
-        median(&p99_ms)
+        "  {:<16} {:>10} {:>10} {:>16}",
+        "", "median µs", "p99 µs", "CPU µs per trip"
     );
-    println!(
-        "  {:<22} {:>12.2} {:>12.2}",
-        "rayon (best of the two)",
-        median(&rt_rayon),
-        median(&p99_rayon)
-    );
-    println!("  {:<22} {:>12.2}", "rayon, recv", median(&rt_rayon_block));
-    println!(
-        "  {:<22} {:>12.2}",
-        "rayon, try_recv poll",
-        median(&rt_rayon_poll)
-    );
-    println!("  {:<22} {:>12.2}", "std::thread", median(&rt_thread));
+    for name in ["microsched", "rayon recv", "rayon try_recv", "std::thread"] {
+        println!(
+            "  {:<16} {:>10.2} {:>10.2} {:>16.2}",
+            name,
+            median(&rt.medians(name)),
+            median(&rt.p99s(name)),
+            median(&rt.cpus(name))
+        );
+    }
     println!();
     println!("{tiny} tiny tasks, all spawned then all collected");
-    println!("  {:<12} {:>12}", "", "Mtasks/s");
-    println!("  {:<12} {:>12.2}", "microsched", median(&tiny_ms) / 1e6);
-    println!("  {:<12} {:>12.2}", "rayon", median(&tiny_rayon) / 1e6);
+    println!("  {:<16} {:>10} {:>16}", "", "Mtasks/s", "CPU µs per task");
+    for name in ["microsched", "rayon"] {
+        println!(
+            "  {:<16} {:>10.2} {:>16.3}",
+            name,
+            1.0 / median(&tt.medians(name)),
+            median(&tt.cpus(name))
+        );
+    }
     println!();
     let stats = pool.stats();
     println!(
-        "microsched stats: spawned {} completed {} stolen {} parks {} unparks {}",
+        "microsched stats: spawned {} completed {} steals {} parks {} unparks {}",
         stats.spawned, stats.completed, stats.stolen, stats.parks, stats.unparks
     );
     println!(
         "SUMMARY dispatch ratio_vs_rayon={:.3} microsched_us={:.2} rayon_us={:.2} thread_spawn_us={:.1} tiny_tasks_ratio_vs_rayon={:.3}",
-        median(&rt_ratio),
-        median(&rt_ms),
-        median(&rt_rayon),
-        median(&rt_thread),
-        median(&tiny_ratio)
+        median(&rt.ratios),
+        median(&rt.medians("microsched")),
+        median(&rt.best_rayon),
+        median(&rt.medians("std::thread")),
+        median(&tt.ratios)
     );
 }
 
-/// Microseconds per round trip; the first tenth is warm-up and dropped.
-fn round_trips_microsched(pool: &Pool, n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let start = Instant::now();
-        let v = pool.spawn(move || black_box(i)).join().unwrap();
-        let elapsed = start.elapsed();
-        assert_eq!(v, i);
-        if i >= n / 10 {
-            out.push(elapsed.as_secs_f64() * 1e6);
-        }
-    }
-    out
+/// Per-scheduler results of every round, and per-round ratios.
+#[derive(Default)]
+struct Table {
+    runs: Vec<(&'static str, f64, f64, f64)>, // name, median, p99, cpu per op
+    ratios: Vec<f64>,
+    best_rayon: Vec<f64>,
 }
 
-fn round_trips_rayon(pool: &rayon::ThreadPool, n: usize, poll: bool) -> Vec<f64> {
-    let (tx, rx) = mpsc::channel();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
+impl Table {
+    fn add(&mut self, name: &'static str, run: Run) {
+        let (m, p) = (
+            percentile(&run.samples, 0.5),
+            percentile(&run.samples, 0.99),
+        );
+        self.runs.push((name, m, p, run.cpu_us));
+    }
+
+    fn last(&self, name: &str) -> f64 {
+        self.runs.iter().rev().find(|r| r.0 == name).unwrap().1
+    }
+
+    fn column(&self, name: &str, f: impl Fn(&(&str, f64, f64, f64)) -> f64) -> Vec<f64> {
+        self.runs.iter().filter(|r| r.0 == name).map(f).collect()
+    }
+
+    fn medians(&self, name: &str) -> Vec<f64> {
+        self.column(name, |r| r.1)
+    }
+
+    fn p99s(&self, name: &str) -> Vec<f64> {
+        self.column(name, |r| r.2)
+    }
+
+    fn cpus(&self, name: &str) -> Vec<f64> {
+        self.column(name, |r| r.3)
+    }
+
+    /// This round's ratio of `ours` to the faster rayon variant.
+    fn ratio_vs_best_rayon(&mut self, ours: &str) {
+        let best = self.last("rayon recv").min(self.last("rayon try_recv"));
+        self.best_rayon.push(best);
+        self.ratios.push(self.last(ours) / best);
+    }
+}
+
+/// CPU time of the whole process (every thread), in µs.
+fn process_cpu_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
+/// Runs `n` timed operations after `n / 10` untimed warm-up ones.
+fn measure(n: usize, mut op: impl FnMut(usize)) -> Run {
+    for i in 0..n / 10 {
+        op(i);
+    }
+    let mut samples = Vec::with_capacity(n);
+    let cpu = process_cpu_us();
+    for i in 0..n {
         let start = Instant::now();
+        op(i);
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Run {
+        samples,
+        cpu_us: (process_cpu_us() - cpu) / n as f64,
+    }
+}
+
+fn round_trips_microsched(pool: &Pool, n: usize) -> Run {
+    measure(n, |i| {
+        let v = pool.spawn(move || black_box(i)).join().unwrap();
+        assert_eq!(v, i);
+    })
+}
+
+fn round_trips_rayon(pool: &rayon::ThreadPool, n: usize, poll: bool) -> Run {
+    let (tx, rx) = mpsc::channel();
+    measure(n, |i| {
         let tx = tx.clone();
         pool.spawn(move || tx.send(black_box(i)).unwrap());
         let v = if poll {
@@ -177,54 +245,51 @@ fn round_trips_rayon(pool: &rayon::ThreadPool, n: usize, poll: bool) -> Vec<f64>
         } else {
             rx.recv().unwrap()
         };
-        let elapsed = start.elapsed();
         assert_eq!(v, i);
-        if i >= n / 10 {
-            out.push(elapsed.as_secs_f64() * 1e6);
-        }
-    }
-    out
+    })
 }
 
-fn round_trips_thread(n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let start = Instant::now();
+fn round_trips_thread(n: usize) -> Run {
+    measure(n, |i| {
         let v = std::thread::spawn(move || black_box(i)).join().unwrap();
-        let elapsed = start.elapsed();
         assert_eq!(v, i);
-        if i >= n / 10 {
-            out.push(elapsed.as_secs_f64() * 1e6);
+    })
+}
+
+/// One sample: µs per task over a batch of `n`.
+fn tiny_microsched(pool: &Pool, n: usize) -> Run {
+    let mut run = measure(1, |_| {
+        let handles: Vec<_> = (0..n).map(|i| pool.spawn(move || black_box(i))).collect();
+        let mut sum = 0usize;
+        for h in handles {
+            sum = sum.wrapping_add(h.join().unwrap());
         }
-    }
-    out
+        assert_eq!(sum, n * (n - 1) / 2);
+    });
+    per_task(&mut run, n);
+    run
 }
 
-/// Tasks per second.
-fn tiny_microsched(pool: &Pool, n: usize) -> f64 {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..n).map(|i| pool.spawn(move || black_box(i))).collect();
-    let mut sum = 0usize;
-    for h in handles {
-        sum = sum.wrapping_add(h.join().unwrap());
-    }
-    let elapsed = start.elapsed();
-    assert_eq!(sum, n * (n - 1) / 2);
-    n as f64 / elapsed.as_secs_f64()
+fn tiny_rayon_run(pool: &rayon::ThreadPool, n: usize) -> Run {
+    let mut run = measure(1, |_| {
+        let (tx, rx) = mpsc::channel();
+        for i in 0..n {
+            let tx = tx.clone();
+            pool.spawn(move || tx.send(black_box(i)).unwrap());
+        }
+        drop(tx);
+        let sum = rx.iter().take(n).fold(0usize, usize::wrapping_add);
+        assert_eq!(sum, n * (n - 1) / 2);
+    });
+    per_task(&mut run, n);
+    run
 }
 
-fn tiny_rayon_run(pool: &rayon::ThreadPool, n: usize) -> f64 {
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    for i in 0..n {
-        let tx = tx.clone();
-        pool.spawn(move || tx.send(black_box(i)).unwrap());
+fn per_task(run: &mut Run, n: usize) {
+    for s in &mut run.samples {
+        *s /= n as f64;
     }
-    drop(tx);
-    let sum = rx.iter().take(n).fold(0usize, usize::wrapping_add);
-    let elapsed = start.elapsed();
-    assert_eq!(sum, n * (n - 1) / 2);
-    n as f64 / elapsed.as_secs_f64()
+    run.cpu_us /= n as f64;
 }
 
 /// The floor under any hand-off between two threads on this machine: one atomic bounced

@@ -64,6 +64,7 @@ pub enum Slept {
 }
 
 impl Sleep {
+    /// Sleep states for `slots` slots, all awake.
     pub fn new(slots: usize) -> Self {
         Self {
             words: (0..slots)

@@ -54,6 +54,7 @@ pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
 /// `FUTEX_WAIT_PRIVATE`: sleeps while `*word == expected`, until a wake, the timeout, a
 /// signal, or spuriously. Every caller re-checks the word in a loop, so all of those
 /// (and `EAGAIN`, `EINTR`, `ETIMEDOUT`) mean the same thing: look again.
+#[cfg_attr(loom, allow(dead_code))] // under loom, `Futex` is a mutex and a condvar
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -77,6 +78,7 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 }
 
 /// `FUTEX_WAKE_PRIVATE`: wakes up to `n` threads waiting on `word`.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: `word` is a live atomic; FUTEX_WAKE never dereferences it, it only uses the
     // address as a key.
