@@ -7,7 +7,9 @@
 //!    busy-polling `try_recv`, which spares rayon a futex wake-up; the ratio is taken
 //!    against whichever of the two is faster in that round, the strongest baseline. std:
 //!    `thread::spawn` + `join`.
-//! 2. Tiny tasks: spawn 100,000 trivial closures, then collect every result.
+//! 2. Round trip after an idle gap: the same, with the caller sleeping 200 µs between
+//!    trips, so idle workers have time to go to sleep (this is what the idle spin is for).
+//! 3. Tiny tasks: spawn 100,000 trivial closures, then collect every result.
 //!
 //! Besides wall time, each measurement reports the CPU time the whole process spent per
 //! task (all threads): spinning idle workers buy latency with CPU, and this shows the
@@ -52,6 +54,7 @@ fn main() {
         .expect("build the rayon pool");
 
     let mut rt = Table::default();
+    let mut gt = Table::default();
     let mut tt = Table::default();
     for round in 0..rounds {
         // Round trips, in an order that alternates between rounds.
@@ -69,6 +72,28 @@ fn main() {
         }
         rt.add("std::thread", round_trips_thread(thread_trips));
         rt.ratio_vs_best_rayon("microsched");
+
+        let gap = Duration::from_micros(200);
+        let gap_trips = trips / 20;
+        if round % 2 == 0 {
+            gt.add(
+                "microsched",
+                gapped(gap_trips, gap, |i| round_trip_microsched(&pool, i)),
+            );
+            gt.add(
+                "rayon recv",
+                gapped(gap_trips, gap, |i| round_trip_rayon(&rayon, i)),
+            );
+        } else {
+            gt.add(
+                "rayon recv",
+                gapped(gap_trips, gap, |i| round_trip_rayon(&rayon, i)),
+            );
+            gt.add(
+                "microsched",
+                gapped(gap_trips, gap, |i| round_trip_microsched(&pool, i)),
+            );
+        }
 
         let mut order = vec!["microsched", "rayon"];
         if round % 2 == 1 {
@@ -119,6 +144,20 @@ fn main() {
             median(&rt.medians(name)),
             median(&rt.p99s(name)),
             median(&rt.cpus(name))
+        );
+    }
+    println!();
+    println!(
+        "round trip after a 200 µs idle gap ({} per round)",
+        trips / 20
+    );
+    println!("  {:<16} {:>10} {:>10}", "", "median µs", "p99 µs");
+    for name in ["microsched", "rayon recv"] {
+        println!(
+            "  {:<16} {:>10.2} {:>10.2}",
+            name,
+            median(&gt.medians(name)),
+            median(&gt.p99s(name))
         );
     }
     println!();
@@ -247,6 +286,32 @@ fn round_trips_rayon(pool: &rayon::ThreadPool, n: usize, poll: bool) -> Run {
         };
         assert_eq!(v, i);
     })
+}
+
+/// One round trip per call, timed by the caller.
+fn round_trip_microsched(pool: &Pool, i: usize) {
+    assert_eq!(pool.spawn(move || black_box(i)).join().unwrap(), i);
+}
+
+fn round_trip_rayon(pool: &rayon::ThreadPool, i: usize) {
+    let (tx, rx) = mpsc::channel();
+    pool.spawn(move || tx.send(black_box(i)).unwrap());
+    assert_eq!(rx.recv().unwrap(), i);
+}
+
+/// `n` round trips, each after the caller slept for `gap` (not timed).
+fn gapped(n: usize, gap: Duration, mut trip: impl FnMut(usize)) -> Run {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        std::thread::sleep(gap);
+        let start = Instant::now();
+        trip(i);
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Run {
+        samples,
+        cpu_us: f64::NAN, // dominated by the gaps; not reported
+    }
 }
 
 fn round_trips_thread(n: usize) -> Run {

@@ -15,6 +15,12 @@
 //!   it.
 //! - A task that has started never moves to another thread. A panic is caught at the task
 //!   boundary and handed to the joiner with its payload; the runner goes on.
+//! - [`JoinHandle::join`] inside a task of the same pool runs the awaited task inline if it
+//!   is still queued (so fan-out and join works on one worker), and never runs any other
+//!   task while it waits.
+//! - [`Pool::shutdown`] (and dropping the pool) refuses new spawns, runs every task
+//!   accepted before it, and joins the runners; [`Pool::shutdown_timeout`] bounds the
+//!   wait and resolves what is still queued with [`JoinError::Shutdown`].
 //! - Slots are separate from the threads that hold them so that a runner that has run one
 //!   task for too long can hand its slot to a fresh thread and keep the long task (timer
 //!   preemption, the next step of this crate).
@@ -32,8 +38,9 @@
 //!
 //! # Soundness
 //!
-//! Every task runs on its own OS thread from start to end, and the kernel does every
-//! switch between tasks, so thread-local state, `errno` and lock ownership are never torn.
+//! Every task runs on one OS thread from start to end, and a thread never switches
+//! between two tasks asynchronously: the kernel does every switch, so thread-local state,
+//! `errno` and lock ownership are never torn. (An inline join is a plain nested call.)
 //! The crate never unwinds a task from an arbitrary instruction; destructors run only on
 //! the normal and the panic paths. The design and its rules are in `DESIGN.md` of the
 //! project.
