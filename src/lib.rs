@@ -61,6 +61,7 @@ compile_error!(
 
 mod builder;
 mod error;
+mod gate;
 mod loom;
 mod pool;
 mod runner;
@@ -85,6 +86,7 @@ struct ReadmeDoctests;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
+    pub use crate::gate::Gate;
     pub use crate::runner::{serve, Serve};
     pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;

@@ -6,6 +6,11 @@
 //! simply not run inside a loom model.
 
 #[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
+#[cfg(not(loom))]
+pub(crate) use std::thread::yield_now;
+
+#[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };

@@ -2,13 +2,10 @@
 //!
 //! # Shutdown protocol
 //!
-//! 1. Close: set `CLOSED` in the gate. A spawn from outside the pool adds `IN_FLIGHT` to the
-//!    gate before it pushes and takes it off after; one that finds `CLOSED` refuses the
-//!    task instead. A spawn from inside a task raises its slot's `spawning` flag (SeqCst),
-//!    then checks `CLOSED` (SeqCst), and lowers the flag after pushing: in the single order
-//!    of SeqCst operations either the spawn sees `CLOSED`, or step 2 sees the flag.
-//! 2. Wait until no outside spawn is in flight and no slot's flag is up. From here on the
-//!    set of accepted tasks is final, and so are the counters that count them.
+//! 1. Close the gate (`gate.rs`): from here on every spawn is refused.
+//! 2. Wait until every spawn that got through the gate has pushed and counted its task.
+//!    From here on the set of accepted tasks is final, and so are the counters that count
+//!    them.
 //! 3. `mode = DRAIN`, and wake every sleeping runner. Runners keep running tasks, and exit
 //!    once they find none *and* every accepted task has finished (completed + panicked +
 //!    discarded = accepted, from the counters). Waiting for the others' tasks, not just
@@ -34,15 +31,13 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::builder::Builder;
 use crate::error::ShutdownTimedOut;
-use crate::loom::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crate::gate::Gate;
+use crate::loom::{AtomicU8, Ordering};
 use crate::runner::{self, steal, Runner};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
 use crate::stats::{PoolCounters, Stats};
 use crate::task::{self, JoinHandle, Task};
-
-const CLOSED: usize = 1;
-const IN_FLIGHT: usize = 2;
 
 /// Where a pool is in its life; see the shutdown protocol. Only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,24 +51,14 @@ const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
 const DISCARD: u8 = 2;
 
-/// What every spawn from outside the pool writes, on a cache line of its own: runners read
-/// `mode` and the slot list on every task, and must not lose those lines to spawners.
-#[repr(align(128))]
-struct Gate {
-    /// Shutdown step 1: `CLOSED` bit plus `IN_FLIGHT` times the number of outside spawns
-    /// between their check and their push. SeqCst: the close is ordered with every spawn's
-    /// increment, so a spawn either sees `CLOSED` or is waited for.
-    word: AtomicUsize,
-    /// Tasks accepted through the gate (Relaxed: a statistic).
-    injected: AtomicU64,
-}
-
 /// State shared by the pool, its handles and its runners.
 pub(crate) struct Shared {
     pub(crate) injector: Injector<Task>,
     pub(crate) slots: Box<[Slot]>,
     pub(crate) sleep: Sleep,
     gate: Gate,
+    /// Unique per pool for the life of the process (an address could be reused).
+    id: usize,
     /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
     mode: AtomicU8,
     pub(crate) counters: PoolCounters,
@@ -90,9 +75,11 @@ impl Shared {
             injector: Injector::new(),
             slots: cores.into_iter().map(Slot::new).collect(),
             sleep: Sleep::new(workers),
-            gate: Gate {
-                word: AtomicUsize::new(0),
-                injected: AtomicU64::new(0),
+            gate: Gate::new(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
             mode: AtomicU8::new(RUNNING),
             counters: PoolCounters::default(),
@@ -120,14 +107,12 @@ impl Shared {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if self.gate.word.fetch_add(IN_FLIGHT, Ordering::SeqCst) & CLOSED != 0 {
-            self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
+        let Some(entered) = self.gate.enter_outside() else {
             return self.refuse(func);
-        }
-        let (task, handle) = task::new(func, self.id());
-        self.gate.injected.fetch_add(1, Ordering::Relaxed);
+        };
+        let (task, handle) = task::new(func, self.id);
         self.injector.push(task);
-        self.gate.word.fetch_sub(IN_FLIGHT, Ordering::Release);
+        drop(entered);
         self.sleep.notify_one();
         handle
     }
@@ -151,11 +136,15 @@ impl Shared {
     /// The pool's identity, stored in its tasks so a join runs a task inline only on a
     /// runner of the pool that spawned it.
     pub(crate) fn id(&self) -> usize {
-        self as *const Shared as usize
+        self.id
+    }
+
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.gate.word.load(Ordering::Acquire) & CLOSED != 0
+        self.gate.is_closed()
     }
 
     /// Acquire: a runner that sees `DRAIN` sees every push and count that shutdown step 2
@@ -184,7 +173,7 @@ impl Shared {
     /// `sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
     /// counts from the wake (`runner::serve`).
     fn all_finished(&self) -> bool {
-        let mut accepted = self.gate.injected.load(Ordering::Relaxed);
+        let mut accepted = self.gate.injected();
         let mut finished = self.counters.discarded.load(Ordering::Relaxed);
         for slot in self.slots.iter() {
             let (spawned, done) = slot.counters.accepted_and_finished();
@@ -194,19 +183,10 @@ impl Shared {
         finished >= accepted
     }
 
-    /// Shutdown steps 1–3. Idempotent. The waits of step 2 last as long as a push (the
-    /// spawning threads are between two instructions of ours), unless the OS deschedules a
-    /// spawner in the middle: then they last until it runs again.
+    /// Shutdown steps 1–3. Idempotent.
     fn close(&self) {
-        self.gate.word.fetch_or(CLOSED, Ordering::SeqCst);
-        while self.gate.word.load(Ordering::Acquire) & !CLOSED != 0 {
-            thread::yield_now();
-        }
-        for slot in self.slots.iter() {
-            while slot.spawning.load(Ordering::SeqCst) {
-                thread::yield_now();
-            }
-        }
+        self.gate
+            .close(self.slots.iter().map(|slot| &*slot.spawning));
         let _ = self
             .mode
             .compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
@@ -270,11 +250,7 @@ impl Shared {
             .enumerate()
             .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i)))
             .collect();
-        Stats::collect(
-            self.gate.injected.load(Ordering::Relaxed),
-            &self.counters,
-            slots,
-        )
+        Stats::collect(self.gate.injected(), &self.counters, slots)
     }
 }
 

@@ -27,7 +27,6 @@ use std::time::Instant;
 
 use crossbeam_deque::{Steal, Worker};
 
-use crate::loom::Ordering;
 use crate::pool::{Mode, Shared};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
@@ -128,17 +127,14 @@ impl Runner {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        // Shutdown step 1 for spawns from inside: see `pool.rs`.
         let slot = self.slot();
-        slot.spawning.store(true, Ordering::SeqCst);
-        if self.shared.is_closed() {
-            slot.spawning.store(false, Ordering::Release);
+        let Some(entered) = self.shared.gate().enter_inside(&slot.spawning) else {
             return self.shared.refuse(func);
-        }
+        };
         let (task, handle) = task::new(func, self.shared.id());
         slot.counters.local_spawn();
         self.local().push(task);
-        slot.spawning.store(false, Ordering::Release);
+        drop(entered);
         self.shared.sleep.notify_one();
         handle
     }

@@ -101,7 +101,10 @@ impl<T> JoinState<T> {
         if self.is_complete() {
             return true;
         }
-        let spin_until = Instant::now() + JOIN_SPIN;
+        let mut spin_until = Instant::now() + JOIN_SPIN;
+        if let Some(deadline) = deadline {
+            spin_until = spin_until.min(deadline);
+        }
         let mut round = 0u32;
         while round % 64 != 0 || Instant::now() < spin_until {
             std::hint::spin_loop();
@@ -351,7 +354,13 @@ impl<T> JoinHandle<T> {
     pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JoinError>, Self> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.join_deadline(deadline),
-            None => Ok(self.join()),
+            // Too far away to represent: wait without a deadline, still never inline.
+            None => {
+                self.task.state().wait(None);
+                // SAFETY: `wait(None)` returns only once complete; `self` is the only
+                // handle and is consumed here.
+                Ok(unsafe { self.task.state().take() })
+            }
         }
     }
 

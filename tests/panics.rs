@@ -10,7 +10,7 @@ use common::{join, quiet_panics, Expected};
 use microsched::Pool;
 
 fn one_worker() -> Pool {
-    Pool::builder().workers(1).build().unwrap()
+    common::builder(1).build().unwrap()
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn a_closure_that_panics_on_drop_after_refusal_does_not_panic_in_spawn() {
 #[test]
 fn panics_on_every_runner_are_all_counted() {
     quiet_panics();
-    let pool = Pool::builder().workers(2).build().unwrap();
+    let pool = common::builder(2).build().unwrap();
     let handles: Vec<_> = (0..1_000u32)
         .map(|i| {
             pool.spawn(move || {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{join, quiet_panics, Expected};
-use microsched::{Handle, JoinError, Pool};
+use microsched::{Handle, JoinError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -106,8 +106,7 @@ proptest! {
         use_timeout in any::<bool>(),
     ) {
         quiet_panics();
-        let pool = Pool::builder()
-            .workers(workers)
+        let pool = common::builder(workers)
             .spin(Duration::from_micros(spin_us))
             .build()
             .unwrap();

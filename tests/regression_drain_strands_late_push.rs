@@ -11,8 +11,6 @@ mod common;
 
 use std::time::Duration;
 
-use microsched::Pool;
-
 #[test]
 fn tasks_spawned_right_before_shutdown_all_run() {
     for round in 0..10_000u32 {
@@ -23,7 +21,7 @@ fn tasks_spawned_right_before_shutdown_all_run() {
         } else {
             microsched::DEFAULT_SPIN
         };
-        let pool = Pool::builder().workers(2).spin(spin).build().unwrap();
+        let pool = common::builder(2).spin(spin).build().unwrap();
         let n = 1 + round % 16;
         let handles: Vec<_> = (0..n).map(|i| pool.spawn(move || round + i)).collect();
         pool.shutdown();

@@ -8,11 +8,10 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::join;
-use microsched::Pool;
 
 #[test]
 fn queued_tasks_run_before_shutdown_returns() {
-    let pool = Pool::builder().workers(2).build().unwrap();
+    let pool = common::builder(2).build().unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..5_000)
         .map(|_| {
@@ -35,7 +34,7 @@ fn queued_tasks_run_before_shutdown_returns() {
 
 #[test]
 fn spawning_after_shutdown_is_an_error_not_a_panic() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = common::builder(1).build().unwrap();
     let handle = pool.handle();
     assert!(!pool.is_shutdown());
     pool.shutdown();
@@ -54,7 +53,7 @@ fn drop_shuts_down_gracefully() {
     let ran = Arc::new(AtomicUsize::new(0));
     let handle;
     {
-        let pool = Pool::builder().workers(2).build().unwrap();
+        let pool = common::builder(2).build().unwrap();
         handle = pool.handle();
         for _ in 0..1_000 {
             let ran = ran.clone();
@@ -67,7 +66,7 @@ fn drop_shuts_down_gracefully() {
 
 #[test]
 fn shutdown_from_inside_a_task_returns() {
-    let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+    let pool = Arc::new(common::builder(2).build().unwrap());
     let inner = pool.clone();
     let h = pool.spawn(move || {
         inner.shutdown();
@@ -80,7 +79,7 @@ fn shutdown_from_inside_a_task_returns() {
 
 #[test]
 fn the_last_pool_reference_dropped_inside_a_task_does_not_deadlock() {
-    let pool = Arc::new(Pool::builder().workers(1).build().unwrap());
+    let pool = Arc::new(common::builder(1).build().unwrap());
     let handle = pool.handle();
     let gate = Arc::new(Barrier::new(2));
     let inner = pool.clone();
@@ -100,7 +99,7 @@ fn the_last_pool_reference_dropped_inside_a_task_does_not_deadlock() {
 
 #[test]
 fn shutdown_timeout_discards_queued_work_and_detaches_a_stuck_runner() {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pool = common::builder(1).build().unwrap();
     let release = Arc::new(AtomicBool::new(false));
     let started = Arc::new(Barrier::new(2));
     let stuck = pool.spawn({
@@ -137,7 +136,7 @@ fn shutdown_timeout_discards_queued_work_and_detaches_a_stuck_runner() {
 
 #[test]
 fn shutdown_timeout_that_is_long_enough_is_ok() {
-    let pool = Pool::builder().workers(2).build().unwrap();
+    let pool = common::builder(2).build().unwrap();
     let handles: Vec<_> = (0..100u64).map(|i| pool.spawn(move || i)).collect();
     pool.shutdown_timeout(Duration::from_secs(60)).unwrap();
     for (i, h) in handles.into_iter().enumerate() {
@@ -148,7 +147,7 @@ fn shutdown_timeout_that_is_long_enough_is_ok() {
 #[test]
 fn shutdown_races_with_spawners_and_every_handle_resolves() {
     for _ in 0..50 {
-        let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+        let pool = Arc::new(common::builder(2).build().unwrap());
         let spawners: Vec<_> = (0..2)
             .map(|_| {
                 let pool = pool.clone();

@@ -11,7 +11,7 @@ use common::join;
 use microsched::{Handle, Pool};
 
 fn pool(workers: usize) -> Pool {
-    Pool::builder().workers(workers).build().unwrap()
+    common::builder(workers).build().unwrap()
 }
 
 #[test]
@@ -297,11 +297,7 @@ fn a_task_of_one_pool_can_spawn_onto_another() {
 fn sleeping_runners_wake_for_every_spawn() {
     // spin(0): runners sleep as soon as they are idle, so each round trip goes through the
     // sleep protocol; a lost wake-up would hang here.
-    let pool = Pool::builder()
-        .workers(2)
-        .spin(Duration::ZERO)
-        .build()
-        .unwrap();
+    let pool = common::builder(2).spin(Duration::ZERO).build().unwrap();
     for round in 0..2_000u32 {
         assert_eq!(join(pool.spawn(move || round)).unwrap(), round);
         if round % 100 == 0 {

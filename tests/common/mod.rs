@@ -44,3 +44,12 @@ pub fn join<T>(handle: JoinHandle<T>) -> Result<T, JoinError> {
         Err(_) => panic!("a task did not resolve within {HANG:?}: hang"),
     }
 }
+
+/// A builder for `workers` slots, pinned when this process may use that many cores (so the
+/// tests also run, unpinned, on a one-core machine).
+pub fn builder(workers: usize) -> microsched::Builder {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    microsched::Pool::builder()
+        .workers(workers)
+        .pin(workers <= cores)
+}
