@@ -65,6 +65,30 @@ fn drop_shuts_down_gracefully() {
 }
 
 #[test]
+fn a_running_task_waiting_on_a_queued_one_finishes_during_shutdown() {
+    // P spawns C and then waits for it through a channel, not a join, so only another
+    // runner can run C. Shutdown starts while C is queued: the other runner must not exit
+    // until every accepted task has finished.
+    for _ in 0..200 {
+        let pool = common::builder(2).build().unwrap();
+        let (spawned_tx, spawned_rx) = std::sync::mpsc::channel();
+        let handle = pool.handle();
+        let p = pool.spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            drop(handle.spawn(move || tx.send(7).unwrap()));
+            spawned_tx.send(()).unwrap();
+            rx.recv_timeout(common::HANG).expect("C ran while P waited")
+        });
+        spawned_rx.recv().unwrap();
+        pool.shutdown();
+        assert_eq!(join(p).unwrap(), 7);
+        let stats = pool.stats();
+        assert_eq!(stats.completed, 2);
+        assert_eq!(stats.spawned, 2);
+    }
+}
+
+#[test]
 fn shutdown_from_inside_a_task_returns() {
     let pool = Arc::new(common::builder(2).build().unwrap());
     let inner = pool.clone();
