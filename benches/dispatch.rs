@@ -75,24 +75,17 @@ fn main() {
 
         let gap = Duration::from_micros(200);
         let gap_trips = trips / 20;
-        if round % 2 == 0 {
-            gt.add(
-                "microsched",
-                gapped(gap_trips, gap, |i| round_trip_microsched(&pool, i)),
-            );
-            gt.add(
-                "rayon recv",
-                gapped(gap_trips, gap, |i| round_trip_rayon(&rayon, i)),
-            );
-        } else {
-            gt.add(
-                "rayon recv",
-                gapped(gap_trips, gap, |i| round_trip_rayon(&rayon, i)),
-            );
-            gt.add(
-                "microsched",
-                gapped(gap_trips, gap, |i| round_trip_microsched(&pool, i)),
-            );
+        let mut order = ["microsched", "rayon recv"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for name in order {
+            let run = if name == "microsched" {
+                gapped(gap_trips, gap, |i| round_trip_microsched(&pool, i))
+            } else {
+                gapped(gap_trips, gap, |i| round_trip_rayon(&rayon, i))
+            };
+            gt.add(name, run);
         }
 
         let mut order = vec!["microsched", "rayon"];

@@ -119,7 +119,8 @@ fn an_idle_slot_steals_from_a_busy_slots_queue() {
 
 #[test]
 fn joining_inside_a_one_worker_pool_runs_the_queued_child() {
-    // Without helping, the only runner would block on a child queued behind it: deadlock.
+    // Unless the join ran the queued child inline, the only runner would block on a child
+    // queued behind it: deadlock.
     let pool = pool(1);
     let handle = pool.handle();
     let parent = pool.spawn(move || {
