@@ -95,11 +95,12 @@ fn expected_value(op: &Op) -> Option<u64> {
 }
 
 proptest! {
-    // Failing cases are saved beside this file (`proptest_mix.regressions`), to commit.
+    // Failing cases are saved beside this file (`proptest_mix.proptest-regressions`, committed:
+    // it holds the seeds of the drain bug of `regression_drain_strands_late_push.rs`).
     #![proptest_config(ProptestConfig {
         cases: 96,
         failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
         )),
         ..ProptestConfig::default()
     })]
