@@ -147,14 +147,10 @@ impl Builder {
         }
         drop(ready_tx);
         // Each started runner reports once; a runner that failed to pin exits at once.
-        for (index, pinned) in ready_rx.iter() {
+        for pinned in ready_rx.iter() {
             if let (Err(source), None) = (pinned, &failure) {
                 failure = Some(BuildError::Os {
-                    what: if index == 0 {
-                        "pin runner 0 to its core"
-                    } else {
-                        "pin a runner to its core"
-                    },
+                    what: "pin a runner thread to its core",
                     source,
                 });
             }

@@ -431,7 +431,7 @@ pub(crate) fn start_runner(
     index: usize,
     builder: thread::Builder,
     affinity: Option<Vec<usize>>,
-    ready: std::sync::mpsc::Sender<(usize, std::io::Result<()>)>,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     let shared = shared.clone();
     builder.spawn(move || {
@@ -444,7 +444,7 @@ pub(crate) fn start_runner(
         let exit = Exit(shared.clone());
         let pinned = affinity.map_or(Ok(()), |cpus| crate::sys::set_current_affinity(&cpus));
         let ok = pinned.is_ok();
-        let _ = ready.send((index, pinned));
+        let _ = ready.send(pinned);
         drop(ready);
         if ok {
             Runner::main(shared, index);

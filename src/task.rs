@@ -352,23 +352,19 @@ impl<T> JoinHandle<T> {
     /// not be stopped at the deadline: inside a one-worker pool, a timed join of a queued
     /// child times out, and a later `join` runs it.
     pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JoinError>, Self> {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.join_deadline(deadline),
-            // Too far away to represent: wait without a deadline, still never inline.
-            None => {
-                self.task.state().wait(None);
-                // SAFETY: `wait(None)` returns only once complete; `self` is the only
-                // handle and is consumed here.
-                Ok(unsafe { self.task.state().take() })
-            }
-        }
+        // A deadline too far away to represent is no deadline (still never inline).
+        self.wait_and_take(Instant::now().checked_add(timeout))
     }
 
     /// Waits until `deadline` at the latest. On time-out the handle comes back in `Err`.
     /// Like [`join_timeout`](JoinHandle::join_timeout), it never runs the task inline.
     pub fn join_deadline(self, deadline: Instant) -> Result<Result<T, JoinError>, Self> {
+        self.wait_and_take(Some(deadline))
+    }
+
+    fn wait_and_take(self, deadline: Option<Instant>) -> Result<Result<T, JoinError>, Self> {
         let state = self.task.state();
-        if state.wait(Some(deadline)) {
+        if state.wait(deadline) {
             // SAFETY: complete; `self` is the only handle and is consumed here.
             Ok(unsafe { state.take() })
         } else {
