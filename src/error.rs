@@ -190,8 +190,28 @@ pub enum BuildError {
         /// The longest accepted spin.
         maximum: std::time::Duration,
     },
+    /// `quantum` outside the accepted range.
+    InvalidQuantum {
+        /// The quantum asked for.
+        requested: std::time::Duration,
+        /// The shortest accepted.
+        minimum: std::time::Duration,
+        /// The longest accepted.
+        maximum: std::time::Duration,
+    },
+    /// `signal(n)` with a signal the pool cannot use for its timers.
+    InvalidSignal(i32),
+    /// `max_carriers(0)`: a handoff always makes one carrier; turn preemption off instead.
+    NoCarriers,
+    /// `standbys(n)` outside `1..=MAX_STANDBYS`.
+    InvalidStandbys {
+        /// Standbys asked for.
+        requested: u32,
+        /// The most accepted.
+        maximum: u32,
+    },
     /// The OS refused something the pool needs: reading the affinity mask, creating a
-    /// runner thread, or pinning it.
+    /// pool thread, pinning it, installing the signal handler or creating its timers.
     Os {
         /// What was being done.
         what: &'static str,
@@ -231,6 +251,21 @@ impl fmt::Display for BuildError {
             BuildError::SpinTooLong { requested, maximum } => write!(
                 f,
                 "spin({requested:?}) is longer than the maximum {maximum:?}: an idle runner would burn its core; use a shorter spin"
+            ),
+            BuildError::InvalidQuantum { requested, minimum, maximum } => write!(
+                f,
+                "quantum({requested:?}) is outside {minimum:?}..={maximum:?}; pick a quantum in that range, or turn preemption off"
+            ),
+            BuildError::InvalidSignal(signal) => write!(
+                f,
+                "signal({signal}) cannot drive the pool's timers; use SIGALRM, SIGVTALRM, SIGPROF, SIGUSR1, SIGUSR2 or a real-time signal (SIGRTMIN..=SIGRTMAX)"
+            ),
+            BuildError::NoCarriers => f.write_str(
+                "max_carriers(0) would forbid every handoff; allow at least 1, or turn preemption off with preemption(false)",
+            ),
+            BuildError::InvalidStandbys { requested, maximum } => write!(
+                f,
+                "standbys({requested}) is outside 1..={maximum}; a preemptible slot needs at least one parked standby"
             ),
             BuildError::Os { what, source } => write!(f, "could not {what}: {source}"),
         }

@@ -60,18 +60,27 @@ compile_error!(
 );
 
 mod builder;
+mod carrier;
 mod error;
 mod gate;
+mod handler;
 mod loom;
+mod monitor;
 mod pool;
+mod reserve;
 mod runner;
+mod signal;
 mod sleep;
 mod slot;
 mod stats;
 mod sys;
 mod task;
 
-pub use builder::{Builder, DEFAULT_SPIN, MAX_SPIN, MAX_WORKERS, MIN_STACK_SIZE};
+pub use builder::{
+    Builder, DEFAULT_MAX_CARRIERS, DEFAULT_QUANTUM, DEFAULT_SPIN, MAX_QUANTUM, MAX_SPIN,
+    MAX_STANDBYS, MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
+};
+pub use handler::TimerClock;
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use pool::{Handle, Pool};
 pub use stats::{SlotStats, Stats};
@@ -87,7 +96,8 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::gate::Gate;
-    pub use crate::runner::{serve, Serve};
+    pub use crate::reserve::{Reserve, Woken};
+    pub use crate::runner::{serve, Serve, Served};
     pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;
     pub use crate::task::{inline_task, new as new_task, Task};

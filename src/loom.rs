@@ -12,11 +12,13 @@ pub(crate) use std::thread::yield_now;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 /// An `UnsafeCell` with loom's closure-based access API, so that loom can check that no two
 /// threads touch the same cell at once without synchronisation.
@@ -56,10 +58,6 @@ pub(crate) struct Futex {
     cond: loom::sync::Condvar,
 }
 
-#[cfg(loom)]
-use loom::sync::atomic::AtomicU32;
-#[cfg(not(loom))]
-use std::sync::atomic::AtomicU32;
 
 impl Futex {
     pub(crate) fn new(value: u32) -> Self {

@@ -32,11 +32,12 @@ use parking_lot::{Condvar, Mutex};
 use crate::builder::Builder;
 use crate::error::ShutdownTimedOut;
 use crate::gate::Gate;
+use crate::handler::Preempt;
 use crate::loom::{AtomicU8, Ordering};
-use crate::runner::{self, steal, Runner};
+use crate::runner::{self, steal};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
-use crate::stats::{PoolCounters, Stats};
+use crate::stats::{PoolCounters, PreemptSnapshot, Stats};
 use crate::task::{self, JoinHandle, Task};
 
 /// Where a pool is in its life; see the shutdown protocol. Only ever moves forward.
@@ -62,14 +63,47 @@ pub(crate) struct Shared {
     /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
     mode: AtomicU8,
     pub(crate) counters: PoolCounters,
-    /// Runner threads that have not exited yet, and the condition shutdown waits on.
+    /// Pool threads (runners, standbys, carriers, the monitor) that have not exited yet,
+    /// and the condition shutdown waits on.
     live: Mutex<usize>,
     exited: Condvar,
     pub(crate) spin: Duration,
+    /// Preemption settings and per-slot reserves; `None` with preemption off.
+    pub(crate) preempt: Option<Preempt>,
+    pub(crate) threads: Threads,
+}
+
+/// How the pool makes threads, and the handles of those it made.
+pub(crate) struct Threads {
+    pub(crate) name: String,
+    pub(crate) stack_size: Option<usize>,
+    /// Each slot's CPU affinity (`None`: leave it alone).
+    pub(crate) affinity: Vec<Option<Vec<usize>>>,
+    handles: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Threads {
+    pub(crate) fn new(
+        name: String,
+        stack_size: Option<usize>,
+        affinity: Vec<Option<Vec<usize>>>,
+    ) -> Threads {
+        Threads {
+            name,
+            stack_size,
+            affinity,
+            handles: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Shared {
-    pub(crate) fn new(cores: Vec<Option<usize>>, spin: Duration) -> Self {
+    pub(crate) fn new(
+        cores: Vec<Option<usize>>,
+        spin: Duration,
+        preempt: Option<Preempt>,
+        threads: Threads,
+    ) -> Self {
         let workers = cores.len();
         Self {
             injector: Injector::new(),
@@ -83,9 +117,11 @@ impl Shared {
             },
             mode: AtomicU8::new(RUNNING),
             counters: PoolCounters::default(),
-            live: Mutex::new(workers),
+            live: Mutex::new(0),
             exited: Condvar::new(),
             spin,
+            preempt,
+            threads,
         }
     }
 
@@ -102,7 +138,7 @@ impl Shared {
 
     /// A spawn from a thread that holds no slot of this pool: through the gate into the
     /// injector.
-    fn spawn_outside<F, T>(&self, func: F) -> JoinHandle<T>
+    pub(crate) fn spawn_outside<F, T>(&self, func: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -173,14 +209,7 @@ impl Shared {
     /// `sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
     /// counts from the wake (`runner::serve`).
     fn all_finished(&self) -> bool {
-        let mut accepted = self.gate.injected();
-        let mut finished = self.counters.discarded.load(Ordering::Relaxed);
-        for slot in self.slots.iter() {
-            let (spawned, done) = slot.counters.accepted_and_finished();
-            accepted += spawned;
-            finished += done;
-        }
-        finished >= accepted
+        self.unfinished() == 0
     }
 
     /// Shutdown steps 1–3. Idempotent.
@@ -216,8 +245,13 @@ impl Shared {
         }
     }
 
-    /// Called by each runner thread as it ends, however it ends.
-    pub(crate) fn runner_exited(&self) {
+    /// Counts a pool thread in, before it is spawned.
+    pub(crate) fn thread_started(&self) {
+        *self.live.lock() += 1;
+    }
+
+    /// Counts a pool thread out, however it ends (or if it never started).
+    pub(crate) fn thread_exited(&self) {
         let mut live = self.live.lock();
         *live -= 1;
         if *live == 0 {
@@ -225,32 +259,67 @@ impl Shared {
         }
     }
 
-    /// Shutdown step 4: true if every runner exited before `deadline`.
-    fn wait_for_runners(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+    pub(crate) fn keep_handle(&self, handle: thread::JoinHandle<()>) {
+        self.threads.handles.lock().push(handle);
+    }
+
+    /// Joins the threads that have finished (retired carriers), so their handles do not
+    /// pile up.
+    pub(crate) fn join_exited(&self) {
+        let finished: Vec<_> = {
+            let mut handles = self.threads.handles.lock();
+            let (done, running) = handles.drain(..).partition(|h| h.is_finished());
+            *handles = running;
+            done
+        };
+        for handle in finished {
+            let _ = handle.join();
+        }
+    }
+
+    /// Tasks accepted and not finished (running, or queued).
+    fn unfinished(&self) -> u64 {
+        let mut accepted = self.gate.injected();
+        let mut finished = self.counters.discarded.load(Ordering::Relaxed);
+        for slot in self.slots.iter() {
+            let (spawned, done) = slot.counters.accepted_and_finished();
+            accepted += spawned;
+            finished += done;
+        }
+        accepted.saturating_sub(finished)
+    }
+
+    /// Shutdown step 4: true if every pool thread exited before `deadline`.
+    fn wait_for_threads(&self, deadline: Option<Instant>) -> bool {
         let mut live = self.live.lock();
         while *live > 0 {
             match deadline {
                 None => self.exited.wait(&mut live),
                 Some(deadline) => {
                     if self.exited.wait_until(&mut live, deadline).timed_out() && *live > 0 {
-                        return Err(ShutdownTimedOut {
-                            busy_runners: *live,
-                        });
+                        return false;
                     }
                 }
             }
         }
-        Ok(())
+        true
     }
 
     fn stats(&self) -> Stats {
+        let preempt: Vec<PreemptSnapshot> = (0..self.slots.len())
+            .map(|i| {
+                self.preempt
+                    .as_ref()
+                    .map_or_else(PreemptSnapshot::default, |p| PreemptSnapshot::of(&p.reserves[i]))
+            })
+            .collect();
         let slots = self
             .slots
             .iter()
             .enumerate()
-            .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i)))
+            .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i), preempt[i]))
             .collect();
-        Stats::collect(self.gate.injected(), &self.counters, slots)
+        Stats::collect(self.gate.injected(), &self.counters, slots, &preempt)
     }
 }
 
@@ -260,7 +329,6 @@ impl Shared {
 /// gracefully: see [`Pool::shutdown`].
 pub struct Pool {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -274,11 +342,8 @@ impl Pool {
         Builder::new().build()
     }
 
-    pub(crate) fn from_parts(shared: Arc<Shared>, threads: Vec<thread::JoinHandle<()>>) -> Pool {
-        Pool {
-            shared,
-            threads: Mutex::new(threads),
-        }
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
+        Pool { shared }
     }
 
     /// Runs `func` on the pool and returns a handle to its result.
@@ -346,12 +411,15 @@ impl Pool {
         if runner::with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared))) {
             return Ok(());
         }
-        if let Err(timed_out) = shared.wait_for_runners(deadline) {
+        if !shared.wait_for_threads(deadline) {
             shared.discard_queued();
-            return Err(timed_out);
+            return Err(ShutdownTimedOut {
+                busy_runners: shared.unfinished() as usize,
+            });
         }
-        for thread in self.threads.lock().drain(..) {
-            // A runner never unwinds (it aborts instead), so join cannot return an error.
+        let handles = std::mem::take(&mut *shared.threads.handles.lock());
+        for thread in handles {
+            // A pool thread never unwinds (it aborts instead), so join cannot fail.
             let _ = thread.join();
         }
         Ok(())
@@ -423,32 +491,4 @@ impl fmt::Debug for Handle {
             .field("shut_down", &self.is_shutdown())
             .finish()
     }
-}
-
-/// Spawns the runner threads of a freshly built pool. Used by the builder.
-pub(crate) fn start_runner(
-    shared: &Arc<Shared>,
-    index: usize,
-    builder: thread::Builder,
-    affinity: Option<Vec<usize>>,
-    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
-) -> std::io::Result<thread::JoinHandle<()>> {
-    let shared = shared.clone();
-    builder.spawn(move || {
-        struct Exit(Arc<Shared>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                self.0.runner_exited();
-            }
-        }
-        let exit = Exit(shared.clone());
-        let pinned = affinity.map_or(Ok(()), |cpus| crate::sys::set_current_affinity(&cpus));
-        let ok = pinned.is_ok();
-        let _ = ready.send(pinned);
-        drop(ready);
-        if ok {
-            Runner::main(shared, index);
-        }
-        drop(exit);
-    })
 }

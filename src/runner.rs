@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use crossbeam_deque::{Steal, Worker};
 
+use crate::handler::Record;
 use crate::pool::{Mode, Shared};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
@@ -56,6 +57,18 @@ pub(crate) struct Runner {
     rng: Cell<u32>,
     /// Looks for work so far, to look at the injector first every `INJECTOR_EVERY` times.
     looks: Cell<u32>,
+    /// This thread's record for the signal handler; `None` with preemption off.
+    record: Option<&'static Record>,
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Shutdown: no work is left and none can come.
+    Exit,
+    /// The slot was handed to a standby while a task ran; that task has now returned on
+    /// this thread, which no longer holds the slot.
+    HandedOff,
 }
 
 /// Calls `f` with the runner on this thread, if this thread is a runner.
@@ -72,28 +85,35 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Runner>) -> R) -> R {
 /// task is left to the pool's runners.
 pub(crate) fn run_inline(pool: usize, task: Task) {
     with_current(|runner| match runner {
-        Some(runner) if runner.shared.id() == pool => runner.execute(task),
+        Some(runner) if runner.shared.id() == pool => runner.run_nested(task),
         _ => drop(task),
     });
 }
 
 impl Runner {
-    /// The body of a runner thread: hold slot `index` and serve it until shutdown.
-    pub(crate) fn main(shared: Arc<Shared>, index: usize) {
+    /// Holds slot `index` and serves it until shutdown or a handoff.
+    pub(crate) fn main(shared: Arc<Shared>, index: usize, record: Option<&'static Record>) -> Served {
         let runner = Runner {
             shared,
             index,
             rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
             looks: Cell::new(0),
+            record,
         };
-        // The runtime catches every task panic; an unwind reaching here is a bug in this
-        // crate, and a runner that vanished would leave its slot unserved and its handles
-        // unresolved. Abort loudly instead.
-        let bomb = AbortOnUnwind;
         CURRENT.with(|c| c.set(&runner));
-        serve(&runner, &runner.shared.sleep, index);
+        let served = serve(&runner, &runner.shared.sleep, index);
         CURRENT.with(|c| c.set(ptr::null()));
-        std::mem::forget(bomb);
+        served
+    }
+
+    /// Runs a task from inside another one (an inline join): part of the outer task, so
+    /// the record is left alone and a handoff carries both.
+    fn run_nested(&self, task: Task) {
+        if self.shared.mode() == Mode::Discard {
+            self.shared.discard(task);
+        } else {
+            task.run(&self.slot().counters);
+        }
     }
 
     fn slot(&self) -> &Slot {
@@ -101,7 +121,9 @@ impl Runner {
     }
 
     fn local(&self) -> &Worker<Task> {
-        // SAFETY: this runner holds slot `index` for its whole life.
+        // SAFETY: called only from the serve loop, where this runner holds slot `index`
+        // (a handoff ends the loop), and from `spawn_local` inside a runtime section
+        // entered while holding it (no handoff until the section ends).
         unsafe { self.slot().local() }
     }
 
@@ -127,14 +149,28 @@ impl Runner {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        // A runtime section: the slot's deque has one holder, and a handoff in the middle
+        // of a push would give it two. A carrier no longer holds the slot: it spawns like
+        // any thread outside the pool.
+        if let Some(record) = self.record {
+            if !record.enter_runtime() {
+                return self.shared.spawn_outside(func);
+            }
+        }
         let slot = self.slot();
-        let Some(entered) = self.shared.gate().enter_inside(&slot.spawning) else {
-            return self.shared.refuse(func);
+        let handle = match self.shared.gate().enter_inside(&slot.spawning) {
+            None => self.shared.refuse(func),
+            Some(entered) => {
+                let (task, handle) = task::new(func, self.shared.id());
+                slot.counters.local_spawn();
+                self.local().push(task);
+                drop(entered);
+                handle
+            }
         };
-        let (task, handle) = task::new(func, self.shared.id());
-        slot.counters.local_spawn();
-        self.local().push(task);
-        drop(entered);
+        if let Some(record) = self.record {
+            record.leave_runtime();
+        }
         self.shared.sleep.notify_one();
         handle
     }
@@ -147,8 +183,8 @@ pub trait Serve {
     type Task;
     /// Loop step 2: take a task from any queue this runner may take from.
     fn find_task(&self) -> Option<Self::Task>;
-    /// Loop step 3.
-    fn execute(&self, task: Self::Task);
+    /// Loop step 3. False if the slot was handed off while the task ran: the loop ends.
+    fn execute(&self, task: Self::Task) -> bool;
     /// Whether any queue has work, without taking it (the sleep protocol's re-check).
     fn work_visible(&self) -> bool;
     /// Whether a runner that finds no work may exit: shutdown has begun and every accepted
@@ -159,7 +195,7 @@ pub trait Serve {
 }
 
 /// The runner loop, for slot `slot`.
-pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) {
+pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) -> Served {
     loop {
         // Step 1 comes first: shutdown publishes `DRAIN` only after every accepted spawn
         // has pushed, so a runner that saw it may exit *before* an empty look has seen
@@ -167,7 +203,9 @@ pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) {
         // past a task pushed in between: `tests/regression_drain_strands_late_push.rs`.)
         let may_exit = runner.may_exit();
         if let Some(task) = runner.find_task() {
-            runner.execute(task);
+            if !runner.execute(task) {
+                return Served::HandedOff;
+            }
             continue;
         }
         if may_exit {
@@ -175,7 +213,7 @@ pub fn serve<S: Serve>(runner: &S, sleep: &Sleep, slot: usize) {
             // tasks may have been it. Their counts were written before this wake, so a
             // woken peer sees them.
             sleep.notify_all();
-            return;
+            return Served::Exit;
         }
         if runner.spin_for_work() {
             continue;
@@ -220,12 +258,23 @@ impl Serve for Runner {
         None
     }
 
-    /// Runs `task`, or rejects it if a shutdown ran out of time.
-    fn execute(&self, task: Task) {
+    /// Runs `task`, or rejects it if a shutdown ran out of time. With preemption on, the
+    /// record tells the handler a task is running and since when.
+    fn execute(&self, task: Task) -> bool {
         if self.shared.mode() == Mode::Discard {
             self.shared.discard(task);
-        } else {
-            task.run(&self.slot().counters);
+            return true;
+        }
+        match self.record {
+            None => {
+                task.run(&self.slot().counters);
+                true
+            }
+            Some(record) => {
+                record.begin_task();
+                task.run(&self.slot().counters);
+                record.end_task()
+            }
         }
     }
 
@@ -241,6 +290,7 @@ impl Serve for Runner {
     fn spin_for_work(&self) -> bool {
         let spin = self.shared.spin;
         if spin.is_zero() {
+            self.pause();
             return false;
         }
         let until = Instant::now() + spin;
@@ -253,6 +303,7 @@ impl Serve for Runner {
             if round % SPIN_ROUNDS_PER_YIELD == 0 {
                 // The clock is read here only: it costs as much as a look at the queues.
                 if Instant::now() >= until {
+                    self.pause();
                     return false;
                 }
                 std::thread::yield_now();
@@ -265,6 +316,15 @@ impl Serve for Runner {
     }
 }
 
+impl Runner {
+    /// About to sleep: no timer expiries while idle.
+    fn pause(&self) {
+        if let Some(record) = self.record {
+            record.pause();
+        }
+    }
+}
+
 /// `Steal::Retry` means a concurrent operation got in the way, not that the queue is empty.
 pub(crate) fn steal(mut attempt: impl FnMut() -> Steal<Task>) -> Option<Task> {
     loop {
@@ -273,14 +333,5 @@ pub(crate) fn steal(mut attempt: impl FnMut() -> Steal<Task>) -> Option<Task> {
             Steal::Empty => return None,
             Steal::Retry => std::hint::spin_loop(),
         }
-    }
-}
-
-struct AbortOnUnwind;
-
-impl Drop for AbortOnUnwind {
-    fn drop(&mut self) {
-        eprintln!("microsched: a runner unwound outside a task (a bug in microsched); aborting");
-        std::process::abort();
     }
 }

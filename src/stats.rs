@@ -57,7 +57,12 @@ impl SlotCounters {
     }
 
     /// `parks` and `unparks` live beside the slot's sleep word (see `sleep.rs`).
-    pub(crate) fn snapshot(&self, core: Option<usize>, (parks, unparks): (u64, u64)) -> SlotStats {
+    pub(crate) fn snapshot(
+        &self,
+        core: Option<usize>,
+        (parks, unparks): (u64, u64),
+        preempt: PreemptSnapshot,
+    ) -> SlotStats {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SlotStats {
             core,
@@ -68,6 +73,10 @@ impl SlotCounters {
             stolen: read(&self.stolen),
             parks,
             unparks,
+            ticks: preempt.ticks,
+            handoffs: preempt.handoffs,
+            carriers: preempt.carriers,
+            standbys: preempt.standbys,
         }
     }
 }
@@ -105,6 +114,29 @@ pub struct Stats {
     /// Times a spawn (or shutdown) woke a sleeping runner. `parks - unparks` runners are
     /// asleep right now.
     pub unparks: u64,
+    /// Preemption timer deliveries that found a task running (the handler's decisions).
+    pub ticks: u64,
+    /// Slots handed to a standby because their task ran past the quantum.
+    pub handoffs: u64,
+    /// Overruns seen while the task was inside the runtime (a spawn), handed off as soon
+    /// as it left.
+    pub deferred: u64,
+    /// Overruns that found no parked standby (retried shortly after).
+    pub no_standby: u64,
+    /// Overruns left alone because the slot already had
+    /// [`max_carriers`](crate::Builder::max_carriers) carriers.
+    pub capped: u64,
+    /// Carriers alive now: threads still running a task that was handed off.
+    pub carriers: u64,
+    /// Standbys parked now, ready to take a slot over.
+    pub standbys: u64,
+    /// Carriers that got their priority back after their task and rejoined the standbys.
+    pub rejoined: u64,
+    /// Carriers that exited after their task (no privilege to undo `SCHED_IDLE`, enough
+    /// standbys already, or shutdown).
+    pub retired: u64,
+    /// Standby threads started, at build and by the monitor.
+    pub standbys_started: u64,
     /// The same counters for each slot, in slot order.
     pub slots: Vec<SlotStats>,
 }
@@ -129,12 +161,60 @@ pub struct SlotStats {
     pub parks: u64,
     /// Times it was woken by a spawn or by shutdown.
     pub unparks: u64,
+    /// Preemption ticks that found one of this slot's tasks running.
+    pub ticks: u64,
+    /// Times this slot was handed to a standby.
+    pub handoffs: u64,
+    /// Carriers this slot has shed that are still running their task.
+    pub carriers: u64,
+    /// Standbys parked for this slot.
+    pub standbys: u64,
+}
+
+/// A slot's preemption counters, as read by [`Stats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PreemptSnapshot {
+    pub(crate) ticks: u64,
+    pub(crate) handoffs: u64,
+    pub(crate) deferred: u64,
+    pub(crate) no_standby: u64,
+    pub(crate) capped: u64,
+    pub(crate) carriers: u64,
+    pub(crate) standbys: u64,
+    pub(crate) rejoined: u64,
+    pub(crate) retired: u64,
+    pub(crate) started: u64,
+}
+
+impl PreemptSnapshot {
+    pub(crate) fn of(reserve: &crate::reserve::Reserve) -> PreemptSnapshot {
+        let c = &reserve.counters;
+        let read = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        PreemptSnapshot {
+            ticks: read(&c.ticks),
+            handoffs: read(&c.handoffs),
+            deferred: read(&c.deferred),
+            no_standby: read(&c.no_standby),
+            capped: read(&c.at_cap),
+            carriers: u64::from(reserve.carriers()),
+            standbys: u64::from(reserve.ready()),
+            rejoined: read(&c.rejoined),
+            retired: read(&c.retired),
+            started: read(&c.started),
+        }
+    }
 }
 
 impl Stats {
     /// `injected`: tasks accepted from threads that hold no slot of the pool.
-    pub(crate) fn collect(injected: u64, pool: &PoolCounters, slots: Vec<SlotStats>) -> Stats {
+    pub(crate) fn collect(
+        injected: u64,
+        pool: &PoolCounters,
+        slots: Vec<SlotStats>,
+        preempt: &[PreemptSnapshot],
+    ) -> Stats {
         let sum = |f: fn(&SlotStats) -> u64| slots.iter().map(f).sum::<u64>();
+        let total = |f: fn(&PreemptSnapshot) -> u64| preempt.iter().map(f).sum::<u64>();
         Stats {
             spawned: injected + sum(|s| s.local_spawns),
             completed: sum(|s| s.completed),
@@ -144,6 +224,16 @@ impl Stats {
             stolen: sum(|s| s.stolen),
             parks: sum(|s| s.parks),
             unparks: sum(|s| s.unparks),
+            ticks: total(|p| p.ticks),
+            handoffs: total(|p| p.handoffs),
+            deferred: total(|p| p.deferred),
+            no_standby: total(|p| p.no_standby),
+            capped: total(|p| p.capped),
+            carriers: total(|p| p.carriers),
+            standbys: total(|p| p.standbys),
+            rejoined: total(|p| p.rejoined),
+            retired: total(|p| p.retired),
+            standbys_started: total(|p| p.started),
             slots,
         }
     }

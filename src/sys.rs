@@ -92,6 +92,410 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     }
 }
 
+/// The kernel's timer interrupt period (1/HZ): the resolution of the coarse clocks, which
+/// advance once per tick. Thread CPU-time timers fire only on this tick.
+pub(crate) fn kernel_tick() -> Duration {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid out-pointer for the duration of the call.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    if rc != 0 || (res.tv_sec == 0 && res.tv_nsec == 0) {
+        // HZ=250, the common distribution setting (and these machines').
+        return Duration::from_millis(4);
+    }
+    Duration::new(res.tv_sec as u64, res.tv_nsec as u32)
+}
+
+/// The signals a pool may use for its timers: `SIGALRM`, `SIGVTALRM`, `SIGPROF`,
+/// `SIGUSR1`, `SIGUSR2`, and the real-time signals libc leaves to applications.
+pub(crate) fn usable_timer_signal(signal: i32) -> bool {
+    matches!(
+        signal,
+        libc::SIGALRM | libc::SIGVTALRM | libc::SIGPROF | libc::SIGUSR1 | libc::SIGUSR2
+    ) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal)
+}
+
+/// The action installed for `signal` (`sigaction` with no new action).
+pub(crate) fn current_action(signal: i32) -> io::Result<libc::sigaction> {
+    // SAFETY: all-zero is a valid `sigaction` (SIG_DFL, empty mask, no flags).
+    let mut old: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) };
+    if rc == 0 {
+        Ok(old)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Installs `handler` for `signal` with `SA_SIGINFO | SA_ONSTACK | SA_RESTART` and an empty
+/// mask; returns the action it replaced.
+pub(crate) fn install_action(
+    signal: i32,
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void),
+) -> io::Result<libc::sigaction> {
+    // SAFETY: all-zero is a valid `sigaction`; the fields that matter are set below.
+    let mut new: libc::sigaction = unsafe { mem::zeroed() };
+    new.sa_sigaction = handler as usize;
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: `sa_mask` is a valid sigset to initialise.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: as for `current_action`.
+    let mut old: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; `handler` is a valid SA_SIGINFO handler
+    // for the life of the process (a plain function).
+    let rc = unsafe { libc::sigaction(signal, &new, &mut old) };
+    if rc == 0 {
+        Ok(old)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unblocks `signal` on the calling thread: threads inherit their creator's mask, and an
+/// embedder that blocks the pool's signal on the thread that builds it must not silence
+/// the pool's timers.
+pub(crate) fn unblock_signal(signal: i32) {
+    // SAFETY: `set` is initialised by `sigemptyset` before use; the pointers are valid.
+    unsafe {
+        let mut set: libc::sigset_t = mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The calling thread's kernel id.
+pub(crate) fn gettid() -> i32 {
+    async_safe::gettid()
+}
+
+/// A POSIX timer (`timer_t`), stored as an integer so it fits in an atomic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimerId(pub(crate) usize);
+
+/// Which clock a timer measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerClock {
+    /// The calling thread's CPU time: advances only while it runs, fires on the kernel tick.
+    ThreadCpu,
+    /// Wall-clock monotonic time, on high-resolution timers.
+    Monotonic,
+}
+
+/// `timer_create` for a timer that signals the calling thread only (`SIGEV_THREAD_ID`) with
+/// `signal`, passing `token` in `si_value`.
+pub(crate) fn create_thread_timer(clock: TimerClock, signal: i32, token: u64) -> io::Result<TimerId> {
+    let clock = match clock {
+        TimerClock::ThreadCpu => libc::CLOCK_THREAD_CPUTIME_ID,
+        TimerClock::Monotonic => libc::CLOCK_MONOTONIC,
+    };
+    // SAFETY: all-zero is a valid `sigevent`; the fields used are set below.
+    let mut event: libc::sigevent = unsafe { mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = signal;
+    event.sigev_value = libc::sigval {
+        sival_ptr: token as usize as *mut libc::c_void,
+    };
+    event.sigev_notify_thread_id = gettid();
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: `event` and `timer` are valid for the call.
+    let rc = unsafe { libc::timer_create(clock, &mut event, &mut timer) };
+    if rc == 0 {
+        Ok(TimerId(timer as usize))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `timer_delete`. Pending expiries of the timer are discarded by the kernel.
+pub(crate) fn delete_timer(timer: TimerId) {
+    // SAFETY: `timer` came from `create_thread_timer` and is deleted once (its owner's
+    // record forgets it first).
+    unsafe { libc::timer_delete(timer.0 as libc::timer_t) };
+}
+
+/// An alternate signal stack for the calling thread, so the handler (and a chained
+/// embedder handler) never runs on a task's stack, whose headroom is unknown.
+pub(crate) struct AltStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; which thread uses it as its
+// alternate stack is decided by `install`/`uninstall`, called by the owning thread.
+unsafe impl Send for AltStack {}
+// SAFETY: as above; `&AltStack` exposes no access to the memory.
+unsafe impl Sync for AltStack {}
+
+impl AltStack {
+    /// Maps `size` bytes plus a guard page below them.
+    pub(crate) fn new(size: usize) -> io::Result<AltStack> {
+        let page = 4096;
+        let len = size + page;
+        // SAFETY: an anonymous private mapping with no address hint; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the first page of the mapping just made; a guard against overflow.
+        unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+        Ok(AltStack { base, len })
+    }
+
+    /// Makes this the calling thread's alternate signal stack.
+    pub(crate) fn install(&self) -> io::Result<()> {
+        let stack = libc::stack_t {
+            // SAFETY: still inside the mapping: above the guard page.
+            ss_sp: unsafe { self.base.cast::<u8>().add(4096) }.cast(),
+            ss_flags: 0,
+            ss_size: self.len - 4096,
+        };
+        // SAFETY: `stack` describes memory that stays mapped while this thread may use it
+        // (the owner calls `uninstall` before it lets go of the stack).
+        let rc = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Turns the calling thread's alternate signal stack off.
+    pub(crate) fn uninstall() {
+        let stack = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disabling needs no memory.
+        unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer any thread's alternate stack.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Puts the calling thread back under `SCHED_OTHER` (nice unchanged). Fails with `EPERM`
+/// when it was demoted and the process lacks `CAP_SYS_NICE`: unprivileged threads cannot
+/// undo `SCHED_IDLE`.
+pub(crate) fn restore_normal_policy() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_OTHER, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The functions the signal handler may call: raw syscalls and vDSO reads, nothing that
+/// allocates, locks, panics or touches lazily initialised thread-locals. Part of the
+/// handler's marked zone (`handler.rs`); keep it that way.
+pub(crate) mod async_safe {
+    use super::TimerId;
+
+    /// `gettid` (a raw syscall; the libc wrapper caches nothing either way).
+    pub(crate) fn gettid() -> i32 {
+        // SAFETY: no arguments, no memory.
+        unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    }
+
+    /// `CLOCK_MONOTONIC` in nanoseconds (vDSO; `clock_gettime` is async-signal-safe).
+    #[inline]
+    pub(crate) fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// `timer_settime`: first expiry `value_ns` from now (or at that absolute
+    /// `CLOCK_MONOTONIC` time with `absolute`), then every `interval_ns` (0: one-shot).
+    /// `value_ns == 0` disarms. Async-signal-safe by POSIX.
+    pub(crate) fn set_timer(timer: TimerId, value_ns: u64, interval_ns: u64, absolute: bool) {
+        let ts = |ns: u64| libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts(interval_ns),
+            it_value: ts(value_ns),
+        };
+        let flags = if absolute { libc::TIMER_ABSTIME } else { 0 };
+        // SAFETY: `timer` is a live timer of this process (records delete their timers only
+        // after their thread stops using them); `spec` is valid for the call.
+        unsafe {
+            libc::timer_settime(
+                timer.0 as libc::timer_t,
+                flags,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread runs only when its core has
+    /// nothing else to run. Lowering a thread's own priority never needs privileges.
+    pub(crate) fn demote_to_idle() -> bool {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+        unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param) == 0 }
+    }
+
+    /// The calling thread's `errno`.
+    pub(crate) fn errno() -> i32 {
+        // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+        unsafe { *libc::__errno_location() }
+    }
+
+    /// Restores the calling thread's `errno`.
+    pub(crate) fn set_errno(value: i32) {
+        // SAFETY: as in `errno`.
+        unsafe { *libc::__errno_location() = value };
+    }
+
+    /// A copy of the kernel's `siginfo_t` prefix for timer signals (`_timer` member of the
+    /// union, 64-bit layout): the fields the handler reads.
+    #[repr(C)]
+    struct TimerInfo {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        _pad: i32,
+        tid: i32,
+        overrun: i32,
+        value: usize,
+    }
+
+    /// `si_code` and, for a `SI_TIMER` delivery, the token in `si_value`.
+    ///
+    /// # Safety
+    ///
+    /// `info` is the `siginfo_t` the kernel passed to an `SA_SIGINFO` handler.
+    pub(crate) unsafe fn timer_token(info: *const libc::siginfo_t) -> Option<u64> {
+        // SAFETY: the caller's contract; `siginfo_t` is 128 bytes, larger than `TimerInfo`,
+        // and the `_timer` layout is the one the kernel uses for SI_TIMER.
+        let info = unsafe { &*info.cast::<TimerInfo>() };
+        (info.code == libc::SI_TIMER).then_some(info.value as u64)
+    }
+
+    /// `rt_sigprocmask(how, set)` on the calling thread; returns the mask before the call.
+    fn sigmask(how: i32, set: Option<&libc::sigset_t>) -> libc::sigset_t {
+        // SAFETY: all-zero is a valid sigset.
+        let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+        let set = set.map_or(core::ptr::null(), |s| s as *const libc::sigset_t);
+        // SAFETY: `set` is null or a valid sigset, `old` a valid out-pointer; 8 is the
+        // kernel's sigset size.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                how,
+                set,
+                &mut old as *mut libc::sigset_t,
+                8usize,
+            )
+        };
+        old
+    }
+
+    /// Runs the previous action of `signal` the way the kernel would have, given that it
+    /// was `SIG_DFL`: nothing for signals whose default is to ignore, otherwise reset the
+    /// action to `SIG_DFL` and re-raise on this thread with the signal unblocked, which
+    /// ends the process with that signal as its status, as it would have without us.
+    pub(crate) fn default_action(signal: i32) {
+        if matches!(
+            signal,
+            libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT
+        ) {
+            return;
+        }
+        // SAFETY: raw syscalls on valid, initialised arguments.
+        unsafe {
+            let mut dfl: libc::sigaction = core::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signal, &dfl, core::ptr::null_mut());
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                gettid(),
+                signal,
+            );
+        }
+        // SAFETY: `set` was initialised above.
+        let set = unsafe {
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            set
+        };
+        sigmask(libc::SIG_UNBLOCK, Some(&set));
+    }
+
+    /// Calls an embedder's handler as the kernel would have: with its `sa_mask` added to
+    /// the blocked set (and `signal` unblocked if it asked for `SA_NODEFER`), restored after.
+    ///
+    /// # Safety
+    ///
+    /// `action` is the embedder's installed action for `signal`, with a handler (not
+    /// `SIG_DFL`/`SIG_IGN`); `info` and `context` are what the kernel passed to us.
+    pub(crate) unsafe fn call_handler(
+        signal: i32,
+        action: &libc::sigaction,
+        info: *mut libc::siginfo_t,
+        context: *mut libc::c_void,
+    ) {
+        let old = sigmask(libc::SIG_BLOCK, None);
+        let mut during = old;
+        // SAFETY: `during` and the embedder's `sa_mask` are valid, initialised sigsets.
+        unsafe {
+            // 64: the kernel's highest signal number (`SIGRTMAX`), as a constant because the
+            // libc function is not on the async-signal-safe list.
+            for s in 1..=64 {
+                if libc::sigismember(&action.sa_mask, s) == 1 {
+                    libc::sigaddset(&mut during, s);
+                }
+            }
+            if action.sa_flags & libc::SA_NODEFER != 0 {
+                libc::sigdelset(&mut during, signal);
+            } else {
+                libc::sigaddset(&mut during, signal);
+            }
+        }
+        sigmask(libc::SIG_SETMASK, Some(&during));
+        if action.sa_flags & libc::SA_SIGINFO != 0 {
+            // SAFETY: the caller's contract: `sa_sigaction` is a three-argument handler.
+            let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+                unsafe { core::mem::transmute(action.sa_sigaction) };
+            f(signal, info, context);
+        } else {
+            // SAFETY: the caller's contract: `sa_handler` is a one-argument handler.
+            let f: extern "C" fn(i32) = unsafe { core::mem::transmute(action.sa_sigaction) };
+            f(signal);
+        }
+        sigmask(libc::SIG_SETMASK, Some(&old));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,263 @@
+//! The life of a pool thread: runner, carrier, standby, and back.
+//!
+//! ```text
+//!            build / monitor
+//!                  │
+//!     ┌────────► STANDBY ──(slot closed)──► exit
+//!     │            │ granted a slot (reserve.rs step 2)
+//!     │            ▼
+//!     │         RUNNER ──(shutdown: no work left)──► close the slot's reserve, exit
+//!     │            │ handed off inside a task (handler.rs)
+//!     │            ▼
+//!     │         CARRIER: runs its one task on at SCHED_IDLE
+//!     │            │ task returned
+//!     │            ▼
+//!     └── priority restored, pool running, reserve not full? ──no──► exit
+//! ```
+//!
+//! 1. A runner that is handed off keeps running its task, demoted to `SCHED_IDLE` by the
+//!    handler, and never touches the slot again (`reserve.rs` step 5).
+//! 2. When the task returns, the carrier is counted out of the slot's carriers. During
+//!    shutdown it wakes the sleeping runners: they may be waiting for this very task to
+//!    count as finished.
+//! 3. It rejoins the reserve only if the pool is still running, the reserve holds fewer
+//!    than twice the target of parked standbys, and it can get its normal priority back.
+//!    Unprivileged threads cannot undo `SCHED_IDLE` (`EPERM` without `CAP_SYS_NICE`), and
+//!    threads inherit their creator's policy, so a thread that stays demoted never becomes
+//!    or creates a standby: it exits, and the monitor starts a fresh standby instead.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread;
+
+use crate::handler::{self, Record, TimerClock, RECORDS};
+use crate::pool::{Mode, Shared};
+use crate::reserve::Woken;
+use crate::runner::{Runner, Served};
+use crate::sys::{self, async_safe, AltStack, TimerId};
+
+/// Alternate signal stack per pool thread: the handler needs little, but a chained
+/// embedder handler may need more, and issue-4 stack walks tens of KB.
+const ALT_STACK: usize = 64 * 1024;
+
+/// What a new thread starts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Runner,
+    Standby,
+}
+
+/// Starts a pool thread for slot `index`. `ready` hears once whether it is set up (pinned,
+/// and with its timers if preemption is on).
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    index: usize,
+    role: Role,
+    ready: Option<Sender<io::Result<()>>>,
+) -> io::Result<()> {
+    let mut builder = thread::Builder::new().name(format!("{}-{index}", shared.threads.name));
+    if let Some(bytes) = shared.threads.stack_size {
+        builder = builder.stack_size(bytes);
+    }
+    shared.thread_started();
+    let shared2 = shared.clone();
+    match builder.spawn(move || main(shared2, index, role, ready)) {
+        Ok(handle) => {
+            shared.keep_handle(handle);
+            Ok(())
+        }
+        Err(err) => {
+            shared.thread_exited();
+            Err(err)
+        }
+    }
+}
+
+/// Counts the thread out of the pool however it ends.
+struct Exit(Arc<Shared>);
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.0.thread_exited();
+    }
+}
+
+fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::Result<()>>>) {
+    let _exit = Exit(shared.clone());
+    let setup = setup(&shared, index);
+    let ok = setup.is_ok();
+    let (setup_result, thread_state) = match setup {
+        Ok(state) => (Ok(()), Some(state)),
+        Err(err) => (Err(err), None),
+    };
+    if let Some(ready) = ready {
+        let _ = ready.send(setup_result);
+    }
+    if !ok {
+        if role == Role::Runner {
+            // No runner will ever hold this slot: let its standbys and the monitor go.
+            if let Some(preempt) = &shared.preempt {
+                preempt.reserves[index].close();
+                preempt.ring();
+            }
+        } else if let Some(preempt) = &shared.preempt {
+            preempt.reserves[index].start_failed();
+            preempt.ring();
+        }
+        return;
+    }
+    // The runtime catches every task panic; an unwind reaching here is a bug in this
+    // crate, and a thread that vanished would leave its slot unserved. Abort instead.
+    let bomb = AbortOnUnwind;
+    let record = thread_state.as_ref().and_then(|s| s.record);
+    lifecycle(&shared, index, role, record);
+    drop(thread_state);
+    std::mem::forget(bomb);
+}
+
+fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<&'static Record>) {
+    if role == Role::Standby {
+        if let Some(preempt) = &shared.preempt {
+            preempt.reserves[index].park_ready(true);
+        }
+    }
+    loop {
+        match role {
+            Role::Runner => match Runner::main(shared.clone(), index, record) {
+                Served::Exit => {
+                    if let Some(preempt) = &shared.preempt {
+                        preempt.reserves[index].close();
+                        preempt.ring();
+                    }
+                    return;
+                }
+                Served::HandedOff => {
+                    // Step 2.
+                    let (Some(preempt), Some(record)) = (&shared.preempt, record) else {
+                        unreachable!("only a preemptible runner is handed off")
+                    };
+                    let reserve = &preempt.reserves[index];
+                    record.set_idle();
+                    reserve.carrier_done();
+                    if shared.mode() != Mode::Running {
+                        shared.sleep.notify_all();
+                    }
+                    // Step 3.
+                    let room = reserve.ready() + reserve.starting() < 2 * preempt.standbys;
+                    if shared.mode() == Mode::Running
+                        && room
+                        && sys::restore_normal_policy().is_ok()
+                    {
+                        reserve.counters.rejoined.fetch_add(1, Ordering::Relaxed);
+                        reserve.park_ready(false);
+                        role = Role::Standby;
+                    } else {
+                        reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            },
+            Role::Standby => {
+                let Some(preempt) = &shared.preempt else {
+                    return;
+                };
+                match preempt.reserves[index].wait() {
+                    Woken::Granted => {
+                        if let Some(record) = record {
+                            record.bind(preempt, index);
+                        }
+                        role = Role::Runner;
+                    }
+                    Woken::Closed => return,
+                }
+            }
+        }
+    }
+}
+
+/// What a pool thread sets up for itself and takes down before it exits.
+struct ThreadState {
+    record: Option<&'static Record>,
+    alt: Option<AltStack>,
+}
+
+/// Pins the thread and, with preemption on, gives it a record, an alternate signal stack
+/// and its timers.
+fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
+    if let Some(cpus) = &shared.threads.affinity[index] {
+        sys::set_current_affinity(cpus)?;
+    }
+    let Some(preempt) = &shared.preempt else {
+        return Ok(ThreadState {
+            record: None,
+            alt: None,
+        });
+    };
+    let alt = AltStack::new(ALT_STACK)?;
+    alt.install()?;
+    sys::unblock_signal(preempt.signal);
+    let mut state = ThreadState {
+        record: None,
+        alt: Some(alt),
+    };
+    let (index_in_table, record) = claim_record()?;
+    state.record = Some(record);
+    record.tid.store(sys::gettid(), Ordering::Relaxed);
+    record.bind(preempt, index);
+    let token = handler::token(index_in_table);
+    let precise = sys::create_thread_timer(sys::TimerClock::Monotonic, preempt.signal, token)?;
+    record.precise_timer.store(precise.0, Ordering::Relaxed);
+    if preempt.clock == TimerClock::ThreadCpu {
+        let cpu = sys::create_thread_timer(sys::TimerClock::ThreadCpu, preempt.signal, token)?;
+        record.cpu_timer.store(cpu.0, Ordering::Relaxed);
+        // Periodic at the kernel tick: it can fire no more often anyway.
+        async_safe::set_timer(cpu, preempt.tick_ns, preempt.tick_ns, false);
+    }
+    Ok(state)
+}
+
+fn claim_record() -> io::Result<(usize, &'static Record)> {
+    RECORDS
+        .iter()
+        .enumerate()
+        .find(|(_, r)| {
+            r.in_use
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "more than {} preemptible pool threads in this process",
+                handler::MAX_THREADS
+            ))
+        })
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        // Timers first, so no expiry can find the record after it is released.
+        if let Some(record) = self.record.take() {
+            for timer in [&record.cpu_timer, &record.precise_timer] {
+                let id = timer.swap(0, Ordering::Relaxed);
+                if id != 0 {
+                    sys::delete_timer(TimerId(id));
+                }
+            }
+            record.release();
+        }
+        if self.alt.is_some() {
+            AltStack::uninstall();
+        }
+    }
+}
+
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        eprintln!("microsched: a pool thread unwound outside a task (a bug in microsched); aborting");
+        std::process::abort();
+    }
+}

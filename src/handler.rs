@@ -1,0 +1,460 @@
+//! The signal handler and everything it reaches. **Marked zone: async-signal-safe only.**
+//!
+//! The handler interrupts task code at an arbitrary instruction, possibly inside `malloc`,
+//! inside a `RefCell` borrow, or holding std's stdout lock. So everything in this file, and
+//! everything it calls, may only:
+//!
+//! - load, store and read-modify-write atomics;
+//! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`,
+//!   `sched_setscheduler`, `futex`, `gettid`, `tgkill`, `rt_sigprocmask`, `sigaction`);
+//! - call [`Reserve::take_standby`], [`Reserve::give_back`] and [`Reserve::grant`]
+//!   (`reserve.rs`: atomics, and a futex wake through `Futex::wake_one`, which is the raw
+//!   `sys::futex_wake` syscall outside loom).
+//!
+//! It must not allocate, lock (std or parking_lot), panic, format, touch a lazily
+//! initialised thread-local, or unwind; it saves and restores `errno`. It never switches
+//! the thread to other code: a handoff only changes *who holds the slot*, and the
+//! interrupted task resumes on this thread when the handler returns (DESIGN.md §1).
+//!
+//! # Records
+//!
+//! Every thread of every pool (runner, standby, carrier) owns one [`Record`] from a static
+//! table while it lives. The runner writes its state there per task (two stores and a
+//! compare-exchange, no syscall); its timers carry the record's index in `si_value`, with a
+//! per-process magic number above it, so the handler finds the record without a
+//! thread-local and recognises deliveries that are not ours. Records are never freed, only
+//! reused, so a stale index still points at valid memory; the handler also checks that the
+//! record belongs to the thread it is running on.
+//!
+//! # On a tick ([`on_tick`])
+//!
+//! 1. No task running (idle, spinning, or a carrier's already-demoted task): return.
+//! 2. The task has run less than the quantum: return. With the CPU-time clock, which only
+//!    fires on the kernel tick, if the quantum will end before the next tick, arm the
+//!    thread's one-shot monotonic timer for the exact moment it ends.
+//! 3. It has run the quantum and the runner is inside a runtime section (a spawn pushing to
+//!    the slot's deque): set `pending`; the section hands off as it ends.
+//! 4. Otherwise hand off (`reserve.rs` steps 3–5): mark the record `CARRIED`, demote this
+//!    thread to `SCHED_IDLE`, and grant the slot to a standby, which the kernel then runs
+//!    ahead of this thread on the same core. The task runs on here, in the gaps.
+
+use std::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU8, AtomicU64, AtomicUsize,
+    Ordering,
+};
+
+use crate::loom::Futex;
+use crate::reserve::Reserve;
+use crate::sys::{async_safe, TimerId};
+
+/// How many pool threads a process may have at once, over all its pools.
+pub(crate) const MAX_THREADS: usize = 4096;
+
+/// After an overrun found no standby, how soon the handler looks again (the monitor
+/// starts one in well under this).
+const RETRY_NS: u64 = 250_000;
+
+/// Which clock drives a pool's preemption ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TimerClock {
+    /// Each thread's own CPU-time clock, periodic at the kernel tick, plus a one-shot
+    /// monotonic timer armed only for a task that is about to reach its quantum. The tick
+    /// rides on timer interrupts the kernel takes anyway and never fires for an idle or
+    /// blocked thread, so the cost is close to nothing; the one-shot makes the handoff land
+    /// within tens of microseconds of the quantum. A task blocked in a syscall uses no CPU
+    /// and is not preempted (other slots still steal its queue).
+    #[default]
+    ThreadCpu,
+    /// A periodic monotonic timer per runner, every quantum, armed while the runner is
+    /// awake. Preempts blocked tasks too, and allows quanta below the kernel tick, but every
+    /// expiry costs a timer interrupt (about 19 µs of CPU on a virtual machine): 2 % at a
+    /// 1 ms quantum. A task is handed off between one and two quanta after it started.
+    Monotonic,
+}
+
+/// A pool's preemption settings and the state its handler uses. Lives in the pool's
+/// shared state; records point at it while their thread holds a reference to the pool.
+pub(crate) struct Preempt {
+    pub(crate) signal: i32,
+    pub(crate) clock: TimerClock,
+    pub(crate) quantum_ns: u64,
+    pub(crate) tick_ns: u64,
+    pub(crate) max_carriers: u32,
+    /// Parked standbys to keep per slot.
+    pub(crate) standbys: u32,
+    /// The monitor sleeps on this word; a handoff bumps it and wakes the monitor.
+    pub(crate) bell: Futex,
+    pub(crate) reserves: Box<[Reserve]>,
+}
+
+impl Preempt {
+    /// Wakes the monitor (it replenishes standbys). Async-signal-safe.
+    pub(crate) fn ring(&self) {
+        self.bell.fetch_add(1, Ordering::Release);
+        self.bell.wake_one();
+    }
+}
+
+/// Record states.
+const FREE: u8 = 0;
+/// Between tasks (looking for work, spinning, asleep), or a standby.
+const IDLE: u8 = 1;
+/// Running a task while holding the slot.
+const IN_TASK: u8 = 2;
+/// Running a task after handing the slot off.
+const CARRIED: u8 = 3;
+
+/// One pool thread's state, as the handler sees it. All fields are atomics: the handler
+/// runs on the record's own thread, interrupting it, so `Relaxed` plus compiler fences
+/// give it program order; no other thread reads them except `in_use`.
+pub(crate) struct Record {
+    pub(crate) in_use: AtomicBool,
+    pub(crate) tid: AtomicI32,
+    state: AtomicU8,
+    /// Runtime sections the thread is inside (no handoff while above zero).
+    depth: AtomicU32,
+    /// An overrun was seen inside a runtime section.
+    pending: AtomicBool,
+    /// The precise timer is armed (one-shot with `ThreadCpu`, periodic with `Monotonic`).
+    armed: AtomicBool,
+    start_ns: AtomicU64,
+    pub(crate) cpu_timer: AtomicUsize,
+    pub(crate) precise_timer: AtomicUsize,
+    preempt: AtomicPtr<Preempt>,
+    slot: AtomicUsize,
+}
+
+impl Record {
+    const fn new() -> Record {
+        Record {
+            in_use: AtomicBool::new(false),
+            tid: AtomicI32::new(0),
+            state: AtomicU8::new(FREE),
+            depth: AtomicU32::new(0),
+            pending: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            start_ns: AtomicU64::new(0),
+            cpu_timer: AtomicUsize::new(0),
+            precise_timer: AtomicUsize::new(0),
+            preempt: AtomicPtr::new(std::ptr::null_mut()),
+            slot: AtomicUsize::new(0),
+        }
+    }
+
+    /// The pool settings this record's thread serves.
+    fn preempt(&self) -> &Preempt {
+        // SAFETY: set by `bind` before the thread's timers are armed and never cleared
+        // while they exist; the thread keeps the pool's shared state (which owns the
+        // `Preempt`) alive for as long as it has a record.
+        unsafe { &*self.preempt.load(Ordering::Relaxed) }
+    }
+
+    fn reserve(&self) -> &Reserve {
+        &self.preempt().reserves[self.slot.load(Ordering::Relaxed)]
+    }
+
+    /// Ties the record to a pool and a slot. Called by its thread before it arms timers
+    /// and whenever it takes a slot.
+    pub(crate) fn bind(&self, preempt: &Preempt, slot: usize) {
+        self.preempt
+            .store(preempt as *const Preempt as *mut Preempt, Ordering::Relaxed);
+        self.slot.store(slot, Ordering::Relaxed);
+        self.state.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// Forgets the thread's timers and marks the record free. Called by its thread once
+    /// the timers are deleted.
+    pub(crate) fn release(&self) {
+        self.state.store(FREE, Ordering::Relaxed);
+        self.tid.store(0, Ordering::Relaxed);
+        self.armed.store(false, Ordering::Relaxed);
+        self.in_use.store(false, Ordering::Release);
+    }
+
+    fn precise(&self) -> Option<TimerId> {
+        match self.precise_timer.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(TimerId(id)),
+        }
+    }
+
+    /// A task starts on the slot's runner.
+    #[inline]
+    pub(crate) fn begin_task(&self) {
+        self.start_ns
+            .store(async_safe::monotonic_ns(), Ordering::Relaxed);
+        self.pending.store(false, Ordering::Relaxed);
+        // The handler must see the new start time before it sees `IN_TASK`.
+        compiler_fence(Ordering::SeqCst);
+        self.state.store(IN_TASK, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        let preempt = self.preempt();
+        if preempt.clock == TimerClock::Monotonic && !self.armed.load(Ordering::Relaxed) {
+            if let Some(timer) = self.precise() {
+                self.armed.store(true, Ordering::Relaxed);
+                async_safe::set_timer(timer, preempt.quantum_ns, preempt.quantum_ns, false);
+            }
+        }
+    }
+
+    /// The task has returned. False if the slot was handed off while it ran: the thread is
+    /// now the task's carrier and must not touch the slot again.
+    #[inline]
+    pub(crate) fn end_task(&self) -> bool {
+        compiler_fence(Ordering::SeqCst);
+        let kept = self
+            .state
+            .compare_exchange(IN_TASK, IDLE, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        compiler_fence(Ordering::SeqCst);
+        if kept
+            && self.preempt().clock == TimerClock::ThreadCpu
+            && self.armed.swap(false, Ordering::Relaxed)
+        {
+            if let Some(timer) = self.precise() {
+                async_safe::set_timer(timer, 0, 0, false);
+            }
+        }
+        kept
+    }
+
+    /// The runner is about to sleep: stop the periodic timer (no expiries while idle).
+    pub(crate) fn pause(&self) {
+        if self.armed.swap(false, Ordering::Relaxed) {
+            if let Some(timer) = self.precise() {
+                async_safe::set_timer(timer, 0, 0, false);
+            }
+        }
+    }
+
+    /// True while this thread holds its slot (between tasks, or inside one that has not
+    /// been handed off).
+    pub(crate) fn holds_slot(&self) -> bool {
+        matches!(self.state.load(Ordering::Relaxed), IDLE | IN_TASK)
+    }
+
+    /// Enters a runtime section: no handoff until the matching [`leave_runtime`]. Returns
+    /// false (and enters nothing) if the slot was already handed off.
+    ///
+    /// [`leave_runtime`]: Record::leave_runtime
+    pub(crate) fn enter_runtime(&self) -> bool {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        if self.holds_slot() {
+            return true;
+        }
+        compiler_fence(Ordering::SeqCst);
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Leaves a runtime section; hands the slot off now if an overrun was seen inside it.
+    pub(crate) fn leave_runtime(&self) {
+        compiler_fence(Ordering::SeqCst);
+        let depth = self.depth.fetch_sub(1, Ordering::Relaxed) - 1;
+        compiler_fence(Ordering::SeqCst);
+        if depth == 0 && self.pending.swap(false, Ordering::Relaxed) {
+            on_tick(self);
+        }
+    }
+
+    /// The carrier has finished its task and is a plain thread of the pool again.
+    pub(crate) fn set_idle(&self) {
+        self.state.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// Every pool thread's record. Static, so the handler can reach one from an index.
+pub(crate) static RECORDS: [Record; MAX_THREADS] = [const { Record::new() }; MAX_THREADS];
+
+/// Tokens are `MAGIC << 32 | index`; `MAGIC` is chosen once per process so a timer or
+/// `sigqueue` of the embedder's that happens to use the same signal is not taken for ours.
+static MAGIC: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the per-process magic number, once (non-zero).
+pub(crate) fn init_magic(seed: u32) {
+    let _ = MAGIC.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+pub(crate) fn token(index: usize) -> u64 {
+    (u64::from(MAGIC.load(Ordering::Relaxed)) << 32) | index as u64
+}
+
+fn record_of(token: u64) -> Option<&'static Record> {
+    let magic = MAGIC.load(Ordering::Relaxed);
+    if magic == 0 || (token >> 32) as u32 != magic {
+        return None;
+    }
+    RECORDS.get((token & 0xffff_ffff) as usize)
+}
+
+/// The action that was installed for each signal before ours, for chaining. Written once
+/// per signal by `signal.rs` before our handler is installed for it.
+pub(crate) struct Previous {
+    handler: AtomicUsize,
+    flags: AtomicI32,
+    mask: std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigset_t>>,
+    set: AtomicBool,
+}
+
+// SAFETY: `mask` is written once, before `set` is published with Release, and only read
+// after `set` is seen with Acquire.
+unsafe impl Sync for Previous {}
+
+impl Previous {
+    const fn new() -> Previous {
+        Previous {
+            handler: AtomicUsize::new(libc::SIG_DFL),
+            flags: AtomicI32::new(0),
+            mask: std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()),
+            set: AtomicBool::new(false),
+        }
+    }
+
+    /// Records `action` as the one to chain to. Called by `signal.rs` under its
+    /// per-signal installation lock, before the handler is installed.
+    pub(crate) fn store(&self, action: &libc::sigaction) {
+        if !self.set.load(Ordering::Acquire) {
+            // SAFETY: not yet published; only the installer (one at a time) writes.
+            unsafe { (*self.mask.get()).write(action.sa_mask) };
+        }
+        self.handler.store(action.sa_sigaction, Ordering::Relaxed);
+        self.flags.store(action.sa_flags, Ordering::Relaxed);
+        self.set.store(true, Ordering::Release);
+    }
+
+    /// The recorded action, if any.
+    fn load(&self) -> Option<libc::sigaction> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: all-zero is a valid `sigaction`.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = self.handler.load(Ordering::Relaxed);
+        action.sa_flags = self.flags.load(Ordering::Relaxed);
+        // SAFETY: `set` was seen, so `mask` was written.
+        action.sa_mask = unsafe { (*self.mask.get()).assume_init() };
+        Some(action)
+    }
+}
+
+/// Signal numbers go up to 64 on Linux.
+pub(crate) static PREVIOUS: [Previous; 65] = [const { Previous::new() }; 65];
+
+/// The process-wide handler for every signal a pool uses.
+pub(crate) extern "C" fn on_signal(
+    signal: i32,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    let errno = async_safe::errno();
+    // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO handler.
+    let ours = unsafe { async_safe::timer_token(info) }.and_then(record_of);
+    match ours {
+        Some(record) => {
+            // A delivery for a record this thread no longer owns (a timer deleted with an
+            // expiry still queued) is ours too, and simply dropped.
+            if record.tid.load(Ordering::Relaxed) == async_safe::gettid() {
+                on_tick(record);
+            }
+        }
+        None => chain(signal, info, context),
+    }
+    async_safe::set_errno(errno);
+}
+
+/// Passes a delivery that is not ours to the action installed before ours, as the kernel
+/// would have delivered it.
+fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let Some(previous) = PREVIOUS.get(signal as usize) else {
+        return;
+    };
+    let Some(action) = previous.load() else {
+        return;
+    };
+    match action.sa_sigaction {
+        libc::SIG_IGN => {}
+        libc::SIG_DFL => async_safe::default_action(signal),
+        _ => {
+            if action.sa_flags & libc::SA_RESETHAND != 0 {
+                previous.handler.store(libc::SIG_DFL, Ordering::Relaxed);
+            }
+            // SAFETY: `action` is the embedder's own handler for this signal, and `info` and
+            // `context` are what the kernel gave us.
+            unsafe { async_safe::call_handler(signal, &action, info, context) }
+        }
+    }
+}
+
+/// Steps 1–4 of the module docs, for the record of the thread the handler interrupted.
+fn on_tick(record: &Record) {
+    if record.state.load(Ordering::Relaxed) != IN_TASK {
+        return;
+    }
+    let preempt = record.preempt();
+    let reserve = record.reserve();
+    reserve.counters.ticks.fetch_add(1, Ordering::Relaxed);
+    let now = async_safe::monotonic_ns();
+    let ran = now.saturating_sub(record.start_ns.load(Ordering::Relaxed));
+    if ran < preempt.quantum_ns {
+        if preempt.clock == TimerClock::ThreadCpu
+            && ran + preempt.tick_ns > preempt.quantum_ns
+            && !record.armed.load(Ordering::Relaxed)
+        {
+            let at = record.start_ns.load(Ordering::Relaxed) + preempt.quantum_ns;
+            arm_once(record, at, true);
+        }
+        return;
+    }
+    if record.depth.load(Ordering::Relaxed) > 0 {
+        record.pending.store(true, Ordering::Relaxed);
+        reserve.counters.deferred.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    handoff(record, preempt, reserve);
+}
+
+/// Arms the one-shot precise timer (`ThreadCpu` clock only).
+fn arm_once(record: &Record, at_ns: u64, absolute: bool) {
+    if let Some(timer) = record.precise() {
+        record.armed.store(true, Ordering::Relaxed);
+        async_safe::set_timer(timer, at_ns, 0, absolute);
+    }
+}
+
+/// Step 4, `reserve.rs` steps 3–5.
+fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
+    if reserve.carriers() >= preempt.max_carriers {
+        reserve.counters.at_cap.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if !reserve.take_standby() {
+        reserve.counters.no_standby.fetch_add(1, Ordering::Relaxed);
+        preempt.ring();
+        if preempt.clock == TimerClock::ThreadCpu {
+            arm_once(record, RETRY_NS, false);
+        }
+        return;
+    }
+    if record
+        .state
+        .compare_exchange(IN_TASK, CARRIED, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        reserve.give_back();
+        return;
+    }
+    compiler_fence(Ordering::SeqCst);
+    // A carrier needs no quantum timer: its task is already demoted.
+    if record.armed.swap(false, Ordering::Relaxed) {
+        if let Some(timer) = record.precise() {
+            async_safe::set_timer(timer, 0, 0, false);
+        }
+    }
+    reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+    // Demote first, so the standby woken next preempts this thread at once.
+    async_safe::demote_to_idle();
+    reserve.grant();
+    preempt.ring();
+}

@@ -1,0 +1,209 @@
+//! A slot's standby reserve: parked threads pinned to the slot's core, ready to take the
+//! slot over when its runner is preempted, and the count of carriers the slot has shed.
+//!
+//! # Protocol
+//!
+//! `ready` counts parked standbys that no handoff has claimed yet; `grants` is a [`Futex`]
+//! word holding the number of handoffs granted and not yet taken, plus a `CLOSED` bit.
+//!
+//! Standby (a thread with no slot):
+//!
+//! 1. `ready += 1`: it may now be promised to a handoff.
+//! 2. Loop: read `grants`. A grant is there: CAS it one lower (Acquire) and hold the slot.
+//!    Otherwise `CLOSED`: `ready -= 1` and exit. Otherwise block on the word while it
+//!    still holds the value read.
+//!
+//! Handoff (the signal handler on the slot's runner, inside task code):
+//!
+//! 3. Take a standby: CAS `ready` one lower, only if it is above zero. None: no handoff
+//!    (the caller asks the monitor for more and retries later).
+//! 4. Mark the runner's own record `CARRIED` (`handler.rs`). Lost that race to a nested
+//!    handler invocation: give the standby back (`ready += 1`) and stop.
+//! 5. `grants += 1` (Release) and wake one waiter. From the Release on, the old runner
+//!    never touches the slot again; the standby's Acquire in step 2 makes every write the
+//!    old runner made to the slot's deque visible to it, so the deque has one holder at a
+//!    time, in order.
+//!
+//! Close (the slot's last runner, leaving at the end of shutdown):
+//!
+//! 6. `grants |= CLOSED`, wake all. No grant can be pending then: a grant exists only
+//!    between a handoff and a standby taking it, and during that time no thread holds the
+//!    slot, so none can be closing it.
+//!
+//! No wake-up is lost: a standby blocks only while the word still has the value it
+//! checked, and every change that concerns it (a grant, `CLOSED`) is followed by a wake.
+//! Each step-3 reservation is matched by one grant or one give-back, so the grants never
+//! outnumber the standbys that counted themselves in step 1. `loom-tests/` model-checks
+//! this protocol.
+//!
+//! The handler calls steps 3–5 ([`Reserve::take_standby`], [`Reserve::give_back`],
+//! [`Reserve::grant`]): atomics and one futex wake, nothing else. They are part of the
+//! signal handler's marked zone (see `handler.rs`).
+
+use crate::loom::{AtomicU32, AtomicU64, Futex, Ordering};
+
+const CLOSED: u32 = 1 << 31;
+
+/// What a standby got when it stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// A handoff: the caller now holds the slot.
+    Granted,
+    /// The slot is closed for good (shutdown): the caller should exit.
+    Closed,
+}
+
+/// One slot's standbys and carriers.
+#[repr(align(128))]
+#[derive(Debug)]
+pub struct Reserve {
+    ready: AtomicU32,
+    /// Standbys the monitor has started that have not reached step 1 yet.
+    starting: AtomicU32,
+    grants: Futex,
+    carriers: AtomicU32,
+    pub(crate) counters: PreemptCounters,
+}
+
+/// Counts kept per slot by the handler and the thread lifecycle (Relaxed: statistics).
+#[derive(Debug, Default)]
+pub(crate) struct PreemptCounters {
+    /// Timer deliveries that found a task running.
+    pub(crate) ticks: AtomicU64,
+    /// Slots handed to a standby.
+    pub(crate) handoffs: AtomicU64,
+    /// Overruns seen inside a runtime section, handed off when it ended.
+    pub(crate) deferred: AtomicU64,
+    /// Overruns with no standby parked at that moment (retried shortly).
+    pub(crate) no_standby: AtomicU64,
+    /// Overruns left alone because the slot had its maximum of carriers.
+    pub(crate) at_cap: AtomicU64,
+    /// Carriers that got their priority back and rejoined the reserve.
+    pub(crate) rejoined: AtomicU64,
+    /// Carriers that exited after their task.
+    pub(crate) retired: AtomicU64,
+    /// Standby threads started.
+    pub(crate) started: AtomicU64,
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reserve {
+    /// An empty reserve.
+    pub fn new() -> Self {
+        Self {
+            ready: AtomicU32::new(0),
+            starting: AtomicU32::new(0),
+            grants: Futex::new(0),
+            carriers: AtomicU32::new(0),
+            counters: PreemptCounters::default(),
+        }
+    }
+
+    /// Step 1. Also ends a start that [`starting`](Reserve::starting) counted, if `started`.
+    pub fn park_ready(&self, started: bool) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+        if started {
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Step 2: blocks until the caller is granted the slot or the slot closes.
+    pub fn wait(&self) -> Woken {
+        loop {
+            let word = self.grants.load(Ordering::Acquire);
+            if word & !CLOSED != 0 {
+                // Acquire: see the old holder's writes to the slot (step 5).
+                if self
+                    .grants
+                    .compare_exchange(word, word - 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Woken::Granted;
+                }
+                continue;
+            }
+            if word & CLOSED != 0 {
+                self.ready.fetch_sub(1, Ordering::SeqCst);
+                return Woken::Closed;
+            }
+            self.grants.wait(word, None);
+        }
+    }
+
+    /// Step 3: promises one parked standby to a handoff. Async-signal-safe.
+    pub fn take_standby(&self) -> bool {
+        let mut ready = self.ready.load(Ordering::Relaxed);
+        while ready > 0 {
+            match self.ready.compare_exchange_weak(
+                ready,
+                ready - 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => ready = now,
+            }
+        }
+        false
+    }
+
+    /// Step 4's give-back. Async-signal-safe.
+    pub fn give_back(&self) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Step 5: the promised standby may take the slot. Async-signal-safe.
+    pub fn grant(&self) {
+        self.carriers.fetch_add(1, Ordering::Relaxed);
+        // Release: publishes the old holder's writes to the slot's deque.
+        self.grants.fetch_add(1, Ordering::Release);
+        self.grants.wake_one();
+    }
+
+    /// Step 6.
+    pub fn close(&self) {
+        self.grants.fetch_or(CLOSED, Ordering::Release);
+        self.grants.wake_all();
+    }
+
+    /// A carrier's task has ended.
+    pub(crate) fn carrier_done(&self) {
+        self.carriers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Carriers alive (their task still running).
+    pub(crate) fn carriers(&self) -> u32 {
+        self.carriers.load(Ordering::Relaxed)
+    }
+
+    /// Parked standbys not promised to a handoff.
+    pub(crate) fn ready(&self) -> u32 {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Standbys being started.
+    pub(crate) fn starting(&self) -> u32 {
+        self.starting.load(Ordering::Relaxed)
+    }
+
+    /// The monitor is about to start a standby for this slot.
+    pub(crate) fn start_one(&self) {
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A start failed (no thread): forget it.
+    pub(crate) fn start_failed(&self) {
+        self.starting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// True once step 6 happened.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.grants.load(Ordering::Acquire) & CLOSED != 0
+    }
+}

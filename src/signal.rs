@@ -1,0 +1,58 @@
+//! Installing the process-wide handler, once per signal.
+//!
+//! A pool's threads receive its timer signal (SIGALRM unless the builder chose another).
+//! The first pool that uses a signal records the action installed before (the embedder's,
+//! or the default) and installs [`handler::on_signal`] with `SA_SIGINFO | SA_ONSTACK |
+//! SA_RESTART`. The handler stays installed for the life of the process: once no pool uses
+//! the signal, every delivery is simply passed on to the recorded action, as the kernel
+//! would have delivered it (`handler::chain`). An embedder that installs its own handler
+//! for the signal *after* building a pool replaces ours, and that pool's preemption stops;
+//! pick another signal with `Builder::signal` to share.
+//!
+//! Two copies of this crate in one binary would each record the other's handler and chain
+//! in circles; `links = "microsched"` in `Cargo.toml` makes Cargo refuse to build that.
+
+use std::io;
+use std::sync::Mutex;
+
+use crate::handler::{self, PREVIOUS};
+use crate::sys;
+
+/// Signals already installed by this process.
+static INSTALLED: Mutex<[bool; 65]> = Mutex::new([false; 65]);
+
+/// Installs the handler for `signal` if no pool has yet. `signal` was checked by the
+/// builder (`sys::usable_timer_signal`).
+pub(crate) fn install(signal: i32) -> io::Result<()> {
+    handler::init_magic(seed());
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(done) = installed.get_mut(signal as usize) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    if *done {
+        return Ok(());
+    }
+    let ours = handler::on_signal as *const () as usize;
+    // Record the embedder's action before ours can run, so a delivery in between is chained.
+    let current = sys::current_action(signal)?;
+    if current.sa_sigaction != ours {
+        PREVIOUS[signal as usize].store(&current);
+    }
+    let replaced = sys::install_action(signal, handler::on_signal)?;
+    if replaced.sa_sigaction != current.sa_sigaction && replaced.sa_sigaction != ours {
+        // Someone changed the action between the two calls: chain to what we replaced.
+        PREVIOUS[signal as usize].store(&replaced);
+    }
+    *done = true;
+    Ok(())
+}
+
+/// A per-process value for the token magic: not secret, only unlikely to collide with an
+/// embedder's own `si_value` on the same signal.
+fn seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let here = &INSTALLED as *const _ as usize as u32;
+    (std::process::id().wrapping_mul(0x9E37_79B9) ^ nanos ^ here.rotate_left(13)) | 1
+}
