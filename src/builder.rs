@@ -220,7 +220,13 @@ impl Builder {
         };
         let cores = affinities
             .iter()
-            .map(|a| if self.pin { a.as_ref().map(|c| c[0]) } else { None })
+            .map(|a| {
+                if self.pin {
+                    a.as_ref().map(|c| c[0])
+                } else {
+                    None
+                }
+            })
             .collect();
         let threads = Threads::new(self.name.clone(), self.stack_size, affinities);
         let shared = Arc::new(Shared::new(cores, self.spin, preempt, threads));

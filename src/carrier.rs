@@ -32,7 +32,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread;
 
-use crate::handler::{self, Record, TimerClock, RECORDS};
+use crate::handler::{self, Record, TimerClock, NO_TIMER, RECORDS};
 use crate::pool::{Mode, Shared};
 use crate::reserve::Woken;
 use crate::runner::{Runner, Served};
@@ -240,8 +240,8 @@ impl Drop for ThreadState {
         // Timers first, so no expiry can find the record after it is released.
         if let Some(record) = self.record.take() {
             for timer in [&record.cpu_timer, &record.precise_timer] {
-                let id = timer.swap(0, Ordering::Relaxed);
-                if id != 0 {
+                let id = timer.swap(NO_TIMER, Ordering::Relaxed);
+                if id != NO_TIMER {
                     sys::delete_timer(TimerId(id));
                 }
             }
@@ -257,7 +257,9 @@ struct AbortOnUnwind;
 
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
-        eprintln!("microsched: a pool thread unwound outside a task (a bug in microsched); aborting");
+        eprintln!(
+            "microsched: a pool thread unwound outside a task (a bug in microsched); aborting"
+        );
         std::process::abort();
     }
 }

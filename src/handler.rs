@@ -39,7 +39,7 @@
 //!    ahead of this thread on the same core. The task runs on here, in the gaps.
 
 use std::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU8, AtomicU64, AtomicUsize,
+    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
     Ordering,
 };
 
@@ -96,6 +96,9 @@ impl Preempt {
     }
 }
 
+/// A record's timer slot with no timer in it (0 is a valid kernel timer id).
+pub(crate) const NO_TIMER: usize = usize::MAX;
+
 /// Record states.
 const FREE: u8 = 0;
 /// Between tasks (looking for work, spinning, asleep), or a standby.
@@ -135,8 +138,8 @@ impl Record {
             pending: AtomicBool::new(false),
             armed: AtomicBool::new(false),
             start_ns: AtomicU64::new(0),
-            cpu_timer: AtomicUsize::new(0),
-            precise_timer: AtomicUsize::new(0),
+            cpu_timer: AtomicUsize::new(NO_TIMER),
+            precise_timer: AtomicUsize::new(NO_TIMER),
             preempt: AtomicPtr::new(std::ptr::null_mut()),
             slot: AtomicUsize::new(0),
         }
@@ -174,7 +177,7 @@ impl Record {
 
     fn precise(&self) -> Option<TimerId> {
         match self.precise_timer.load(Ordering::Relaxed) {
-            0 => None,
+            NO_TIMER => None,
             id => Some(TimerId(id)),
         }
     }

@@ -80,8 +80,8 @@ pub use builder::{
     Builder, DEFAULT_MAX_CARRIERS, DEFAULT_QUANTUM, DEFAULT_SPIN, MAX_QUANTUM, MAX_SPIN,
     MAX_STANDBYS, MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
 };
-pub use handler::TimerClock;
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
+pub use handler::TimerClock;
 pub use pool::{Handle, Pool};
 pub use stats::{SlotStats, Stats};
 pub use task::JoinHandle;

@@ -58,7 +58,6 @@ pub(crate) struct Futex {
     cond: loom::sync::Condvar,
 }
 
-
 impl Futex {
     pub(crate) fn new(value: u32) -> Self {
         Self {

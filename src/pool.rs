@@ -310,14 +310,19 @@ impl Shared {
             .map(|i| {
                 self.preempt
                     .as_ref()
-                    .map_or_else(PreemptSnapshot::default, |p| PreemptSnapshot::of(&p.reserves[i]))
+                    .map_or_else(PreemptSnapshot::default, |p| {
+                        PreemptSnapshot::of(&p.reserves[i])
+                    })
             })
             .collect();
         let slots = self
             .slots
             .iter()
             .enumerate()
-            .map(|(i, slot)| slot.counters.snapshot(slot.core, self.sleep.counts(i), preempt[i]))
+            .map(|(i, slot)| {
+                slot.counters
+                    .snapshot(slot.core, self.sleep.counts(i), preempt[i])
+            })
             .collect();
         Stats::collect(self.gate.injected(), &self.counters, slots, &preempt)
     }

@@ -92,7 +92,11 @@ pub(crate) fn run_inline(pool: usize, task: Task) {
 
 impl Runner {
     /// Holds slot `index` and serves it until shutdown or a handoff.
-    pub(crate) fn main(shared: Arc<Shared>, index: usize, record: Option<&'static Record>) -> Served {
+    pub(crate) fn main(
+        shared: Arc<Shared>,
+        index: usize,
+        record: Option<&'static Record>,
+    ) -> Served {
         let runner = Runner {
             shared,
             index,

@@ -187,7 +187,11 @@ pub(crate) enum TimerClock {
 
 /// `timer_create` for a timer that signals the calling thread only (`SIGEV_THREAD_ID`) with
 /// `signal`, passing `token` in `si_value`.
-pub(crate) fn create_thread_timer(clock: TimerClock, signal: i32, token: u64) -> io::Result<TimerId> {
+pub(crate) fn create_thread_timer(
+    clock: TimerClock,
+    signal: i32,
+    token: u64,
+) -> io::Result<TimerId> {
     let clock = match clock {
         TimerClock::ThreadCpu => libc::CLOCK_THREAD_CPUTIME_ID,
         TimerClock::Monotonic => libc::CLOCK_MONOTONIC,
@@ -345,12 +349,7 @@ pub(crate) mod async_safe {
         // SAFETY: `timer` is a live timer of this process (records delete their timers only
         // after their thread stops using them); `spec` is valid for the call.
         unsafe {
-            libc::timer_settime(
-                timer.0 as libc::timer_t,
-                flags,
-                &spec,
-                std::ptr::null_mut(),
-            )
+            libc::timer_settime(timer.0 as libc::timer_t, flags, &spec, std::ptr::null_mut())
         };
     }
 
@@ -434,12 +433,7 @@ pub(crate) mod async_safe {
             let mut dfl: libc::sigaction = core::mem::zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
             libc::sigaction(signal, &dfl, core::ptr::null_mut());
-            libc::syscall(
-                libc::SYS_tgkill,
-                libc::getpid(),
-                gettid(),
-                signal,
-            );
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), gettid(), signal);
         }
         // SAFETY: `set` was initialised above.
         let set = unsafe {

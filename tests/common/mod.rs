@@ -53,3 +53,97 @@ pub fn builder(workers: usize) -> microsched::Builder {
         .workers(workers)
         .pin(workers <= cores)
 }
+
+/// Runs `body` in a child process: the test binary re-run with only this test selected.
+///
+/// For tests with process-wide effects (signal handlers, `alarm`, dropped capabilities,
+/// demoted threads): a failure, hang or stray signal there cannot take down or leak into
+/// the rest of the suite. In the parent, this spawns the child, kills it after [`HANG`],
+/// and fails with the child's output unless it exited with success. In the child (the
+/// environment says which test it is for), it just runs `body`.
+#[track_caller]
+pub fn in_child(test: &str, body: impl FnOnce()) {
+    const VAR: &str = "MICROSCHED_CHILD_TEST";
+    if std::env::var(VAR).as_deref() == Ok(test) {
+        body();
+        return;
+    }
+    let output = child_output(test, VAR);
+    assert!(
+        output.status.success(),
+        "child for {test} failed ({:?})\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Spawns the child for `test` and waits for it (at most [`HANG`]).
+pub fn child_output(test: &str, var: &str) -> std::process::Output {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, test)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-run the test binary");
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("reap the child");
+            panic!(
+                "child for {test} hung for {HANG:?} and was killed ({status:?})\n{}",
+                String::from_utf8_lossy(&err.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// CPU-bound work for `wall`, returning `(rounds, checksum)`; [`check_spin`] recomputes the
+/// checksum from the rounds, so a result torn by preemption shows.
+pub fn spin_for(wall: Duration) -> (u64, u64) {
+    let start = std::time::Instant::now();
+    let mut rounds = 0u64;
+    let mut sum = 0u64;
+    while start.elapsed() < wall {
+        for _ in 0..1000 {
+            rounds += 1;
+            sum = step(sum, rounds);
+        }
+    }
+    (rounds, sum)
+}
+
+fn step(sum: u64, round: u64) -> u64 {
+    sum.rotate_left(7) ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The checksum `spin_for` must have returned for `rounds`.
+pub fn check_spin(rounds: u64) -> u64 {
+    (1..=rounds).fold(0, step)
+}

@@ -1,0 +1,404 @@
+//! Timer preemption: a long task no longer holds up the short ones behind it.
+//!
+//! Every test here runs in a child process (`common::in_child`): they install signal
+//! handlers, demote threads and flood the process with timer signals.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{builder, check_spin, child_output, in_child, join, spin_for};
+use microsched::TimerClock;
+
+/// One slot, a CPU-bound task of ~300 ms, then 50 short tasks: every short task completes
+/// while the long one is still running, and the long one completes with the right result.
+#[test]
+fn short_tasks_finish_while_a_long_one_runs_on_the_same_slot() {
+    in_child(
+        "short_tasks_finish_while_a_long_one_runs_on_the_same_slot",
+        || {
+            for clock in [TimerClock::ThreadCpu, TimerClock::Monotonic] {
+                let pool = builder(1)
+                    .quantum(Duration::from_millis(2))
+                    .timer_clock(clock)
+                    .build()
+                    .unwrap();
+                let long_done = Arc::new(AtomicBool::new(false));
+                let long = {
+                    let long_done = long_done.clone();
+                    pool.spawn(move || {
+                        let result = spin_for(Duration::from_millis(300));
+                        long_done.store(true, Ordering::SeqCst);
+                        result
+                    })
+                };
+                // Let the long task start, so the short ones are queued behind it.
+                std::thread::sleep(Duration::from_millis(5));
+                let shorts: Vec<_> = (0..50u64)
+                    .map(|i| {
+                        let long_done = long_done.clone();
+                        pool.spawn(move || (i * i, long_done.load(Ordering::SeqCst)))
+                    })
+                    .collect();
+                for (i, short) in shorts.into_iter().enumerate() {
+                    let (square, long_was_done) = join(short).unwrap();
+                    assert_eq!(square, (i * i) as u64);
+                    assert!(
+                        !long_was_done,
+                        "{clock:?}: short task {i} waited for the long one"
+                    );
+                }
+                assert!(
+                    !long_done.load(Ordering::SeqCst),
+                    "{clock:?}: the long task ended first"
+                );
+                let (rounds, sum) = join(long).unwrap();
+                assert_eq!(
+                    sum,
+                    check_spin(rounds),
+                    "{clock:?}: the long task's result is wrong"
+                );
+                let stats = pool.stats();
+                assert!(stats.handoffs >= 1, "{clock:?}: {stats:?}");
+                assert_eq!(stats.completed, 51);
+                pool.shutdown();
+                let stats = pool.stats();
+                assert_eq!(stats.carriers, 0, "{clock:?}: {stats:?}");
+            }
+        },
+    );
+}
+
+/// The same with preemption off: the short tasks wait (the control that shows the test
+/// above can fail).
+#[test]
+fn without_preemption_short_tasks_wait_for_the_long_one() {
+    in_child(
+        "without_preemption_short_tasks_wait_for_the_long_one",
+        || {
+            let pool = builder(1).preemption(false).build().unwrap();
+            let long_done = Arc::new(AtomicBool::new(false));
+            let long = {
+                let long_done = long_done.clone();
+                pool.spawn(move || {
+                    let result = spin_for(Duration::from_millis(100));
+                    long_done.store(true, Ordering::SeqCst);
+                    result
+                })
+            };
+            std::thread::sleep(Duration::from_millis(5));
+            let short = {
+                let long_done = long_done.clone();
+                pool.spawn(move || long_done.load(Ordering::SeqCst))
+            };
+            assert!(join(short).unwrap(), "without preemption FCFS order holds");
+            join(long).unwrap();
+            let stats = pool.stats();
+            assert_eq!((stats.ticks, stats.handoffs, stats.standbys), (0, 0, 0));
+        },
+    );
+}
+
+/// Many long tasks in a row: every one is handed off, carriers finish and go away, and
+/// the standbys are replenished.
+#[test]
+fn carriers_retire_and_standbys_are_replenished() {
+    in_child("carriers_retire_and_standbys_are_replenished", || {
+        let pool = builder(1)
+            .quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let longs: Vec<_> = (0..20)
+            .map(|_| pool.spawn(|| spin_for(Duration::from_millis(8))))
+            .collect();
+        for long in longs {
+            let (rounds, sum) = join(long).unwrap();
+            assert_eq!(sum, check_spin(rounds));
+        }
+        let deadline = Instant::now() + common::HANG;
+        loop {
+            let stats = pool.stats();
+            if stats.carriers == 0 && stats.standbys >= 1 {
+                assert!(stats.handoffs >= 10, "{stats:?}");
+                assert_eq!(stats.rejoined + stats.retired, stats.handoffs, "{stats:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "carriers never retired: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+/// Tasks that allocate and free constantly, preempted constantly: no deadlock (a handoff
+/// inside `malloc` only moves the slot; the thread keeps its locks and finishes the call)
+/// and the right results.
+#[test]
+fn allocation_heavy_tasks_under_preemption() {
+    in_child("allocation_heavy_tasks_under_preemption", || {
+        let pool = builder(2)
+            .quantum(Duration::from_micros(100))
+            .timer_clock(TimerClock::Monotonic)
+            .standbys(4)
+            .build()
+            .unwrap();
+        let work = |seed: u64| {
+            let mut total = 0u64;
+            for round in 0..300u64 {
+                let mut map = std::collections::BTreeMap::new();
+                for i in 0..64u64 {
+                    map.insert(format!("k{seed}-{round}-{i}"), vec![i; (i % 17) as usize]);
+                }
+                total += map.values().map(|v| v.iter().sum::<u64>()).sum::<u64>();
+                let text: String = map
+                    .keys()
+                    .take(8)
+                    .map(String::len)
+                    .map(|n| n.to_string())
+                    .collect();
+                total += text.len() as u64;
+            }
+            total
+        };
+        let expected: Vec<u64> = (0..32).map(work).collect();
+        let tasks: Vec<_> = (0..32).map(|s| pool.spawn(move || work(s))).collect();
+        let got: Vec<u64> = tasks.into_iter().map(|t| join(t).unwrap()).collect();
+        assert_eq!(got, expected);
+        let stats = pool.stats();
+        assert!(stats.ticks >= 32 && stats.handoffs >= 4, "{stats:?}");
+    });
+}
+
+/// Tasks that print constantly, preempted constantly (often inside std's stdout lock):
+/// no deadlock, and every line arrives whole, exactly once.
+#[test]
+fn println_heavy_tasks_under_preemption() {
+    const VAR: &str = "MICROSCHED_CHILD_TEST";
+    const NAME: &str = "println_heavy_tasks_under_preemption";
+    const TASKS: u64 = 16;
+    const LINES: u64 = 3000;
+    if std::env::var(VAR).as_deref() == Ok(NAME) {
+        let pool = builder(2)
+            .quantum(Duration::from_micros(100))
+            .timer_clock(TimerClock::Monotonic)
+            .standbys(4)
+            .build()
+            .unwrap();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                pool.spawn(move || {
+                    for l in 0..LINES {
+                        println!(
+                            "line task={t} n={l} payload={}",
+                            "x".repeat((l % 50) as usize)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            join(task).unwrap();
+        }
+        let stats = pool.stats();
+        eprintln!("ticks={} handoffs={}", stats.ticks, stats.handoffs);
+        assert!(stats.ticks >= 16, "{stats:?}");
+        return;
+    }
+    let output = child_output(NAME, VAR);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut seen = std::collections::HashSet::new();
+    // The harness prints "test <name> ... " with no newline before the first task line.
+    for line in stdout
+        .lines()
+        .filter_map(|l| l.find("line task=").map(|at| &l[at..]))
+    {
+        let mut parts = line.split(' ');
+        let _ = parts.next();
+        let t: u64 = parts
+            .next()
+            .unwrap()
+            .trim_start_matches("task=")
+            .parse()
+            .unwrap();
+        let l: u64 = parts
+            .next()
+            .unwrap()
+            .trim_start_matches("n=")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "line task={t} n={l} payload={}",
+                "x".repeat((l % 50) as usize)
+            )
+        );
+        assert!(seen.insert((t, l)), "line printed twice: {line}");
+    }
+    assert_eq!(
+        seen.len() as u64,
+        TASKS * LINES,
+        "lines lost; child stderr: {stderr}"
+    );
+}
+
+/// Reads a field of /proc/self/status, such as "Threads".
+fn proc_status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// POSIX timers the process has (each line of /proc/self/timers starting with "ID:").
+fn posix_timers() -> usize {
+    std::fs::read_to_string("/proc/self/timers")
+        .map(|t| t.lines().filter(|l| l.starts_with("ID:")).count())
+        .unwrap_or(0)
+}
+
+/// Whether a thread of this process can undo SCHED_IDLE.
+fn can_restore_priority() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changing the calling (scratch) thread's own policy.
+        unsafe {
+            assert_eq!(libc::sched_setscheduler(0, libc::SCHED_IDLE, &param), 0);
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Drops CAP_SYS_NICE from the calling thread (threads it creates inherit that).
+fn drop_cap_sys_nice() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_NICE: u32 = 23;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data words, as the kernel expects.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_SYS_NICE);
+        data[0].permitted &= !(1 << CAP_SYS_NICE);
+        data[0].inheritable &= !(1 << CAP_SYS_NICE);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// Many long tasks: every carrier either rejoins the standbys (it could restore its
+/// priority) or exits (it could not), standbys are replenished, and threads and timers
+/// return to where they were.
+fn carrier_lifecycle(privileged: bool) {
+    let pool = builder(2)
+        .quantum(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    // Let the build's threads settle, then take the baseline.
+    std::thread::sleep(Duration::from_millis(50));
+    let threads_before = proc_status("Threads");
+    let timers_before = posix_timers();
+    for _round in 0..3 {
+        let longs: Vec<_> = (0..40)
+            .map(|i| pool.spawn(move || (i, spin_for(Duration::from_millis(4 + i % 3)))))
+            .collect();
+        for (i, long) in longs.into_iter().enumerate() {
+            let (j, (rounds, sum)) = join(long).unwrap();
+            assert_eq!((i as u64, sum), (j, check_spin(rounds)));
+        }
+    }
+    let deadline = Instant::now() + common::HANG;
+    let stats = loop {
+        let stats = pool.stats();
+        let settled = stats.carriers == 0
+            && stats.slots.iter().all(|s| s.standbys >= 1)
+            && stats.rejoined + stats.retired == stats.handoffs;
+        let extra_standbys = stats.standbys.saturating_sub(stats.slots.len() as u64);
+        if settled && proc_status("Threads") <= threads_before + extra_standbys {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "never settled: {stats:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(stats.handoffs >= 10, "{stats:?}");
+    if privileged {
+        assert!(
+            stats.rejoined > 0,
+            "a privileged carrier should rejoin: {stats:?}"
+        );
+    } else {
+        assert_eq!(
+            stats.rejoined, 0,
+            "an unprivileged carrier cannot undo SCHED_IDLE: {stats:?}"
+        );
+        assert_eq!(stats.retired, stats.handoffs, "{stats:?}");
+        assert!(stats.standbys_started >= stats.handoffs, "{stats:?}");
+    }
+    // Each pool thread owns two timers (the monitor none), so the count follows the
+    // runners and parked standbys; carriers that exited took theirs with them.
+    let pool_threads = stats.slots.len() as u64 + stats.standbys;
+    let timers = posix_timers() as u64;
+    assert!(
+        timers <= 2 * pool_threads && timers_before as u64 <= timers,
+        "timers leaked: {timers_before} before, {timers} after, {pool_threads} pool threads\n{}\n{:?}",
+        std::fs::read_to_string("/proc/self/timers").unwrap(),
+        std::fs::read_dir("/proc/self/task").unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
+    pool.shutdown();
+    assert_eq!(posix_timers(), 0, "a shut-down pool leaves no timers");
+}
+
+#[test]
+fn carriers_without_the_privilege_to_restore_priority_retire() {
+    in_child(
+        "carriers_without_the_privilege_to_restore_priority_retire",
+        || {
+            drop_cap_sys_nice();
+            assert!(!can_restore_priority(), "CAP_SYS_NICE is still there");
+            carrier_lifecycle(false);
+        },
+    );
+}
+
+#[test]
+fn carriers_with_the_privilege_to_restore_priority_rejoin() {
+    in_child(
+        "carriers_with_the_privilege_to_restore_priority_rejoin",
+        || {
+            // Most developers run unprivileged: then this is the unprivileged case again.
+            carrier_lifecycle(can_restore_priority());
+        },
+    );
+}
