@@ -51,6 +51,11 @@ pub const MAX_QUANTUM: Duration = Duration::from_secs(60);
 /// The default cap on carriers per slot (see [`Builder::max_carriers`]).
 pub const DEFAULT_MAX_CARRIERS: u32 = 64;
 
+/// Standbys kept parked per slot by default. Two absorb two long tasks in a row on one
+/// slot while the monitor starts replacements, which takes milliseconds when every core
+/// is busy (the new thread must be scheduled on its core to set itself up).
+pub const DEFAULT_STANDBYS: u32 = 2;
+
 /// The most standbys per slot accepted.
 pub const MAX_STANDBYS: u32 = 16;
 
@@ -95,7 +100,7 @@ impl Builder {
             signal: libc::SIGALRM,
             clock: TimerClock::ThreadCpu,
             max_carriers: DEFAULT_MAX_CARRIERS,
-            standbys: 1,
+            standbys: DEFAULT_STANDBYS,
         }
     }
 
@@ -187,7 +192,8 @@ impl Builder {
         self
     }
 
-    /// Standby threads kept parked per slot, ready to take it over (default 1, at most
+    /// Standby threads kept parked per slot, ready to take it over (default
+    /// [`DEFAULT_STANDBYS`], at most
     /// [`MAX_STANDBYS`]). More absorb bursts of handoffs on one slot without waiting for
     /// the monitor to start replacements.
     pub fn standbys(mut self, standbys: u32) -> Builder {

@@ -121,6 +121,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
     if role == Role::Standby {
         if let Some(preempt) = &shared.preempt {
             preempt.reserves[index].park_ready(true);
+            poke_wanting(preempt, index);
         }
     }
     loop {
@@ -152,6 +153,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                     {
                         reserve.counters.rejoined.fetch_add(1, Ordering::Relaxed);
                         reserve.park_ready(false);
+                        poke_wanting(preempt, index);
                         role = Role::Standby;
                     } else {
                         reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +176,14 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                 }
             }
         }
+    }
+}
+
+/// Just parked: if a runner of the slot overran while no standby was there, make it look
+/// again now (`reserve.rs`).
+fn poke_wanting(preempt: &handler::Preempt, index: usize) {
+    if let Some(runner) = preempt.reserves[index].take_wanted() {
+        handler::poke(runner);
     }
 }
 
@@ -204,6 +214,7 @@ fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
     };
     let (index_in_table, record) = claim_record()?;
     state.record = Some(record);
+    record.index.store(index_in_table, Ordering::Relaxed);
     record.tid.store(sys::gettid(), Ordering::Relaxed);
     record.bind(preempt, index);
     let token = handler::token(index_in_table);
@@ -212,8 +223,13 @@ fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
     if preempt.clock == TimerClock::ThreadCpu {
         let cpu = sys::create_thread_timer(sys::TimerClock::ThreadCpu, preempt.signal, token)?;
         record.cpu_timer.store(cpu.0, Ordering::Relaxed);
-        // Periodic at the kernel tick: it can fire no more often anyway.
-        async_safe::set_timer(cpu, preempt.tick_ns, preempt.tick_ns, false);
+        // The period counts this thread's CPU time, and expiries are only noticed on the
+        // kernel tick. A period of a whole tick would put the first expiry after a task
+        // starts anywhere up to two ticks later; an eighth of a tick makes every tick
+        // that finds the thread busy deliver one (the kernel folds the rest into the
+        // overrun count), so the handler looks at each running task once per tick.
+        let period = (preempt.tick_ns / 8).max(1);
+        async_safe::set_timer(cpu, period, period, false);
     }
     Ok(state)
 }

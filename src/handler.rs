@@ -50,10 +50,6 @@ use crate::sys::{async_safe, TimerId};
 /// How many pool threads a process may have at once, over all its pools.
 pub(crate) const MAX_THREADS: usize = 4096;
 
-/// After an overrun found no standby, how soon the handler looks again (the monitor
-/// starts one in well under this).
-const RETRY_NS: u64 = 250_000;
-
 /// Which clock drives a pool's preemption ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -114,6 +110,8 @@ const CARRIED: u8 = 3;
 pub(crate) struct Record {
     pub(crate) in_use: AtomicBool,
     pub(crate) tid: AtomicI32,
+    /// This record's index in [`RECORDS`].
+    pub(crate) index: AtomicUsize,
     state: AtomicU8,
     /// Runtime sections the thread is inside (no handoff while above zero).
     depth: AtomicU32,
@@ -121,6 +119,8 @@ pub(crate) struct Record {
     pending: AtomicBool,
     /// The precise timer is armed (one-shot with `ThreadCpu`, periodic with `Monotonic`).
     armed: AtomicBool,
+    /// The runner has slept since its last task: its core's tick may have been stopped.
+    rested: AtomicBool,
     start_ns: AtomicU64,
     pub(crate) cpu_timer: AtomicUsize,
     pub(crate) precise_timer: AtomicUsize,
@@ -133,10 +133,12 @@ impl Record {
         Record {
             in_use: AtomicBool::new(false),
             tid: AtomicI32::new(0),
+            index: AtomicUsize::new(0),
             state: AtomicU8::new(FREE),
             depth: AtomicU32::new(0),
             pending: AtomicBool::new(false),
             armed: AtomicBool::new(false),
+            rested: AtomicBool::new(false),
             start_ns: AtomicU64::new(0),
             cpu_timer: AtomicUsize::new(NO_TIMER),
             precise_timer: AtomicUsize::new(NO_TIMER),
@@ -163,6 +165,7 @@ impl Record {
         self.preempt
             .store(preempt as *const Preempt as *mut Preempt, Ordering::Relaxed);
         self.slot.store(slot, Ordering::Relaxed);
+        self.rested.store(true, Ordering::Relaxed);
         self.state.store(IDLE, Ordering::Relaxed);
     }
 
@@ -175,7 +178,7 @@ impl Record {
         self.in_use.store(false, Ordering::Release);
     }
 
-    fn precise(&self) -> Option<TimerId> {
+    pub(crate) fn precise(&self) -> Option<TimerId> {
         match self.precise_timer.load(Ordering::Relaxed) {
             NO_TIMER => None,
             id => Some(TimerId(id)),
@@ -193,10 +196,25 @@ impl Record {
         self.state.store(IN_TASK, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
         let preempt = self.preempt();
-        if preempt.clock == TimerClock::Monotonic && !self.armed.load(Ordering::Relaxed) {
-            if let Some(timer) = self.precise() {
-                self.armed.store(true, Ordering::Relaxed);
-                async_safe::set_timer(timer, preempt.quantum_ns, preempt.quantum_ns, false);
+        match preempt.clock {
+            TimerClock::Monotonic => {
+                if !self.armed.load(Ordering::Relaxed) {
+                    if let Some(timer) = self.precise() {
+                        self.armed.store(true, Ordering::Relaxed);
+                        async_safe::set_timer(timer, preempt.quantum_ns, preempt.quantum_ns, false);
+                    }
+                }
+            }
+            TimerClock::ThreadCpu => {
+                // The first task after a sleep: an idle core's tick is stopped, and the
+                // kernel restarts it a whole tick after the wake-up, so the CPU-time tick
+                // would first look at this task only then. Arm the one-shot for the
+                // quantum's end now: one syscall per sleep, never per task.
+                if self.rested.swap(false, Ordering::Relaxed) && !self.armed.load(Ordering::Relaxed)
+                {
+                    let at = self.start_ns.load(Ordering::Relaxed) + preempt.quantum_ns;
+                    arm_once(self, at, true);
+                }
             }
         }
     }
@@ -224,6 +242,7 @@ impl Record {
 
     /// The runner is about to sleep: stop the periodic timer (no expiries while idle).
     pub(crate) fn pause(&self) {
+        self.rested.store(true, Ordering::Relaxed);
         if self.armed.swap(false, Ordering::Relaxed) {
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);
@@ -426,6 +445,15 @@ fn arm_once(record: &Record, at_ns: u64, absolute: bool) {
     }
 }
 
+/// Makes the precise timer of the thread owning record `index` fire now, so its handler
+/// looks at its task again. Called by a standby that parks while a runner wants one. If
+/// the record has changed hands meanwhile, the expiry is a harmless extra look.
+pub(crate) fn poke(index: usize) {
+    if let Some(timer) = RECORDS.get(index).and_then(Record::precise) {
+        async_safe::set_timer(timer, 1, 0, false);
+    }
+}
+
 /// Step 4, `reserve.rs` steps 3–5.
 fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
     if reserve.carriers() >= preempt.max_carriers {
@@ -433,12 +461,15 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         return;
     }
     if !reserve.take_standby() {
-        reserve.counters.no_standby.fetch_add(1, Ordering::Relaxed);
-        preempt.ring();
-        if preempt.clock == TimerClock::ThreadCpu {
-            arm_once(record, RETRY_NS, false);
+        // The next standby to park pokes this runner (see `reserve.rs`); the next tick
+        // retries too. Look once more after saying so, in case one parked in between
+        // (its poke will then be a harmless extra look).
+        reserve.want(record.index.load(Ordering::Relaxed));
+        if !reserve.take_standby() {
+            reserve.counters.no_standby.fetch_add(1, Ordering::Relaxed);
+            preempt.ring();
+            return;
         }
-        return;
     }
     if record
         .state

@@ -77,8 +77,8 @@ mod sys;
 mod task;
 
 pub use builder::{
-    Builder, DEFAULT_MAX_CARRIERS, DEFAULT_QUANTUM, DEFAULT_SPIN, MAX_QUANTUM, MAX_SPIN,
-    MAX_STANDBYS, MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
+    Builder, DEFAULT_MAX_CARRIERS, DEFAULT_QUANTUM, DEFAULT_SPIN, DEFAULT_STANDBYS, MAX_QUANTUM,
+    MAX_SPIN, MAX_STANDBYS, MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
 };
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use handler::TimerClock;

@@ -36,11 +36,17 @@
 //! outnumber the standbys that counted themselves in step 1. `loom-tests/` model-checks
 //! this protocol.
 //!
+//! A handoff that finds no standby records the runner in `wanted` ([`Reserve::want`]);
+//! a standby that parks after that (step 1) pokes the runner's timer, so the handoff is
+//! retried the moment a standby exists. The SeqCst order between `want` + step 3's
+//! failed read on one side and step 1 + the read of `wanted` on the other makes sure at
+//! least one side sees the other.
+//!
 //! The handler calls steps 3–5 ([`Reserve::take_standby`], [`Reserve::give_back`],
-//! [`Reserve::grant`]): atomics and one futex wake, nothing else. They are part of the
+//! [`Reserve::grant`]) and [`Reserve::want`]: atomics and one futex wake, nothing else. They are part of the
 //! signal handler's marked zone (see `handler.rs`).
 
-use crate::loom::{AtomicU32, AtomicU64, Futex, Ordering};
+use crate::loom::{AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
 
 const CLOSED: u32 = 1 << 31;
 
@@ -62,6 +68,10 @@ pub struct Reserve {
     starting: AtomicU32,
     grants: Futex,
     carriers: AtomicU32,
+    /// A runner whose task overran while no standby was parked: its record index + 1
+    /// (0: none). The next standby to park pokes it (`handler::poke`), so the handoff
+    /// happens as soon as a standby exists, without the runner polling for one.
+    wanted: AtomicUsize,
     pub(crate) counters: PreemptCounters,
 }
 
@@ -100,6 +110,7 @@ impl Reserve {
             starting: AtomicU32::new(0),
             grants: Futex::new(0),
             carriers: AtomicU32::new(0),
+            wanted: AtomicUsize::new(0),
             counters: PreemptCounters::default(),
         }
     }
@@ -150,6 +161,19 @@ impl Reserve {
             }
         }
         false
+    }
+
+    /// Records that the runner with record `index` wants a standby. Async-signal-safe.
+    pub fn want(&self, index: usize) {
+        self.wanted.store(index + 1, Ordering::SeqCst);
+    }
+
+    /// The record index of a runner waiting for a standby, if any (and forgets it).
+    pub fn take_wanted(&self) -> Option<usize> {
+        match self.wanted.swap(0, Ordering::SeqCst) {
+            0 => None,
+            n => Some(n - 1),
+        }
     }
 
     /// Step 4's give-back. Async-signal-safe.

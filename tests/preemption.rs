@@ -345,7 +345,9 @@ fn carrier_lifecycle(privileged: bool) {
         let settled = stats.carriers == 0
             && stats.slots.iter().all(|s| s.standbys >= 1)
             && stats.rejoined + stats.retired == stats.handoffs;
-        let extra_standbys = stats.standbys.saturating_sub(stats.slots.len() as u64);
+        let extra_standbys = stats
+            .standbys
+            .saturating_sub(stats.slots.len() as u64 * u64::from(microsched::DEFAULT_STANDBYS));
         if settled && proc_status("Threads") <= threads_before + extra_standbys {
             break stats;
         }

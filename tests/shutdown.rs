@@ -123,7 +123,9 @@ fn the_last_pool_reference_dropped_inside_a_task_does_not_deadlock() {
 
 #[test]
 fn shutdown_timeout_discards_queued_work_and_detaches_a_stuck_runner() {
-    let pool = common::builder(1).build().unwrap();
+    // Without preemption, so the stuck task keeps the slot and the queue stays queued (with
+    // it, a standby would take the slot over and run the queue: `tests/preemption.rs`).
+    let pool = common::builder(1).preemption(false).build().unwrap();
     let release = Arc::new(AtomicBool::new(false));
     let started = Arc::new(Barrier::new(2));
     let stuck = pool.spawn({

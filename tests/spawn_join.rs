@@ -168,7 +168,9 @@ fn a_join_inside_a_task_never_runs_an_unrelated_task() {
 
 #[test]
 fn a_timed_join_inside_a_one_worker_pool_times_out_then_join_runs_the_child() {
-    let pool = pool(1);
+    // Without preemption: with it, the parent blocked in the timed join would be handed
+    // off and the standby would run the child.
+    let pool = common::builder(1).preemption(false).build().unwrap();
     let handle = pool.handle();
     let parent = pool.spawn(move || {
         let child = handle.spawn(|| 5);
