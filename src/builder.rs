@@ -168,8 +168,16 @@ impl Builder {
     /// `SIGVTALRM`, `SIGPROF`, `SIGUSR1`, `SIGUSR2` or a real-time signal
     /// (`libc::SIGRTMIN()..=libc::SIGRTMAX()`). Deliveries of the signal that are not the
     /// pool's own timers (`alarm()`, `kill`) are passed on to whatever handler was
-    /// installed before the pool; an embedder that installs its own handler *after* the
-    /// pool should pick another signal here, such as a real-time one.
+    /// installed before the pool, or get the default action, as they would have without
+    /// the pool. Pick another signal here, such as a real-time one, if the embedder:
+    ///
+    /// - installs its own handler for the signal *after* building the pool (it replaces
+    ///   the pool's, and the pool's preemption stops);
+    /// - blocks the signal to take it with `sigwait` or a `signalfd` (refused at build:
+    ///   [`BuildError::SignalBlocked`](crate::BuildError::SignalBlocked));
+    /// - relies on the signal interrupting syscalls with `EINTR`, or on its handler
+    ///   running on the normal stack: chained handlers run under the pool's action, which
+    ///   has `SA_RESTART` and `SA_ONSTACK`.
     pub fn signal(mut self, signal: i32) -> Builder {
         self.signal = signal;
         self
@@ -330,6 +338,12 @@ impl Builder {
             }
             if !sys::usable_timer_signal(self.signal) {
                 return Err(BuildError::InvalidSignal(self.signal));
+            }
+            // Blocked here, the embedder most likely takes it with `sigwait` or a
+            // `signalfd`: pool threads must unblock it for their timers, and would then
+            // receive the embedder's own deliveries of it too.
+            if sys::signal_blocked(self.signal) {
+                return Err(BuildError::SignalBlocked(self.signal));
             }
             if self.max_carriers == 0 {
                 return Err(BuildError::NoCarriers);

@@ -103,7 +103,7 @@ fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::
                 preempt.ring();
             }
         } else if let Some(preempt) = &shared.preempt {
-            preempt.reserves[index].start_failed();
+            preempt.reserves[index].setup_failed();
             preempt.ring();
         }
         return;
@@ -142,6 +142,10 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                     let reserve = &preempt.reserves[index];
                     record.set_idle();
                     reserve.carrier_done();
+                    // The task's outcome was counted before this fence, shutdown stores
+                    // `DRAIN` before the sleepers' fence: either this read sees `DRAIN` and
+                    // wakes them, or their re-check sees the count.
+                    crate::loom::fence(Ordering::SeqCst);
                     if shared.mode() != Mode::Running {
                         shared.sleep.notify_all();
                     }

@@ -201,6 +201,10 @@ pub enum BuildError {
     },
     /// `signal(n)` with a signal the pool cannot use for its timers.
     InvalidSignal(i32),
+    /// The pool's signal is blocked on the thread building it: the embedder most likely
+    /// takes it with `sigwait` or a `signalfd`, and the pool's threads (which must unblock
+    /// it) would steal those deliveries.
+    SignalBlocked(i32),
     /// `max_carriers(0)`: a handoff always makes one carrier; turn preemption off instead.
     NoCarriers,
     /// `standbys(n)` outside `1..=MAX_STANDBYS`.
@@ -259,6 +263,11 @@ impl fmt::Display for BuildError {
             BuildError::InvalidSignal(signal) => write!(
                 f,
                 "signal({signal}) cannot drive the pool's timers; use SIGALRM, SIGVTALRM, SIGPROF, SIGUSR1, SIGUSR2 or a real-time signal (SIGRTMIN..=SIGRTMAX)"
+            ),
+            BuildError::SignalBlocked(signal) => write!(
+                f,
+                "signal {signal} is blocked on this thread, so the program probably waits for it with sigwait or a signalfd; \
+                 give the pool a signal of its own with Builder::signal (a real-time one such as SIGRTMIN()+1)"
             ),
             BuildError::NoCarriers => f.write_str(
                 "max_carriers(0) would forbid every handoff; allow at least 1, or turn preemption off with preemption(false)",

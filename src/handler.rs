@@ -34,9 +34,9 @@
 //!    thread's one-shot monotonic timer for the exact moment it ends.
 //! 3. It has run the quantum and the runner is inside a runtime section (a spawn pushing to
 //!    the slot's deque): set `pending`; the section hands off as it ends.
-//! 4. Otherwise hand off (`reserve.rs` steps 3–5): mark the record `CARRIED`, demote this
-//!    thread to `SCHED_IDLE`, and grant the slot to a standby, which the kernel then runs
-//!    ahead of this thread on the same core. The task runs on here, in the gaps.
+//! 4. Otherwise hand off (`reserve.rs` steps 3–5): mark the record `CARRIED`, grant the
+//!    slot to a standby, and demote this thread to `SCHED_IDLE`, so the kernel runs the
+//!    standby ahead of it on the same core. The task runs on here, in the gaps.
 
 use std::sync::atomic::{
     compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
@@ -54,12 +54,16 @@ pub(crate) const MAX_THREADS: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TimerClock {
-    /// Each thread's own CPU-time clock, periodic at the kernel tick, plus a one-shot
-    /// monotonic timer armed only for a task that is about to reach its quantum. The tick
-    /// rides on timer interrupts the kernel takes anyway and never fires for an idle or
-    /// blocked thread, so the cost is close to nothing; the one-shot makes the handoff land
-    /// within tens of microseconds of the quantum. A task blocked in a syscall uses no CPU
-    /// and is not preempted (other slots still steal its queue).
+    /// Each thread's own CPU-time clock, which the kernel checks on its tick, plus a
+    /// one-shot monotonic timer armed only for a task that is about to reach its quantum
+    /// (and for the first task after a runner wakes, since an idle core's tick restarts
+    /// late). The tick rides on timer interrupts the kernel takes anyway and never fires
+    /// for an idle or blocked thread, so the cost is close to nothing. A task is handed off
+    /// at its quantum, or, when the quantum is shorter than the kernel tick and no tick
+    /// landed in the task before the quantum ended, at the first tick after (at most one
+    /// tick, 4 ms at HZ=250, after it started). A task that blocks in a syscall uses no CPU,
+    /// so it is handed off only if a one-shot was armed for it; other slots still steal
+    /// its queue.
     #[default]
     ThreadCpu,
     /// A periodic monotonic timer per runner, every quantum, armed while the runner is
@@ -316,30 +320,31 @@ fn record_of(token: u64) -> Option<&'static Record> {
 pub(crate) struct Previous {
     handler: AtomicUsize,
     flags: AtomicI32,
-    mask: std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigset_t>>,
+    /// The action's `sa_mask`, word by word (atomics, so a re-store while the handler
+    /// reads is not a data race; a reader may mix two masks only in that instant).
+    mask: [AtomicU64; MASK_WORDS],
     set: AtomicBool,
 }
 
-// SAFETY: `mask` is written once, before `set` is published with Release, and only read
-// after `set` is seen with Acquire.
-unsafe impl Sync for Previous {}
+const MASK_WORDS: usize = std::mem::size_of::<libc::sigset_t>() / 8;
 
 impl Previous {
     const fn new() -> Previous {
         Previous {
             handler: AtomicUsize::new(libc::SIG_DFL),
             flags: AtomicI32::new(0),
-            mask: std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()),
+            mask: [const { AtomicU64::new(0) }; MASK_WORDS],
             set: AtomicBool::new(false),
         }
     }
 
     /// Records `action` as the one to chain to. Called by `signal.rs` under its
-    /// per-signal installation lock, before the handler is installed.
+    /// installation lock, before the handler is installed.
     pub(crate) fn store(&self, action: &libc::sigaction) {
-        if !self.set.load(Ordering::Acquire) {
-            // SAFETY: not yet published; only the installer (one at a time) writes.
-            unsafe { (*self.mask.get()).write(action.sa_mask) };
+        // SAFETY: `sigset_t` is plain bits, `MASK_WORDS` u64 long.
+        let words: [u64; MASK_WORDS] = unsafe { std::mem::transmute(action.sa_mask) };
+        for (slot, word) in self.mask.iter().zip(words) {
+            slot.store(word, Ordering::Relaxed);
         }
         self.handler.store(action.sa_sigaction, Ordering::Relaxed);
         self.flags.store(action.sa_flags, Ordering::Relaxed);
@@ -355,8 +360,10 @@ impl Previous {
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = self.handler.load(Ordering::Relaxed);
         action.sa_flags = self.flags.load(Ordering::Relaxed);
-        // SAFETY: `set` was seen, so `mask` was written.
-        action.sa_mask = unsafe { (*self.mask.get()).assume_init() };
+        let words: [u64; MASK_WORDS] =
+            std::array::from_fn(|i| self.mask[i].load(Ordering::Relaxed));
+        // SAFETY: any bit pattern is a valid `sigset_t`.
+        action.sa_mask = unsafe { std::mem::transmute::<[u64; MASK_WORDS], libc::sigset_t>(words) };
         Some(action)
     }
 }
@@ -487,8 +494,11 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         }
     }
     reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
-    // Demote first, so the standby woken next preempts this thread at once.
-    async_safe::demote_to_idle();
+    // Grant first: demoted, this thread could be preempted by any normal thread woken on
+    // its core and not get the CPU back for a long time, leaving the slot with no holder.
+    // The standby woken here waits a couple of microseconds for the demotion below,
+    // which then lets it preempt this thread at once.
     reserve.grant();
+    async_safe::demote_to_idle();
     preempt.ring();
 }

@@ -8,17 +8,21 @@
 //!    creator's scheduling policy, and a demoted carrier must never create one.
 //! 3. Join pool threads that have exited (carriers that retired).
 //! 4. Every slot closed (shutdown has ended all runners): exit. Otherwise sleep on the bell
-//!    while it still reads what step 1 read, or until a timeout (short after a failed
-//!    start, so it retries).
+//!    while it still reads what step 1 read, or until a timeout.
+//!
+//! When the OS refuses a thread, or a started standby cannot set itself up (no timer, no
+//! record, its core gone from the cpuset), the monitor starts nothing for a while, backing
+//! off from 10 ms to 1 s, rather than spin creating threads that fail.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::carrier::{self, Role};
 use crate::loom::Ordering;
 use crate::pool::Shared;
 
-/// How long to wait before retrying after the OS refused a thread.
+/// How long to wait before retrying after the OS refused a thread or a thread could not
+/// set itself up; doubled on each failure in a row, up to `IDLE`.
 const RETRY: Duration = Duration::from_millis(10);
 /// How long to sleep with nothing to do (only to join exited threads now and then).
 const IDLE: Duration = Duration::from_secs(1);
@@ -27,30 +31,55 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let Some(preempt) = &shared.preempt else {
         return;
     };
+    let failures = || -> u64 { preempt.reserves.iter().map(|r| r.setup_failures()).sum() };
+    let mut seen_failures = failures();
+    let mut backoff = RETRY;
+    let mut retry_at: Option<Instant> = None;
     loop {
         let bell = preempt.bell.load(Ordering::Acquire);
+        let now = Instant::now();
+        // A standby that failed to set up rang the bell: back off before trying again.
+        let failures_now = failures();
+        if failures_now != seen_failures {
+            seen_failures = failures_now;
+            retry_at = Some(now + backoff);
+            backoff = (backoff * 2).min(IDLE);
+        }
+        let may_start = retry_at.is_none_or(|at| now >= at);
+        if may_start && retry_at.is_some() {
+            retry_at = None;
+        }
         let mut open = false;
-        let mut failed = false;
         for (index, reserve) in preempt.reserves.iter().enumerate() {
             if reserve.is_closed() {
                 continue;
             }
             open = true;
-            while reserve.ready() + reserve.starting() < preempt.standbys {
+            while may_start
+                && retry_at.is_none()
+                && reserve.ready() + reserve.starting() < preempt.standbys
+            {
                 reserve.start_one();
                 if carrier::spawn(&shared, index, Role::Standby, None).is_err() {
                     reserve.start_failed();
-                    failed = true;
-                    break;
+                    retry_at = Some(now + backoff);
+                    backoff = (backoff * 2).min(IDLE);
                 }
             }
+        }
+        // Healthy again (every open slot stocked): the next failure starts a fresh backoff.
+        if preempt
+            .reserves
+            .iter()
+            .all(|r| r.is_closed() || r.ready() >= preempt.standbys)
+        {
+            backoff = RETRY;
         }
         shared.join_exited();
         if !open {
             return;
         }
-        preempt
-            .bell
-            .wait(bell, Some(if failed { RETRY } else { IDLE }));
+        let timeout = retry_at.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
+        preempt.bell.wait(bell, Some(timeout));
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct PreemptCounters {
     pub(crate) retired: AtomicU64,
     /// Standby threads started.
     pub(crate) started: AtomicU64,
+    /// Standby threads that started but could not set themselves up.
+    pub(crate) setup_failures: AtomicU64,
 }
 
 impl Default for Reserve {
@@ -224,6 +226,18 @@ impl Reserve {
     /// A start failed (no thread): forget it.
     pub(crate) fn start_failed(&self) {
         self.starting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A started standby could not set itself up (pinning, timers, records): forget it,
+    /// and count it so the monitor backs off instead of retrying at once.
+    pub(crate) fn setup_failed(&self) {
+        self.counters.setup_failures.fetch_add(1, Ordering::Relaxed);
+        self.start_failed();
+    }
+
+    /// Standbys that failed to set up, so far.
+    pub(crate) fn setup_failures(&self) -> u64 {
+        self.counters.setup_failures.load(Ordering::Relaxed)
     }
 
     /// True once step 6 happened.

@@ -21,7 +21,7 @@ use crate::sys;
 /// Signals already installed by this process.
 static INSTALLED: Mutex<[bool; 65]> = Mutex::new([false; 65]);
 
-/// Installs the handler for `signal` if no pool has yet. `signal` was checked by the
+/// Installs the handler for `signal` unless it is installed already. `signal` was checked by the
 /// builder (`sys::usable_timer_signal`).
 pub(crate) fn install(signal: i32) -> io::Result<()> {
     handler::init_magic(seed());
@@ -29,12 +29,14 @@ pub(crate) fn install(signal: i32) -> io::Result<()> {
     let Some(done) = installed.get_mut(signal as usize) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
-    if *done {
+    let ours = handler::on_signal as *const () as usize;
+    let current = sys::current_action(signal)?;
+    if *done && current.sa_sigaction == ours {
         return Ok(());
     }
-    let ours = handler::on_signal as *const () as usize;
-    // Record the embedder's action before ours can run, so a delivery in between is chained.
-    let current = sys::current_action(signal)?;
+    // First use, or someone replaced our handler since an earlier pool (then that is the
+    // action to chain to now). Record it before ours can run, so a delivery in between is
+    // chained.
     if current.sa_sigaction != ours {
         PREVIOUS[signal as usize].store(&current);
     }

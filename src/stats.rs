@@ -1,7 +1,8 @@
 //! Counters, and the snapshot [`Pool::stats`](crate::Pool::stats) returns.
 //!
-//! Each slot's counters are written only by the thread holding the slot, so they are
-//! `Relaxed` increments on a cache line of their own. Every event is counted exactly once:
+//! Each slot's counters are written by the thread holding the slot, and an outcome also by
+//! a carrier that finishes one of the slot's tasks after a handoff, so they are `Relaxed`
+//! read-modify-writes on a cache line of their own. Every event is counted exactly once:
 //! a spawn when its task is accepted, an outcome by the thread that won the task's claim,
 //! before the handle resolves. So a caller that has joined N tasks sees at least N
 //! outcomes, and shutdown uses "finished = accepted" to know that no task is left

@@ -167,6 +167,16 @@ pub(crate) fn unblock_signal(signal: i32) {
     }
 }
 
+/// True if `signal` is blocked on the calling thread.
+pub(crate) fn signal_blocked(signal: i32) -> bool {
+    // SAFETY: a null new set only queries; `old` is a valid out-pointer.
+    unsafe {
+        let mut old: libc::sigset_t = mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut old);
+        libc::sigismember(&old, signal) == 1
+    }
+}
+
 /// The calling thread's kernel id.
 pub(crate) fn gettid() -> i32 {
     async_safe::gettid()

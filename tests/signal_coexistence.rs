@@ -164,3 +164,62 @@ fn invalid_signals_are_refused() {
     // With preemption off the signal is not used, so it is not checked either.
     builder(1).preemption(false).signal(0).build().unwrap();
 }
+
+#[test]
+fn a_signal_blocked_on_the_building_thread_is_refused() {
+    let err = std::thread::spawn(|| {
+        // SAFETY: blocking a signal on this scratch thread only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGRTMIN() + 4);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        builder(1).signal(libc::SIGRTMIN() + 4).build().unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(err, microsched::BuildError::SignalBlocked(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sigwait"), "{err}");
+}
+
+/// An embedder that installs its handler after one pool is gone, then builds another: the
+/// new pool takes the signal back and chains to that handler.
+#[test]
+fn a_later_pool_reinstalls_over_a_handler_installed_in_between() {
+    in_child(
+        "a_later_pool_reinstalls_over_a_handler_installed_in_between",
+        || {
+            let first = builder(1)
+                .quantum(Duration::from_millis(1))
+                .build()
+                .unwrap();
+            assert!(preempt_some(&first) >= 1);
+            drop(first);
+            install_embedder_handler();
+            let second = builder(1)
+                .quantum(Duration::from_millis(1))
+                .build()
+                .unwrap();
+            assert_ne!(
+                current_sigalrm_handler(),
+                embedder_handler as *const () as usize
+            );
+            assert!(
+                preempt_some(&second) >= 1,
+                "the second pool's ticks never arrived"
+            );
+            assert_eq!(
+                EMBEDDER_CALLS.load(Ordering::SeqCst),
+                0,
+                "pool ticks leaked to the embedder"
+            );
+            // SAFETY: signalling our own process with a handled signal.
+            unsafe { libc::kill(libc::getpid(), libc::SIGALRM) };
+            wait_for_calls(1);
+        },
+    );
+}
