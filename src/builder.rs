@@ -226,6 +226,12 @@ impl Builder {
                 tick_ns: sys::kernel_tick().as_nanos() as u64,
                 max_carriers: self.max_carriers,
                 standbys: self.standbys,
+                carrier_cpus: if self.pin {
+                    let all: Vec<usize> = affinities.iter().flatten().flatten().copied().collect();
+                    Some(sys::cpu_set(&all))
+                } else {
+                    None
+                },
                 bell: Futex::new(0),
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
             })

@@ -16,12 +16,14 @@
 //! ```
 //!
 //! 1. A runner that is handed off keeps running its task, demoted to `SCHED_IDLE` by the
-//!    handler, and never touches the slot again (`reserve.rs` step 5).
+//!    handler and allowed on every core of the pool, and never touches the slot again
+//!    (`reserve.rs` step 5).
 //! 2. When the task returns, the carrier is counted out of the slot's carriers. During
 //!    shutdown it wakes the sleeping runners: they may be waiting for this very task to
 //!    count as finished.
 //! 3. It rejoins the reserve only if the pool is still running, the reserve holds fewer
-//!    than twice the target of parked standbys, and it can get its normal priority back.
+//!    than twice the target of parked standbys, and it can get its normal priority (and
+//!    its pinning to the slot's core) back.
 //!    Unprivileged threads cannot undo `SCHED_IDLE` (`EPERM` without `CAP_SYS_NICE`), and
 //!    threads inherit their creator's policy, so a thread that stays demoted never becomes
 //!    or creates a standby: it exits, and the monitor starts a fresh standby instead.
@@ -149,11 +151,16 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                     if shared.mode() != Mode::Running {
                         shared.sleep.notify_all();
                     }
-                    // Step 3.
+                    // Step 3 (back on the slot's own core, if pinned).
                     let room = reserve.ready() + reserve.starting() < 2 * preempt.standbys;
+                    let repinned = || match &shared.threads.affinity[index] {
+                        Some(cpus) => sys::set_current_affinity(cpus).is_ok(),
+                        None => true,
+                    };
                     if shared.mode() == Mode::Running
                         && room
                         && sys::restore_normal_policy().is_ok()
+                        && repinned()
                     {
                         reserve.counters.rejoined.fetch_add(1, Ordering::Relaxed);
                         reserve.park_ready(false);

@@ -36,7 +36,8 @@
 //!    the slot's deque): set `pending`; the section hands off as it ends.
 //! 4. Otherwise hand off (`reserve.rs` steps 3–5): mark the record `CARRIED`, grant the
 //!    slot to a standby, and demote this thread to `SCHED_IDLE`, so the kernel runs the
-//!    standby ahead of it on the same core. The task runs on here, in the gaps.
+//!    standby ahead of it on the same core. The task runs on here, in the gaps, and this
+//!    thread may now use idle time on any core of the pool (the task never leaves it).
 
 use std::sync::atomic::{
     compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
@@ -83,6 +84,10 @@ pub(crate) struct Preempt {
     pub(crate) max_carriers: u32,
     /// Parked standbys to keep per slot.
     pub(crate) standbys: u32,
+    /// Every core of the pool, when its slots are pinned: a carrier may run on any of
+    /// them (it only takes idle time), so long tasks handed off on one slot do not pile
+    /// up on that slot's core while another core has nothing to do.
+    pub(crate) carrier_cpus: Option<libc::cpu_set_t>,
     /// The monitor sleeps on this word; a handoff bumps it and wakes the monitor.
     pub(crate) bell: Futex,
     pub(crate) reserves: Box<[Reserve]>,
@@ -500,5 +505,8 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
     // which then lets it preempt this thread at once.
     reserve.grant();
     async_safe::demote_to_idle();
+    if let Some(cpus) = &preempt.carrier_cpus {
+        async_safe::widen_affinity(cpus);
+    }
     preempt.ring();
 }

@@ -30,6 +30,17 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
+/// A CPU set holding `cpus` (indices below [`MAX_CPUS`]; others are skipped).
+pub(crate) fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&c| c < MAX_CPUS) {
+        // SAFETY: `cpu` is below `CPU_SETSIZE`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
 /// Restricts the calling thread to `cpus` (`sched_setaffinity`). Every index must be below
 /// [`MAX_CPUS`]; the builder checks that before any thread starts.
 pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
@@ -369,6 +380,19 @@ pub(crate) mod async_safe {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
         unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param) == 0 }
+    }
+
+    /// `sched_setaffinity(0, cpus)`: lets the calling thread run on any of `cpus`.
+    pub(crate) fn widen_affinity(cpus: &libc::cpu_set_t) {
+        // SAFETY: pid 0 is the calling thread; `cpus` is a valid set for the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_sched_setaffinity,
+                0,
+                core::mem::size_of::<libc::cpu_set_t>(),
+                cpus as *const libc::cpu_set_t,
+            )
+        };
     }
 
     /// The calling thread's `errno`.
