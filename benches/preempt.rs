@@ -113,7 +113,7 @@ fn main() {
     drop(off);
 
     // 4.
-    let trials = if quick { 20 } else { 60 };
+    let trials = if quick { 30 } else { 300 };
     println!("\nhead-of-line: start delay of 20 short tasks spawned behind a runaway, one slot, {trials} trials (µs)");
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9}",

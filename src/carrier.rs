@@ -206,11 +206,17 @@ struct ThreadState {
 
 /// Pins the thread and, with preemption on, gives it a record, an alternate signal stack
 /// and its timers.
+///
+/// Pinning comes last: everything before it runs wherever the thread was started (the
+/// monitor's core), not on the slot's core, where it would take CPU from the runner, and
+/// could take the kernel tick that should have found the runner's task.
 fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
-    if let Some(cpus) = &shared.threads.affinity[index] {
-        sys::set_current_affinity(cpus)?;
-    }
+    let pin = || match &shared.threads.affinity[index] {
+        Some(cpus) => sys::set_current_affinity(cpus),
+        None => Ok(()),
+    };
     let Some(preempt) = &shared.preempt else {
+        pin()?;
         return Ok(ThreadState {
             record: None,
             alt: None,
@@ -242,6 +248,7 @@ fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
         let period = (preempt.tick_ns / 8).max(1);
         async_safe::set_timer(cpu, period, period, false);
     }
+    pin()?;
     Ok(state)
 }
 
