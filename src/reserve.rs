@@ -38,15 +38,15 @@
 //!
 //! A handoff that finds no standby records the runner in `wanted` ([`Reserve::want`]);
 //! a standby that parks after that (step 1) pokes the runner's timer, so the handoff is
-//! retried the moment a standby exists. The SeqCst order between `want` + step 3's
-//! failed read on one side and step 1 + the read of `wanted` on the other makes sure at
-//! least one side sees the other.
+//! retried the moment a standby exists. On one side `want` and a second step 3, on the
+//! other step 1 and the read of `wanted`, are separated by SeqCst fences, so at least
+//! one side sees the other.
 //!
 //! The handler calls steps 3–5 ([`Reserve::take_standby`], [`Reserve::give_back`],
 //! [`Reserve::grant`]) and [`Reserve::want`]: atomics and one futex wake, nothing else. They are part of the
 //! signal handler's marked zone (see `handler.rs`).
 
-use crate::loom::{AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
+use crate::loom::{fence, AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
 
 const CLOSED: u32 = 1 << 31;
 
@@ -165,13 +165,20 @@ impl Reserve {
         false
     }
 
-    /// Records that the runner with record `index` wants a standby. Async-signal-safe.
+    /// Records that the runner with record `index` wants a standby; the caller then tries
+    /// [`take_standby`](Reserve::take_standby) once more. Async-signal-safe.
     pub fn want(&self, index: usize) {
         self.wanted.store(index + 1, Ordering::SeqCst);
+        // Store-buffer pattern with `park_ready` + `take_wanted`: each side writes one
+        // word and then reads the other's, with a SeqCst fence in between, so at least
+        // one of them sees the other.
+        fence(Ordering::SeqCst);
     }
 
-    /// The record index of a runner waiting for a standby, if any (and forgets it).
+    /// After step 1: the record index of a runner waiting for a standby, if any (and
+    /// forgets it).
     pub fn take_wanted(&self) -> Option<usize> {
+        fence(Ordering::SeqCst);
         match self.wanted.swap(0, Ordering::SeqCst) {
             0 => None,
             n => Some(n - 1),
@@ -208,7 +215,7 @@ impl Reserve {
     }
 
     /// Parked standbys not promised to a handoff.
-    pub(crate) fn ready(&self) -> u32 {
+    pub fn ready(&self) -> u32 {
         self.ready.load(Ordering::Relaxed)
     }
 

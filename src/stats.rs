@@ -190,7 +190,7 @@ pub(crate) struct PreemptSnapshot {
 impl PreemptSnapshot {
     pub(crate) fn of(reserve: &crate::reserve::Reserve) -> PreemptSnapshot {
         let c = &reserve.counters;
-        let read = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PreemptSnapshot {
             ticks: read(&c.ticks),
             handoffs: read(&c.handoffs),

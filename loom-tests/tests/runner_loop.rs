@@ -7,7 +7,7 @@
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use microsched::__loom::{serve, Serve, Sleep};
+use microsched::__loom::{serve, Serve, Served, Sleep};
 
 /// A stand-in for the pool: a queue of `pushed - taken` tasks and the shutdown mode.
 struct Model {
@@ -46,7 +46,7 @@ impl Model {
     }
 }
 
-fn runners(model: &Arc<Model>, n: usize) -> Vec<thread::JoinHandle<()>> {
+fn runners(model: &Arc<Model>, n: usize) -> Vec<thread::JoinHandle<Served>> {
     (0..n)
         .map(|slot| {
             let model = model.clone();
@@ -74,11 +74,13 @@ impl Serve for Model {
         }
     }
 
-    fn execute(&self, (): ()) {
+    fn execute(&self, (): ()) -> bool {
         let done = self.executed.fetch_add(1, Ordering::Relaxed) + 1;
         if Some(done) == self.shutdown_after {
             self.shutdown();
         }
+        // No preemption in this model: the runner keeps its slot.
+        true
     }
 
     fn work_visible(&self) -> bool {
@@ -104,7 +106,7 @@ fn one_runner_never_sleeps_through_a_push() {
         model.spawn();
         model.spawn();
         for r in runners {
-            r.join().unwrap();
+            assert_eq!(r.join().unwrap(), Served::Exit);
         }
         assert_eq!(model.executed.load(Ordering::Relaxed), 2);
     });
@@ -117,7 +119,7 @@ fn two_runners_never_sleep_through_a_push() {
         let runners = runners(&model, 2);
         model.spawn();
         for r in runners {
-            r.join().unwrap();
+            assert_eq!(r.join().unwrap(), Served::Exit);
         }
         assert_eq!(model.executed.load(Ordering::Relaxed), 1);
     });
@@ -132,7 +134,7 @@ fn spawns_just_before_shutdown_all_run() {
         model.spawn();
         model.shutdown();
         for r in runners {
-            r.join().unwrap();
+            assert_eq!(r.join().unwrap(), Served::Exit);
         }
         assert_eq!(model.executed.load(Ordering::Relaxed), 2);
     });
@@ -146,7 +148,7 @@ fn two_runners_drain_and_exit() {
         model.spawn();
         model.shutdown();
         for r in runners {
-            r.join().unwrap();
+            assert_eq!(r.join().unwrap(), Served::Exit);
         }
         assert_eq!(model.executed.load(Ordering::Relaxed), 1);
     });
