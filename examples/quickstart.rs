@@ -1,8 +1,9 @@
-//! The tour: spawn a few tasks, nest spawns, see a panic reported, read the stats.
+//! The tour: spawn a few tasks, nest spawns, see a panic reported, watch a long task get
+//! preempted so the short ones behind it run, read the stats.
 //!
 //! `cargo run --release --example quickstart`
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn fib(n: u64) -> u64 {
     if n < 2 {
@@ -63,20 +64,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     go.send(())?;
     println!("then: {}", slow.join()?);
 
+    // Preemption: one long task per slot, then short ones queued behind them. Each long
+    // task runs past the quantum (2 ms by default), so a timer signal hands its slot to a
+    // fresh thread; the long task runs on, demoted, and the short ones start at once.
+    let started = Instant::now();
+    let longs: Vec<_> = (0..pool.workers())
+        .map(|_| pool.spawn(|| fib(38)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1));
+    let queued = Instant::now();
+    let shorts: Vec<_> = (0..20)
+        .map(|_| pool.spawn(move || queued.elapsed()))
+        .collect();
+    let waits: Vec<Duration> = shorts
+        .into_iter()
+        .map(|h| h.join())
+        .collect::<Result<_, _>>()?;
+    let worst = waits.iter().max().copied().unwrap_or_default();
+    for long in longs {
+        long.join()?;
+    }
+    println!(
+        "20 short tasks behind {} long ones: all started within {worst:.1?}; the long ones took {:.0?}",
+        pool.workers(),
+        started.elapsed()
+    );
+
     pool.shutdown();
     let late = pool.spawn(|| 0u64).join();
     println!("spawn after shutdown: {}", late.unwrap_err());
 
     let stats = pool.stats();
     println!(
-        "stats: spawned={} completed={} panicked={} refused={} stolen={} parks={} unparks={}",
+        "stats: spawned={} completed={} panicked={} refused={} stolen={} parks={} unparks={} ticks={} handoffs={}",
         stats.spawned,
         stats.completed,
         stats.panicked,
         stats.refused,
         stats.stolen,
         stats.parks,
-        stats.unparks
+        stats.unparks,
+        stats.ticks,
+        stats.handoffs
     );
     for (i, slot) in stats.slots.iter().enumerate() {
         println!(

@@ -88,7 +88,10 @@ impl Drop for Exit {
 
 fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::Result<()>>>) {
     let _exit = Exit(shared.clone());
-    let setup = setup(&shared, index);
+    // A runner pins itself before it serves; a standby after it has counted itself in
+    // (`lifecycle`), so it is available at once instead of after it gets CPU time on its
+    // slot's core, which the runner there is keeping busy.
+    let setup = setup(&shared, index, role == Role::Runner);
     let ok = setup.is_ok();
     let (setup_result, thread_state) = match setup {
         Ok(state) => (Ok(()), Some(state)),
@@ -123,6 +126,9 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
     if role == Role::Standby {
         if let Some(preempt) = &shared.preempt {
             preempt.reserves[index].park_ready(true);
+            // The same CPUs the slot's runner pinned itself to, so this cannot fail in
+            // practice; if it did, the standby would serve the slot unpinned.
+            let _ = pin(shared, index);
             poke_wanting(preempt, index);
         }
     }
@@ -153,10 +159,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                     }
                     // Step 3 (back on the slot's own core, if pinned).
                     let room = reserve.ready() + reserve.starting() < 2 * preempt.standbys;
-                    let repinned = || match &shared.threads.affinity[index] {
-                        Some(cpus) => sys::set_current_affinity(cpus).is_ok(),
-                        None => true,
-                    };
+                    let repinned = || pin(shared, index).is_ok();
                     if shared.mode() == Mode::Running
                         && room
                         && sys::restore_normal_policy().is_ok()
@@ -207,16 +210,13 @@ struct ThreadState {
 /// Pins the thread and, with preemption on, gives it a record, an alternate signal stack
 /// and its timers.
 ///
-/// Pinning comes last: everything before it runs wherever the thread was started (the
-/// monitor's core), not on the slot's core, where it would take CPU from the runner, and
-/// could take the kernel tick that should have found the runner's task.
-fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
-    let pin = || match &shared.threads.affinity[index] {
-        Some(cpus) => sys::set_current_affinity(cpus),
-        None => Ok(()),
-    };
+/// Pinning comes last (and for a standby, later still): everything before it runs
+/// wherever the thread was started (the monitor's core), not on the slot's core, where it
+/// would take CPU from the runner, and could take the kernel tick that should have found
+/// the runner's task.
+fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState> {
     let Some(preempt) = &shared.preempt else {
-        pin()?;
+        pin(shared, index)?;
         return Ok(ThreadState {
             record: None,
             alt: None,
@@ -248,8 +248,18 @@ fn setup(shared: &Shared, index: usize) -> io::Result<ThreadState> {
         let period = (preempt.tick_ns / 8).max(1);
         async_safe::set_timer(cpu, period, period, false);
     }
-    pin()?;
+    if pin_now {
+        pin(shared, index)?;
+    }
     Ok(state)
+}
+
+/// Pins the calling thread to slot `index`'s CPUs, if the pool pins.
+fn pin(shared: &Shared, index: usize) -> io::Result<()> {
+    match &shared.threads.affinity[index] {
+        Some(cpus) => sys::set_current_affinity(cpus),
+        None => Ok(()),
+    }
 }
 
 fn claim_record() -> io::Result<(usize, &'static Record)> {

@@ -493,12 +493,15 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
     reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
     // Grant first: demoted, this thread could be preempted by any normal thread woken on
     // its core and not get the CPU back for a long time, leaving the slot with no holder.
-    // The standby woken here waits a couple of microseconds for the demotion below,
-    // which then lets it preempt this thread at once.
+    // The standby woken by the grant does not preempt this thread while it is still at
+    // normal priority, and changing the running thread's policy to SCHED_IDLE does not
+    // reschedule (the class stays "fair"), so yield once demoted: the standby then runs
+    // at once instead of at the next tick (measured: 0.5-4 ms later without the yield).
     reserve.grant();
+    preempt.ring();
     async_safe::demote_to_idle();
     if let Some(cpus) = &preempt.carrier_cpus {
         async_safe::widen_affinity(cpus);
     }
-    preempt.ring();
+    async_safe::yield_now();
 }

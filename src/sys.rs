@@ -382,6 +382,12 @@ pub(crate) mod async_safe {
         unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param) == 0 }
     }
 
+    /// `sched_yield`: lets the scheduler pick another thread now.
+    pub(crate) fn yield_now() {
+        // SAFETY: no arguments, no memory.
+        unsafe { libc::syscall(libc::SYS_sched_yield) };
+    }
+
     /// `sched_setaffinity(0, cpus)`: lets the calling thread run on any of `cpus`.
     pub(crate) fn widen_affinity(cpus: &libc::cpu_set_t) {
         // SAFETY: pid 0 is the calling thread; `cpus` is a valid set for the call.
