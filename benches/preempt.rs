@@ -120,6 +120,11 @@ fn main() {
 
     // 4.
     let trials = if quick { 30 } else { 300 };
+    // The one-slot pools below run on the first core; the spawner stays off it, or it
+    // would share the core with the runaway and only get to spawn once it was demoted.
+    // (A pool's cores must be in its builder's affinity mask: each pool is built first,
+    // then the spawner pins itself, and unpins after.)
+    let cores = allowed_cores();
     println!("\nhead-of-line: start delay of 20 short tasks spawned behind a runaway, one slot, {trials} trials (µs)");
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9}",
@@ -146,7 +151,7 @@ fn main() {
         } else {
             Duration::from_secs(5)
         };
-        let (mut delays, handoffs) = head_of_line(builder, !fcfs, gaps, trials, runaway);
+        let (mut delays, handoffs) = head_of_line(builder, &cores, !fcfs, gaps, trials, runaway);
         let p99 = percentile(&mut delays, 0.99);
         println!(
             "{name:<34} {:>9.0} {p99:>9.0} {:>9.0} {handoffs:>9}",
@@ -255,6 +260,29 @@ fn bare_expiry_cost(per_us: f64) -> f64 {
     .expect("bare expiry thread")
 }
 
+/// The cores the calling thread may run on.
+fn allowed_cores() -> Vec<usize> {
+    // SAFETY: a valid, zeroed cpu_set_t, filled by the kernel for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: a valid cpu_set_t with indices below CPU_SETSIZE; the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn pin_to_last_core() {
     // SAFETY: a valid, zeroed cpu_set_t; the calling thread only.
     unsafe {
@@ -343,12 +371,14 @@ fn process_cpu() -> f64 {
 /// Section 4: start delays (µs) of short tasks behind a runaway, and the handoffs made.
 fn head_of_line(
     builder: Builder,
+    cores: &[usize],
     preemptive: bool,
     gaps: bool,
     trials: usize,
     runaway: Duration,
 ) -> (Vec<f64>, u64) {
-    let pool = builder.workers(1).build().expect("pool");
+    let pool = builder.workers(1).cores([cores[0]]).build().expect("pool");
+    set_affinity(&cores[cores.len() - 1..]);
     let mut delays = Vec::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..trials {
@@ -402,6 +432,7 @@ fn head_of_line(
         long.join().expect("runaway");
     }
     let handoffs = pool.stats().handoffs;
+    set_affinity(cores);
     (delays, handoffs)
 }
 

@@ -157,16 +157,16 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                     if shared.mode() != Mode::Running {
                         shared.sleep.notify_all();
                     }
-                    // Step 3 (back on the slot's own core, if pinned).
+                    // Step 3. Count in before re-pinning, as a fresh standby does: the
+                    // pin moves this thread onto the slot's busy core.
                     let room = reserve.ready() + reserve.starting() < 2 * preempt.standbys;
-                    let repinned = || pin(shared, index).is_ok();
                     if shared.mode() == Mode::Running
                         && room
                         && sys::restore_normal_policy().is_ok()
-                        && repinned()
                     {
                         reserve.counters.rejoined.fetch_add(1, Ordering::Relaxed);
                         reserve.park_ready(false);
+                        let _ = pin(shared, index);
                         poke_wanting(preempt, index);
                         role = Role::Standby;
                     } else {
