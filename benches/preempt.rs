@@ -21,7 +21,8 @@
 //!    for comparison. The summary reports the worse p99 of the two default rows.
 //!
 //! `cargo bench --bench preempt` (add `-- --quick` for a short run). Ends with one
-//! `SUMMARY preempt ...` line.
+//! `SUMMARY preempt ...` line. `MICROSCHED_QUANTUM_US=<µs>` replaces the default quantum
+//! in the "default" pools, to compare settings.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,8 +37,8 @@ fn main() {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_us = calibrate();
     println!(
-        "preempt bench: {workers} cores, default quantum {} µs, {rounds} rounds{}",
-        DEFAULT_QUANTUM.as_micros(),
+        "preempt bench: {workers} cores, quantum {} µs, {rounds} rounds{}",
+        quantum().as_micros(),
         if quick { " (quick)" } else { "" }
     );
 
@@ -57,7 +58,10 @@ fn main() {
 
     // 3.
     let tasks = if quick { 2_000 } else { 8_000 };
-    let on = Pool::builder().workers(workers).build().expect("pool");
+    let on = quantum_override(Pool::builder())
+        .workers(workers)
+        .build()
+        .expect("pool");
     let off = Pool::builder()
         .workers(workers)
         .preemption(false)
@@ -132,8 +136,16 @@ fn main() {
     );
     let mut hol_p99 = 0.0f64;
     for (name, builder, gaps) in [
-        ("default (ThreadCpu clock)", Pool::builder(), true),
-        ("default, back to back", Pool::builder(), false),
+        (
+            "default (ThreadCpu clock)",
+            quantum_override(Pool::builder()),
+            true,
+        ),
+        (
+            "default, back to back",
+            quantum_override(Pool::builder()),
+            false,
+        ),
         (
             "Monotonic clock",
             Pool::builder().timer_clock(TimerClock::Monotonic),
@@ -172,8 +184,20 @@ fn main() {
 
     println!(
         "\nSUMMARY preempt quantum_us={} tax_pct={tax:.2} cost_per_expiry_us={ours_us:.1} raw_expiry_us={raw_us:.1} hol_p99_us={hol_p99:.0}",
-        DEFAULT_QUANTUM.as_micros()
+        quantum().as_micros()
     );
+}
+
+/// The quantum under test: the default, or `MICROSCHED_QUANTUM_US` to compare settings.
+fn quantum() -> Duration {
+    std::env::var("MICROSCHED_QUANTUM_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_QUANTUM, Duration::from_micros)
+}
+
+fn quantum_override(builder: Builder) -> Builder {
+    builder.quantum(quantum())
 }
 
 /// Fixed CPU work: `iters` rounds of a dependent integer chain.

@@ -21,9 +21,15 @@
 //! - [`Pool::shutdown`] (and dropping the pool) refuses new spawns, runs every task
 //!   accepted before it, and joins the runners; [`Pool::shutdown_timeout`] bounds the
 //!   wait and resolves what is still queued with [`JoinError::Shutdown`].
-//! - Slots are separate from the threads that hold them so that a runner that has run one
-//!   task for too long can hand its slot to a fresh thread and keep the long task (timer
-//!   preemption, the next step of this crate).
+//! - **Preemption.** A task that runs past the quantum ([`Builder::quantum`], default 2 ms)
+//!   has its slot handed off: a timer signal lands on its runner, and the handler gives
+//!   the slot (its queue, its place in stealing) to a parked **standby** thread pinned to
+//!   the same core, then demotes the old runner to `SCHED_IDLE`. That thread becomes the
+//!   task's **carrier**: the task runs on there, where it was interrupted, in the gaps the
+//!   new runner leaves. Short tasks queued behind a long one wait about a quantum, not
+//!   for the long one to end. A monitor thread keeps the standbys stocked. Timers ride on
+//!   each thread's CPU-time clock by default ([`TimerClock`]), so a busy runner costs one
+//!   signal per kernel tick and an idle one nothing.
 //!
 //! ```
 //! let pool = microsched::Pool::builder().workers(1).build()?;
@@ -40,15 +46,22 @@
 //!
 //! Every task runs on one OS thread from start to end, and a thread never switches
 //! between two tasks asynchronously: the kernel does every switch, so thread-local state,
-//! `errno` and lock ownership are never torn. (An inline join is a plain nested call.)
+//! `errno` and lock ownership are never torn. (An inline join is a plain nested call.) A
+//! handoff changes only which thread holds the slot; the interrupted task resumes on its
+//! own thread when the handler returns. The signal handler touches only atomics and raw
+//! syscalls (`src/handler.rs` is the marked zone), chains deliveries that are not its own
+//! to the handler installed before it, and stays out of the way of the embedder's signals
+//! (see [`Builder::signal`]).
 //! The crate never unwinds a task from an arbitrary instruction; destructors run only on
 //! the normal and the panic paths. The design and its rules are in `DESIGN.md` of the
 //! project.
 //!
 //! # Platform
 //!
-//! Linux (x86_64 and aarch64): the crate uses `futex`, `sched_setaffinity` and, later,
-//! per-thread timers and signals directly. `--cfg loom` swaps its synchronisation
+//! Linux (x86_64 and aarch64, 64-bit): the crate uses `futex`, `sched_setaffinity`,
+//! `sched_setscheduler`, per-thread POSIX timers (`SIGEV_THREAD_ID`) and signals directly.
+//! Restoring a carrier's priority needs `CAP_SYS_NICE`; without it carriers exit after
+//! their task and fresh standbys replace them. `--cfg loom` swaps its synchronisation
 //! primitives for loom's (see `loom-tests/`).
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -57,6 +70,11 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "microsched runs on Linux only: it relies on futex, sched_setaffinity and per-thread timers"
+);
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!(
+    "microsched supports 64-bit Linux only: its signal handler reads the 64-bit siginfo layout"
 );
 
 mod builder;

@@ -148,3 +148,57 @@ fn errors_are_std_errors_that_can_cross_threads() {
     assert_error::<microsched::JoinError>();
     assert_error::<microsched::ShutdownTimedOut>();
 }
+
+#[test]
+fn preemption_settings_are_checked() {
+    use microsched::{MAX_QUANTUM, MAX_STANDBYS, MIN_QUANTUM};
+    use std::time::Duration;
+    let err = Pool::builder()
+        .quantum(MIN_QUANTUM - Duration::from_nanos(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::InvalidQuantum { .. }), "{err}");
+    assert!(err.to_string().contains("quantum("), "{err}");
+    let err = Pool::builder()
+        .quantum(MAX_QUANTUM + Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::InvalidQuantum { .. }), "{err}");
+    let err = Pool::builder().max_carriers(0).build().unwrap_err();
+    assert!(matches!(err, BuildError::NoCarriers), "{err}");
+    for standbys in [0, MAX_STANDBYS + 1] {
+        let err = Pool::builder().standbys(standbys).build().unwrap_err();
+        assert!(matches!(err, BuildError::InvalidStandbys { .. }), "{err}");
+    }
+    // With preemption off none of them is used, so none is checked.
+    Pool::builder()
+        .workers(1)
+        .preemption(false)
+        .quantum(Duration::ZERO)
+        .max_carriers(0)
+        .standbys(0)
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn a_preemptible_pool_keeps_its_standbys_parked_and_a_plain_one_has_none() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    // Standbys count themselves in just after the build returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.stats().standbys < u64::from(microsched::DEFAULT_STANDBYS) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        pool.stats().slots[0].standbys,
+        u64::from(microsched::DEFAULT_STANDBYS)
+    );
+    let plain = Pool::builder()
+        .workers(1)
+        .preemption(false)
+        .build()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!(plain.stats().standbys, 0);
+}
