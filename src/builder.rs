@@ -52,8 +52,8 @@ pub const MAX_QUANTUM: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CARRIERS: u32 = 64;
 
 /// Standbys kept parked per slot by default. Two absorb two long tasks in a row on one
-/// slot while the monitor starts replacements, which takes milliseconds when every core
-/// is busy (the new thread must be scheduled on its core to set itself up).
+/// slot while the monitor starts replacements, which can take milliseconds when every
+/// core is busy (the monitor and the new thread must get CPU time to run).
 pub const DEFAULT_STANDBYS: u32 = 2;
 
 /// The most standbys per slot accepted.
@@ -183,8 +183,11 @@ impl Builder {
         self
     }
 
-    /// Which clock drives preemption (default [`TimerClock::ThreadCpu`]: nearly free,
-    /// handoffs within tens of µs of the quantum, but blocked tasks are not preempted).
+    /// Which clock drives preemption (default [`TimerClock::ThreadCpu`]: nearly free; a
+    /// handoff lands between the quantum and one kernel tick past half of it, 2–5 ms at the
+    /// default quantum and HZ=250; tasks blocked in syscalls are not preempted).
+    /// [`TimerClock::Monotonic`] hands off within tens of µs of the quantum, any quantum,
+    /// at one timer expiry per quantum per busy runner.
     pub fn timer_clock(mut self, clock: TimerClock) -> Builder {
         self.clock = clock;
         self

@@ -22,8 +22,10 @@
 //!    shutdown it wakes the sleeping runners: they may be waiting for this very task to
 //!    count as finished.
 //! 3. It rejoins the reserve only if the pool is still running, the reserve holds fewer
-//!    than twice the target of parked standbys, and it can get its normal priority (and
-//!    its pinning to the slot's core) back.
+//!    than twice the target of parked standbys, and it can get its normal priority back.
+//!    It then counts itself in and re-pins itself to the slot's core (the same CPUs the
+//!    runner pinned to, so that cannot fail in practice; if it did, it would serve the
+//!    slot unpinned).
 //!    Unprivileged threads cannot undo `SCHED_IDLE` (`EPERM` without `CAP_SYS_NICE`), and
 //!    threads inherit their creator's policy, so a thread that stays demoted never becomes
 //!    or creates a standby: it exits, and the monitor starts a fresh standby instead.
@@ -51,8 +53,9 @@ pub(crate) enum Role {
     Standby,
 }
 
-/// Starts a pool thread for slot `index`. `ready` hears once whether it is set up (pinned,
-/// and with its timers if preemption is on).
+/// Starts a pool thread for slot `index`. `ready` hears once whether it is set up: its
+/// timers created if preemption is on, and pinned if it is a runner (a standby pins itself
+/// once it has counted itself in).
 pub(crate) fn spawn(
     shared: &Arc<Shared>,
     index: usize,

@@ -5,11 +5,13 @@
 //! everything it calls, may only:
 //!
 //! - load, store and read-modify-write atomics;
-//! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`,
-//!   `sched_setscheduler`, `futex`, `gettid`, `tgkill`, `rt_sigprocmask`, `sigaction`);
-//! - call [`Reserve::take_standby`], [`Reserve::give_back`] and [`Reserve::grant`]
-//!   (`reserve.rs`: atomics, and a futex wake through `Futex::wake_one`, which is the raw
-//!   `sys::futex_wake` syscall outside loom).
+//! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`
+//!   on this thread's own timers, `sched_setscheduler`, `sched_setaffinity`, `sched_yield`,
+//!   `futex`, `gettid`, `getpid`, `tgkill`, `rt_sigprocmask`, `sigaction`);
+//! - call [`Reserve::take_standby`], [`Reserve::give_back`], [`Reserve::grant`],
+//!   [`Reserve::want`] and [`Reserve::unwant`] (`reserve.rs`: atomics, a fence, and a
+//!   futex wake through `Futex::wake_one`, which is the raw `sys::futex_wake` syscall
+//!   outside loom).
 //!
 //! It must not allocate, lock (std or parking_lot), panic, format, touch a lazily
 //! initialised thread-local, or unwind; it saves and restores `errno`. It never switches
@@ -119,7 +121,8 @@ const CARRIED: u8 = 3;
 
 /// One pool thread's state, as the handler sees it. All fields are atomics: the handler
 /// runs on the record's own thread, interrupting it, so `Relaxed` plus compiler fences
-/// give it program order; no other thread reads them except `in_use`.
+/// give it program order. Other threads read only `in_use` (claiming a record) and `tid`
+/// and `preempt` (to nudge it, [`poke`]); they never touch its timers.
 pub(crate) struct Record {
     pub(crate) in_use: AtomicBool,
     pub(crate) tid: AtomicI32,
@@ -372,11 +375,12 @@ pub(crate) extern "C" fn on_signal(
 ) {
     let errno = async_safe::errno();
     // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO handler.
-    let ours = unsafe { async_safe::timer_token(info) }.and_then(record_of);
+    let ours = unsafe { async_safe::pool_token(info) }.and_then(record_of);
     match ours {
         Some(record) => {
             // A delivery for a record this thread no longer owns (a timer deleted with an
-            // expiry still queued) is ours too, and simply dropped.
+            // expiry still queued, a nudge that raced with the record changing hands) is
+            // ours too, and simply dropped.
             if record.tid.load(Ordering::Relaxed) == async_safe::gettid() {
                 on_tick(record);
             }
@@ -449,13 +453,25 @@ fn arm_once(record: &Record, at_ns: u64, absolute: bool) {
     }
 }
 
-/// Makes the precise timer of the thread owning record `index` fire now, so its handler
-/// looks at its task again. Called by a standby that parks while a runner wants one. If
-/// the record has changed hands meanwhile, the expiry is a harmless extra look.
+/// Makes the thread owning record `index` look at its task again now, by queueing the
+/// pool's signal to it with the record's token (`sys::async_safe::nudge`). Called by a
+/// standby that parks while a runner wants one. Nothing of the target is touched (its
+/// timers stay its own); if the record changed hands or its thread exited meanwhile, the
+/// handler of whichever thread gets it finds the record not its own, or no task past its
+/// quantum, and returns.
 pub(crate) fn poke(index: usize) {
-    if let Some(timer) = RECORDS.get(index).and_then(Record::precise) {
-        async_safe::set_timer(timer, 1, 0, false);
+    let Some(record) = RECORDS.get(index) else {
+        return;
+    };
+    let tid = record.tid.load(Ordering::Relaxed);
+    let preempt = record.preempt.load(Ordering::Relaxed);
+    if tid == 0 || preempt.is_null() {
+        return;
     }
+    // SAFETY: records point at the `Preempt` of a pool whose threads keep it alive; the
+    // caller is such a thread, of the same pool (the index came from its slot's reserve).
+    let signal = unsafe { (*preempt).signal };
+    async_safe::nudge(tid, signal, token(index));
 }
 
 /// Step 4, `reserve.rs` steps 3–5.
@@ -464,17 +480,19 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         reserve.counters.at_cap.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    let index = record.index.load(Ordering::Relaxed);
     if !reserve.take_standby() {
         // The next standby to park pokes this runner (see `reserve.rs`); the next tick
         // retries too. Look once more after saying so, in case one parked in between
         // (its poke will then be a harmless extra look).
-        reserve.want(record.index.load(Ordering::Relaxed));
+        reserve.want(index);
         if !reserve.take_standby() {
             reserve.counters.no_standby.fetch_add(1, Ordering::Relaxed);
             preempt.ring();
             return;
         }
     }
+    reserve.unwant(index);
     if record
         .state
         .compare_exchange(IN_TASK, CARRIED, Ordering::Relaxed, Ordering::Relaxed)

@@ -26,8 +26,8 @@
 //!   the slot (its queue, its place in stealing) to a parked **standby** thread pinned to
 //!   the same core, then demotes the old runner to `SCHED_IDLE`. That thread becomes the
 //!   task's **carrier**: the task runs on there, where it was interrupted, in the gaps the
-//!   new runner leaves. Short tasks queued behind a long one wait about a quantum, not
-//!   for the long one to end. A monitor thread keeps the standbys stocked. Timers ride on
+//!   new runner leaves. Short tasks queued behind a long one wait one to two and a half
+//!   quanta (with the default clock and quantum), not for the long one to end. A monitor thread keeps the standbys stocked. Timers ride on
 //!   each thread's CPU-time clock by default ([`TimerClock`]), so a busy runner costs one
 //!   signal per kernel tick and an idle one nothing.
 //!

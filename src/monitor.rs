@@ -11,7 +11,7 @@
 //!    while it still reads what step 1 read, or until a timeout.
 //!
 //! When the OS refuses a thread, or a started standby cannot set itself up (no timer, no
-//! record, its core gone from the cpuset), the monitor starts nothing for a while, backing
+//! record, no alternate stack), the monitor starts nothing for a while, backing
 //! off from 10 ms to 1 s, rather than spin creating threads that fail.
 
 use std::sync::Arc;

@@ -43,7 +43,8 @@
 //! one side sees the other.
 //!
 //! The handler calls steps 3–5 ([`Reserve::take_standby`], [`Reserve::give_back`],
-//! [`Reserve::grant`]) and [`Reserve::want`]: atomics and one futex wake, nothing else. They are part of the
+//! [`Reserve::grant`]), [`Reserve::want`] and [`Reserve::unwant`]: atomics, a fence and
+//! one futex wake, nothing else. They are part of the
 //! signal handler's marked zone (see `handler.rs`).
 
 use crate::loom::{fence, AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
@@ -175,6 +176,14 @@ impl Reserve {
         fence(Ordering::SeqCst);
     }
 
+    /// The runner with record `index` got a standby after all: forget its `want`, unless
+    /// another runner's has replaced it. Async-signal-safe.
+    pub fn unwant(&self, index: usize) {
+        let _ = self
+            .wanted
+            .compare_exchange(index + 1, 0, Ordering::SeqCst, Ordering::Relaxed);
+    }
+
     /// After step 1: the record index of a runner waiting for a standby, if any (and
     /// forgets it).
     pub fn take_wanted(&self) -> Option<usize> {
@@ -235,7 +244,8 @@ impl Reserve {
         self.starting.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// A started standby could not set itself up (pinning, timers, records): forget it,
+    /// A started standby could not set itself up (alternate stack, timers, a record):
+    /// forget it,
     /// and count it so the monitor backs off instead of retrying at once.
     pub(crate) fn setup_failed(&self) {
         self.counters.setup_failures.fetch_add(1, Ordering::Relaxed);

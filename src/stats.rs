@@ -129,7 +129,7 @@ pub struct Stats {
     pub capped: u64,
     /// Carriers alive now: threads still running a task that was handed off.
     pub carriers: u64,
-    /// Standbys parked now, ready to take a slot over.
+    /// Standbys ready to take a slot over now (parked, or about to park).
     pub standbys: u64,
     /// Carriers that got their priority back after their task and rejoined the standbys.
     pub rejoined: u64,

@@ -367,8 +367,9 @@ pub(crate) mod async_safe {
             it_value: ts(value_ns),
         };
         let flags = if absolute { libc::TIMER_ABSTIME } else { 0 };
-        // SAFETY: `timer` is a live timer of this process (records delete their timers only
-        // after their thread stops using them); `spec` is valid for the call.
+        // SAFETY: `timer` is a live timer of this process: only the thread that owns it
+        // arms it (from its own code or its own signal handler), and it deletes its timers
+        // only after it stops using them. `spec` is valid for the call.
         unsafe {
             libc::timer_settime(timer.0 as libc::timer_t, flags, &spec, std::ptr::null_mut())
         };
@@ -413,29 +414,66 @@ pub(crate) mod async_safe {
         unsafe { *libc::__errno_location() = value };
     }
 
-    /// A copy of the kernel's `siginfo_t` prefix for timer signals (`_timer` member of the
-    /// union, 64-bit layout): the fields the handler reads.
+    /// A copy of the kernel's `siginfo_t` prefix (64-bit layout) for the two kinds of
+    /// delivery the pool makes: `SI_TIMER` (the `_timer` member: timer id, overrun,
+    /// value) and `SI_QUEUE` (the `_rt` member: sender pid, sender uid, value). The value
+    /// sits at the same offset in both.
     #[repr(C)]
-    struct TimerInfo {
+    struct QueuedInfo {
         signo: i32,
         errno: i32,
         code: i32,
         _pad: i32,
-        tid: i32,
-        overrun: i32,
+        /// Timer id for `SI_TIMER`, sender pid for `SI_QUEUE`.
+        id_or_pid: i32,
+        _overrun_or_uid: i32,
         value: usize,
     }
 
-    /// `si_code` and, for a `SI_TIMER` delivery, the token in `si_value`.
+    /// The token in `si_value`, for a delivery the pool may have made: a timer expiry
+    /// (`SI_TIMER`), or a nudge queued by this very process (`SI_QUEUE` from our pid, see
+    /// [`nudge`]).
     ///
     /// # Safety
     ///
     /// `info` is the `siginfo_t` the kernel passed to an `SA_SIGINFO` handler.
-    pub(crate) unsafe fn timer_token(info: *const libc::siginfo_t) -> Option<u64> {
-        // SAFETY: the caller's contract; `siginfo_t` is 128 bytes, larger than `TimerInfo`,
-        // and the `_timer` layout is the one the kernel uses for SI_TIMER.
-        let info = unsafe { &*info.cast::<TimerInfo>() };
-        (info.code == libc::SI_TIMER).then_some(info.value as u64)
+    pub(crate) unsafe fn pool_token(info: *const libc::siginfo_t) -> Option<u64> {
+        // SAFETY: the caller's contract; `siginfo_t` is 128 bytes, larger than
+        // `QueuedInfo`, whose layout is the kernel's for these two codes.
+        let info = unsafe { &*info.cast::<QueuedInfo>() };
+        let ours = info.code == libc::SI_TIMER
+            || (info.code == libc::SI_QUEUE && info.id_or_pid == getpid());
+        ours.then_some(info.value as u64)
+    }
+
+    /// This process's id (a raw syscall).
+    pub(crate) fn getpid() -> i32 {
+        // SAFETY: no arguments, no memory.
+        unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+    }
+
+    /// Queues `signal` for thread `tid` of this process with `SI_QUEUE` and `token` in
+    /// `si_value` (`rt_tgsigqueueinfo`). It touches nothing of the target but its pending
+    /// signals; if `tid` has exited, the call fails with `ESRCH` and nothing happens.
+    pub(crate) fn nudge(tid: i32, signal: i32, token: u64) {
+        // SAFETY: all-zero is a valid siginfo; the fields the kernel reads for SI_QUEUE
+        // are set through the same layout the handler reads.
+        unsafe {
+            let mut info: libc::siginfo_t = core::mem::zeroed();
+            let raw = (&mut info as *mut libc::siginfo_t).cast::<QueuedInfo>();
+            (*raw).signo = signal;
+            (*raw).code = libc::SI_QUEUE;
+            (*raw).id_or_pid = getpid();
+            (*raw)._overrun_or_uid = libc::getuid() as i32;
+            (*raw).value = token as usize;
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                getpid(),
+                tid,
+                signal,
+                &info as *const libc::siginfo_t,
+            );
+        }
     }
 
     /// `rt_sigprocmask(how, set)` on the calling thread; returns the mask before the call.

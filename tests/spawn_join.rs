@@ -63,7 +63,9 @@ fn many_threads_spawn_at_once() {
 
 #[test]
 fn nested_spawns_go_to_the_local_queue() {
-    let pool = pool(2);
+    // Without preemption: a parent handed off mid-loop would spawn the rest from its
+    // carrier, through the global queue, and the counts below would differ.
+    let pool = common::builder(2).preemption(false).build().unwrap();
     let handle = pool.handle();
     let parent = pool.spawn(move || {
         let children: Vec<_> = (0..1_000u64)
@@ -96,7 +98,9 @@ fn nested_spawns_go_to_the_local_queue() {
 
 #[test]
 fn an_idle_slot_steals_from_a_busy_slots_queue() {
-    let pool = pool(2);
+    // Without preemption, so the blocked parent keeps its slot (with it, a rare handoff
+    // would let the parent's own slot run the child).
+    let pool = common::builder(2).preemption(false).build().unwrap();
     let handle = pool.handle();
     let parent = pool.spawn(move || {
         // The child goes to this slot's local queue; this runner then blocks (without
