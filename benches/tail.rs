@@ -21,10 +21,13 @@
 //!
 //! `cargo bench --bench tail` (add `-- --quick` for the bimodal workload and fewer, shorter
 //! points: under 3 minutes). Ends with one `SUMMARY tail ...` line for the bimodal workload
-//! at load 0.7.
+//! at load 0.7. With `-- --report` it also writes `BENCHMARKS.md` and the plots in
+//! `docs/tail/` at the root of the repository.
 
 #[path = "tail/load.rs"]
 mod load;
+#[path = "tail/report.rs"]
+mod report;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -136,6 +139,7 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let write_report = std::env::args().any(|a| a == "--report");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_us = calibrate(now_ns);
     let (workloads, loads, seconds) = if quick {
@@ -152,7 +156,7 @@ fn main() {
                 Workload::exponential(),
             ],
             vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
-            4.0,
+            3.0,
         )
     };
     let names = [
@@ -194,10 +198,12 @@ fn main() {
         "tail bench: {workers} workers, {per_us:.0} work iterations per µs (calibrated now), {seconds} s per point{}",
         if quick { " (quick)" } else { "" }
     );
-    println!("env: {}", env_line());
+    let env = env_line();
+    println!("env: {env}");
 
     let mut summary = None;
-    for workload in &workloads {
+    let mut rows = Vec::new();
+    for (wi, workload) in workloads.iter().enumerate() {
         let capacity = workers as f64 / workload.mean_service_us() * 1e6;
         println!(
             "\n== {}: mean service {:.0} µs, capacity {capacity:.0} req/s; short-class p99 target {:.0} µs",
@@ -247,6 +253,24 @@ fn main() {
                 let mut long = point.latency_us.get(1).cloned().unwrap_or_default();
                 let short_p99 = percentile(&mut short, 0.99);
                 p99[s][li] = short_p99;
+                rows.push(report::Row {
+                    workload: wi,
+                    scheduler: s,
+                    load,
+                    classes: point
+                        .latency_us
+                        .iter()
+                        .map(|v| {
+                            let mut v = v.clone();
+                            [
+                                percentile(&mut v, 0.5),
+                                percentile(&mut v, 0.99),
+                                percentile(&mut v, 0.999),
+                            ]
+                        })
+                        .collect(),
+                    generator_late_p99_us: point.submit_late_p99_us,
+                });
                 println!(
                     "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0}",
                     names[s],
@@ -301,9 +325,32 @@ fn main() {
             ));
         }
     }
-    if let Some(line) = summary {
-        println!("\n{line}");
+    let summary = summary.unwrap_or_default();
+    if write_report {
+        let setup = format!(
+            "{workers} workers on a {workers}-vCPU machine, {seconds} s of arrivals per point{}, \
+             work calibrated at {per_us:.0} iterations per µs",
+            if quick { " (quick run)" } else { "" }
+        );
+        let report = report::Report {
+            workloads: &workloads,
+            schedulers: &names,
+            loads: &loads,
+            rows: &rows,
+            env: &env,
+            setup: &setup,
+            summary: &summary,
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        match report.write(root) {
+            Ok(()) => println!(
+                "\nwrote {} and docs/tail/*.svg",
+                root.join("BENCHMARKS.md").display()
+            ),
+            Err(err) => eprintln!("\ncould not write the report: {err}"),
+        }
     }
+    println!("\n{summary}");
 }
 
 /// The cost of one timer expiry here (the unit every preemptive scheduler pays), measured

@@ -1,0 +1,248 @@
+//! Writes `BENCHMARKS.md` (tables) and SVG plots (latency against load, one line per
+//! scheduler, for the short and the long class of each workload) from a run of
+//! `benches/tail.rs`. Used by `cargo bench --bench tail -- --report`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One measured point.
+pub struct Row {
+    pub workload: usize,
+    pub scheduler: usize,
+    pub load: f64,
+    /// Per class: p50, p99, p99.9 in µs.
+    pub classes: Vec<[f64; 3]>,
+    pub generator_late_p99_us: f64,
+}
+
+/// Everything the report shows.
+pub struct Report<'a> {
+    pub workloads: &'a [super::load::Workload],
+    pub schedulers: &'a [&'static str],
+    pub loads: &'a [f64],
+    pub rows: &'a [Row],
+    pub env: &'a str,
+    pub setup: &'a str,
+    pub summary: &'a str,
+}
+
+const COLOURS: [RGBColor; 5] = [
+    RGBColor(200, 30, 30),
+    RGBColor(30, 90, 200),
+    RGBColor(40, 150, 60),
+    RGBColor(150, 90, 20),
+    RGBColor(120, 40, 160),
+];
+
+impl Report<'_> {
+    fn row(&self, w: usize, s: usize, load: f64) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.workload == w && r.scheduler == s && (r.load - load).abs() < 1e-9)
+    }
+
+    /// Writes `BENCHMARKS.md` into `root` and the plots into `root/docs/tail/`.
+    pub fn write(&self, root: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let plots = root.join("docs").join("tail");
+        std::fs::create_dir_all(&plots)?;
+        let mut md = String::new();
+        writeln!(md, "# Tail latency under heavy-tailed load")?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "Written by `cargo bench --bench tail -- --report` (see `benches/tail.rs` for the \
+             method: open-loop Poisson arrivals, latency from the scheduled arrival, calibrated \
+             work, 10 % warm-up discarded). Every scheduler ran the same requests, in turns, in \
+             one run."
+        )?;
+        writeln!(md)?;
+        writeln!(md, "- {}", self.setup)?;
+        writeln!(md, "- Environment: {}", self.env)?;
+        writeln!(md)?;
+        writeln!(md, "```text\n{}\n```", self.summary)?;
+        for (w, workload) in self.workloads.iter().enumerate() {
+            let slug = slug(workload.name);
+            writeln!(md)?;
+            writeln!(md, "## {}", workload.name)?;
+            writeln!(md)?;
+            writeln!(
+                md,
+                "Short-class p99 target: {:.0} µs (fixed before the run). Latencies in µs; \
+                 `inf` means requests still unfinished when the run gave up waiting.",
+                workload.short_p99_target_us
+            )?;
+            writeln!(md)?;
+            for (c, class) in workload.classes.iter().enumerate() {
+                let file = format!("{slug}-{}.svg", class.name);
+                self.plot(w, c, &plots.join(&file))?;
+                writeln!(
+                    md,
+                    "![{} class, p99 against load](docs/tail/{file})",
+                    class.name
+                )?;
+                writeln!(md)?;
+            }
+            // Table: one row per load, p99 of the short class per scheduler.
+            write!(md, "| load |")?;
+            for s in self.schedulers {
+                write!(md, " {s} |")?;
+            }
+            writeln!(md)?;
+            write!(md, "|---|")?;
+            for _ in self.schedulers {
+                write!(md, "---|")?;
+            }
+            writeln!(md)?;
+            for &load in self.loads {
+                write!(md, "| {load:.2} |")?;
+                for s in 0..self.schedulers.len() {
+                    match self.row(w, s, load) {
+                        Some(r) => write!(
+                            md,
+                            " {} / {} / {} |",
+                            us(r.classes[0][0]),
+                            us(r.classes[0][1]),
+                            us(r.classes[0][2])
+                        )?,
+                        None => write!(md, " |")?,
+                    }
+                }
+                writeln!(md)?;
+            }
+            writeln!(md)?;
+            writeln!(
+                md,
+                "Cells: {} class p50 / p99 / p99.9.",
+                workload.classes[0].name
+            )?;
+            if workload.classes.len() > 1 {
+                writeln!(md)?;
+                write!(md, "| load |")?;
+                for s in self.schedulers {
+                    write!(md, " {s} |")?;
+                }
+                writeln!(md)?;
+                write!(md, "|---|")?;
+                for _ in self.schedulers {
+                    write!(md, "---|")?;
+                }
+                writeln!(md)?;
+                for &load in self.loads {
+                    write!(md, "| {load:.2} |")?;
+                    for s in 0..self.schedulers.len() {
+                        match self.row(w, s, load) {
+                            Some(r) => {
+                                write!(md, " {} / {} |", us(r.classes[1][0]), us(r.classes[1][1]))?
+                            }
+                            None => write!(md, " |")?,
+                        }
+                    }
+                    writeln!(md)?;
+                }
+                writeln!(md)?;
+                writeln!(md, "Cells: {} class p50 / p99.", workload.classes[1].name)?;
+            }
+            writeln!(md)?;
+            writeln!(
+                md,
+                "Generator lateness (p99 of submit − scheduled arrival, µs):"
+            )?;
+            writeln!(md)?;
+            for (s, name) in self.schedulers.iter().enumerate() {
+                let late: Vec<String> = self
+                    .loads
+                    .iter()
+                    .filter_map(|&l| self.row(w, s, l))
+                    .map(|r| format!("{:.0}", r.generator_late_p99_us))
+                    .collect();
+                writeln!(md, "- {name}: {}", late.join(", "))?;
+            }
+        }
+        std::fs::write(root.join("BENCHMARKS.md"), md)?;
+        Ok(())
+    }
+
+    /// p99 of class `c` against load, one line per scheduler, log scale.
+    fn plot(&self, w: usize, c: usize, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let workload = &self.workloads[w];
+        let class = &workload.classes[c];
+        let points = |s: usize| -> Vec<(f64, f64)> {
+            self.loads
+                .iter()
+                .filter_map(|&l| self.row(w, s, l).map(|r| (l, r.classes[c][1])))
+                .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                .collect()
+        };
+        let all: Vec<f64> = (0..self.schedulers.len())
+            .flat_map(points)
+            .map(|(_, v)| v)
+            .collect();
+        let lo = all.iter().copied().fold(f64::MAX, f64::min).max(1.0) / 1.5;
+        let hi = all.iter().copied().fold(1.0, f64::max) * 1.5;
+        let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: {} class p99 latency", workload.name, class.name),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0f64..1.0, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("load (fraction of capacity)")
+            .y_desc("p99 latency, µs (log)")
+            .draw()?;
+        if c == 0 {
+            let target = workload.short_p99_target_us;
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(0.0, target), (1.0, target)],
+                    BLACK.mix(0.4).stroke_width(1),
+                ))?
+                .label("target")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        }
+        for (s, name) in self.schedulers.iter().enumerate() {
+            let colour = COLOURS[s % COLOURS.len()];
+            let pts = points(s);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "inf".to_owned()
+    }
+}
+
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for ch in name.chars() {
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_owned()
+}
