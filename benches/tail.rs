@@ -92,6 +92,19 @@ struct Point {
     latency_us: Vec<Vec<f64>>,
     /// How late the generator submitted, µs (p99).
     submit_late_p99_us: f64,
+    /// CPU the generator used per request, µs (sleeps, clock reads, submissions).
+    generator_cpu_us: f64,
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const NEVER: u64 = u64::MAX;
@@ -101,6 +114,7 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
         Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
     let finished = Arc::new(AtomicUsize::new(0));
     let mut late = Vec::with_capacity(requests.len());
+    let cpu_before = thread_cpu_ns();
     let start = now_ns() + 2_000_000;
     for (i, r) in requests.iter().enumerate() {
         let due = start + r.due_ns;
@@ -115,6 +129,8 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
             finished.fetch_add(1, Ordering::Release);
         }));
     }
+    let generator_cpu_us =
+        (thread_cpu_ns() - cpu_before) as f64 / 1e3 / requests.len().max(1) as f64;
     // Let the backlog drain (bounded: an overloaded FCFS pool may take long).
     let give_up = now_ns() + 60_000_000_000;
     while finished.load(Ordering::Acquire) < requests.len() && now_ns() < give_up {
@@ -134,6 +150,7 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
     Point {
         latency_us,
         submit_late_p99_us: percentile(&mut late, 0.99),
+        generator_cpu_us,
     }
 }
 
@@ -223,9 +240,12 @@ fn main() {
                 )
             })
             .collect();
-        println!("   classes: {}; latencies in µs", classes.join(", "));
         println!(
-            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9}",
+            "   classes: {}; latencies in µs; gen late: p99 of how late the generator submitted (µs); gen cpu: its CPU per request (µs)",
+            classes.join(", ")
+        );
+        println!(
+            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8}",
             "scheduler",
             "load",
             "short p50",
@@ -233,7 +253,8 @@ fn main() {
             "short p99.9",
             "long p50",
             "long p99",
-            "gen late"
+            "gen late",
+            "gen cpu"
         );
         // short p99 per scheduler per load.
         let mut p99 = vec![vec![f64::NAN; loads.len()]; schedulers.len()];
@@ -270,9 +291,10 @@ fn main() {
                         })
                         .collect(),
                     generator_late_p99_us: point.submit_late_p99_us,
+                    generator_cpu_us: point.generator_cpu_us,
                 });
                 println!(
-                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0}",
+                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1}",
                     names[s],
                     load,
                     percentile(&mut short, 0.5),
@@ -280,7 +302,8 @@ fn main() {
                     percentile(&mut short, 0.999),
                     percentile(&mut long, 0.5),
                     percentile(&mut long, 0.99),
-                    point.submit_late_p99_us
+                    point.submit_late_p99_us,
+                    point.generator_cpu_us
                 );
             }
         }
