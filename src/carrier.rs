@@ -94,33 +94,33 @@ fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::
     // A runner pins itself before it serves; a standby after it has counted itself in
     // (`lifecycle`), so it is available at once instead of after it gets CPU time on its
     // slot's core, which the runner there is keeping busy.
-    let setup = setup(&shared, index, role == Role::Runner);
-    let ok = setup.is_ok();
-    let (setup_result, thread_state) = match setup {
-        Ok(state) => (Ok(()), Some(state)),
-        Err(err) => (Err(err), None),
-    };
-    if let Some(ready) = ready {
-        let _ = ready.send(setup_result);
-    }
-    if !ok {
-        if role == Role::Runner {
-            // No runner will ever hold this slot: let its standbys and the monitor go.
+    let thread_state = match setup(&shared, index, role == Role::Runner) {
+        Ok(state) => {
+            if let Some(ready) = ready {
+                let _ = ready.send(Ok(()));
+            }
+            state
+        }
+        Err(err) => {
+            if let Some(ready) = ready {
+                let _ = ready.send(Err(err));
+            }
             if let Some(preempt) = &shared.preempt {
-                preempt.reserves[index].close();
+                if role == Role::Runner {
+                    // No runner will ever hold this slot: let its standbys and the monitor go.
+                    preempt.reserves[index].close();
+                } else {
+                    preempt.reserves[index].setup_failed();
+                }
                 preempt.ring();
             }
-        } else if let Some(preempt) = &shared.preempt {
-            preempt.reserves[index].setup_failed();
-            preempt.ring();
+            return;
         }
-        return;
-    }
+    };
     // The runtime catches every task panic; an unwind reaching here is a bug in this
     // crate, and a thread that vanished would leave its slot unserved. Abort instead.
     let bomb = AbortOnUnwind;
-    let record = thread_state.as_ref().and_then(|s| s.record);
-    lifecycle(&shared, index, role, record);
+    lifecycle(&shared, index, role, thread_state.record);
     drop(thread_state);
     std::mem::forget(bomb);
 }
@@ -128,11 +128,7 @@ fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::
 fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<&'static Record>) {
     if role == Role::Standby {
         if let Some(preempt) = &shared.preempt {
-            preempt.reserves[index].park_ready(true);
-            // The same CPUs the slot's runner pinned itself to, so this cannot fail in
-            // practice; if it did, the standby would serve the slot unpinned.
-            let _ = pin(shared, index);
-            poke_wanting(preempt, index);
+            stand_by(shared, preempt, index, true);
         }
     }
     loop {
@@ -168,9 +164,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                         && sys::restore_normal_policy().is_ok()
                     {
                         reserve.counters.rejoined.fetch_add(1, Ordering::Relaxed);
-                        reserve.park_ready(false);
-                        let _ = pin(shared, index);
-                        poke_wanting(preempt, index);
+                        stand_by(shared, preempt, index, false);
                         role = Role::Standby;
                     } else {
                         reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
@@ -196,9 +190,17 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
     }
 }
 
-/// Just parked: if a runner of the slot overran while no standby was there, make it look
-/// again now (`reserve.rs`).
-fn poke_wanting(preempt: &handler::Preempt, index: usize) {
+/// Joins slot `index`'s reserve (`reserve.rs` step 1; `started`: a fresh thread the
+/// monitor or the builder counted as starting), then pins itself to the slot's core and,
+/// if a runner of the slot overran while no standby was there, makes it look again now.
+///
+/// Counting in comes before pinning: the pin moves the thread onto the slot's core, which
+/// its runner keeps busy, and a standby promised to a handoff gets that core at once (the
+/// handoff demotes the runner). The CPUs are the ones the slot's runner pinned itself to,
+/// so the pin cannot fail in practice; if it did, the standby would serve the slot unpinned.
+fn stand_by(shared: &Shared, preempt: &handler::Preempt, index: usize, started: bool) {
+    preempt.reserves[index].park_ready(started);
+    let _ = pin(shared, index);
     if let Some(runner) = preempt.reserves[index].take_wanted() {
         handler::poke(runner);
     }
