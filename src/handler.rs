@@ -230,10 +230,13 @@ impl Record {
             .compare_exchange(IN_TASK, IDLE, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok();
         compiler_fence(Ordering::SeqCst);
+        // A load, not a swap, on this per-task path: once the state is `IDLE` the handler
+        // arms nothing, so nothing can set `armed` between the load and the store.
         if kept
             && self.preempt().clock == TimerClock::ThreadCpu
-            && self.armed.swap(false, Ordering::Relaxed)
+            && self.armed.load(Ordering::Relaxed)
         {
+            self.armed.store(false, Ordering::Relaxed);
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);
             }
