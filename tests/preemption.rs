@@ -410,3 +410,79 @@ fn carriers_with_the_privilege_to_restore_priority_rejoin() {
         },
     );
 }
+
+/// Shutdown while handed-off tasks are still running on their carriers: it waits for
+/// them (and for everything queued), then every pool thread and timer is gone.
+#[test]
+fn shutdown_waits_for_carried_tasks_and_leaves_nothing_behind() {
+    in_child(
+        "shutdown_waits_for_carried_tasks_and_leaves_nothing_behind",
+        || {
+            let threads_before = proc_status("Threads");
+            let pool = builder(2)
+                .quantum(Duration::from_millis(1))
+                .build()
+                .unwrap();
+            let longs: Vec<_> = (0..6)
+                .map(|_| pool.spawn(|| spin_for(Duration::from_millis(60))))
+                .collect();
+            let shorts: Vec<_> = (0..200u64).map(|i| pool.spawn(move || i * 3)).collect();
+            // Wait until some long tasks are carried, then shut down under them.
+            let deadline = Instant::now() + common::HANG;
+            while pool.stats().carriers == 0 {
+                assert!(Instant::now() < deadline, "no handoff: {:?}", pool.stats());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            pool.shutdown();
+            for long in longs {
+                let (rounds, sum) = join(long).unwrap();
+                assert_eq!(sum, check_spin(rounds));
+            }
+            for (i, short) in shorts.into_iter().enumerate() {
+                assert_eq!(join(short).unwrap(), i as u64 * 3);
+            }
+            let stats = pool.stats();
+            assert_eq!((stats.completed, stats.carriers), (206, 0), "{stats:?}");
+            assert_eq!(posix_timers(), 0, "timers left after shutdown");
+            assert_eq!(
+                proc_status("Threads"),
+                threads_before,
+                "threads left after shutdown"
+            );
+        },
+    );
+}
+
+/// `shutdown_timeout` with a runaway on a carrier: the queue was served by the slot's new
+/// runner, the runaway is detached and reported, and it finishes later on its own.
+#[test]
+fn shutdown_timeout_detaches_a_carried_runaway() {
+    in_child("shutdown_timeout_detaches_a_carried_runaway", || {
+        let pool = builder(1)
+            .quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let release = Arc::new(AtomicBool::new(false));
+        let runaway = {
+            let release = release.clone();
+            pool.spawn(move || {
+                while !release.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                "released"
+            })
+        };
+        let queued: Vec<_> = (0..50u64).map(|i| pool.spawn(move || i)).collect();
+        for (i, h) in queued.into_iter().enumerate() {
+            assert_eq!(join(h).unwrap(), i as u64, "served by the new runner");
+        }
+        let err = pool
+            .shutdown_timeout(Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(err.busy_runners(), 1);
+        assert!(!runaway.is_finished());
+        release.store(true, Ordering::Release);
+        assert_eq!(join(runaway).unwrap(), "released");
+        assert!(pool.stats().handoffs >= 1);
+    });
+}
