@@ -120,7 +120,9 @@ impl Rng {
 }
 
 /// Poisson arrivals at `rate_per_s` for `seconds`, classes drawn by share, work from
-/// `per_us` iterations per µs (calibrated in the same run).
+/// `per_us` iterations per µs (calibrated in the same run). With the same seed, every rate
+/// gets the same sequence of requests (classes, work, and gaps up to the scale `1/rate`),
+/// so points at different loads differ only in load.
 pub fn arrivals(
     workload: &Workload,
     rate_per_s: f64,
@@ -168,6 +170,14 @@ pub fn burn(iters: u64) -> u64 {
         x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i)).rotate_left(7);
     }
     x
+}
+
+/// The load a trace actually offers: its total work over `workers` × its span (the
+/// Poisson draw makes it differ from the nominal load, most when few long requests carry
+/// most of the work).
+pub fn offered_load(requests: &[Request], per_us: f64, workers: usize, seconds: f64) -> f64 {
+    let work_us: f64 = requests.iter().map(|r| r.iters as f64 / per_us).sum();
+    work_us / (workers as f64 * seconds * 1e6)
 }
 
 /// Iterations of [`burn`] per µs on this machine: the fastest of several timed runs.

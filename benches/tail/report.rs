@@ -144,7 +144,11 @@ impl Report<'_> {
                     writeln!(md)?;
                 }
                 writeln!(md)?;
-                writeln!(md, "Cells: {} class p50 / p99.", workload.classes[1].name)?;
+                writeln!(
+                    md,
+                    "Cells: {} class p50 / p99 / p99.9.",
+                    workload.classes[1].name
+                )?;
             }
             writeln!(md)?;
             writeln!(
@@ -184,8 +188,15 @@ impl Report<'_> {
             .flat_map(points)
             .map(|(_, v)| v)
             .collect();
-        let lo = all.iter().copied().fold(f64::MAX, f64::min).max(1.0) / 1.5;
-        let hi = all.iter().copied().fold(1.0, f64::max) * 1.5;
+        // The target (short class) is always in range; unfinished points (infinite) are
+        // left out of the lines, and the table shows them as `inf`.
+        let target = if c == 0 {
+            workload.short_p99_target_us
+        } else {
+            class.service_us
+        };
+        let lo = all.iter().copied().fold(target, f64::min).max(1.0) / 1.5;
+        let hi = all.iter().copied().fold(target, f64::max) * 1.5;
         let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
