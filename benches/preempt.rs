@@ -24,8 +24,11 @@
 //! `SUMMARY preempt ...` line. `MICROSCHED_QUANTUM_US=<µs>` replaces the default quantum
 //! in the "default" pools, to compare settings.
 
+#[path = "common/sys.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,7 +131,7 @@ fn main() {
     // would share the core with the runaway and only get to spawn once it was demoted.
     // (A pool's cores must be in its builder's affinity mask: each pool is built first,
     // then the spawner pins itself, and unpins after.)
-    let cores = allowed_cores();
+    let cores = common::allowed_cores();
     println!("\nhead-of-line: start delay of 20 short tasks spawned behind a runaway, one slot, {trials} trials (µs)");
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9}",
@@ -226,100 +229,17 @@ fn work_for(us: f64, per_us: f64) -> u64 {
     (us * per_us) as u64
 }
 
-static EXPIRIES: AtomicU64 = AtomicU64::new(0);
-
-extern "C" fn count_expiry(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    EXPIRIES.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Section 1: µs of wall time per bare expiry.
+/// Section 1: µs of wall time per bare expiry, on the last core.
 fn bare_expiry_cost(per_us: f64) -> f64 {
-    let signal = libc::SIGRTMIN() + 7;
-    std::thread::spawn(move || {
-        pin_to_last_core();
-        // SAFETY: installing a handler that only bumps an atomic, and a timer aimed at this
-        // thread; both are torn down below.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = count_expiry as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-        let work = work_for(200_000.0, per_us);
-        let t = Instant::now();
-        black_box(burn(work));
-        let without = t.elapsed().as_secs_f64();
-        // SAFETY: a per-thread timer with a valid sigevent; deleted below.
-        let timer = unsafe {
-            let mut event: libc::sigevent = std::mem::zeroed();
-            event.sigev_notify = libc::SIGEV_THREAD_ID;
-            event.sigev_signo = signal;
-            event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as i32;
-            let mut timer: libc::timer_t = std::ptr::null_mut();
-            assert_eq!(
-                libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer),
-                0
-            );
-            let period = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 100_000,
-            };
-            let spec = libc::itimerspec {
-                it_interval: period,
-                it_value: period,
-            };
-            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut());
-            timer
-        };
-        let before = EXPIRIES.load(Ordering::Relaxed);
-        let t = Instant::now();
-        black_box(burn(work));
-        let with = t.elapsed().as_secs_f64();
-        let expiries = EXPIRIES.load(Ordering::Relaxed) - before;
-        // SAFETY: the timer made above.
-        unsafe { libc::timer_delete(timer) };
-        (with - without) * 1e6 / expiries.max(1) as f64
-    })
-    .join()
-    .expect("bare expiry thread")
-}
-
-/// The cores the calling thread may run on.
-fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a valid, zeroed cpu_set_t, filled by the kernel for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-fn set_affinity(cpus: &[usize]) {
-    // SAFETY: a valid cpu_set_t with indices below CPU_SETSIZE; the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn pin_to_last_core() {
-    // SAFETY: a valid, zeroed cpu_set_t; the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        let last = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-            .unwrap_or(0);
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(last, &mut one);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
-    }
+    let work = work_for(200_000.0, per_us);
+    common::bare_expiry_cost_us(
+        100,
+        libc::SIGRTMIN() + 7,
+        common::allowed_cores().last().copied(),
+        move || {
+            black_box(burn(work));
+        },
+    )
 }
 
 /// Section 2: µs of wall time per tick through microsched's handler.
@@ -402,7 +322,7 @@ fn head_of_line(
     runaway: Duration,
 ) -> (Vec<f64>, u64) {
     let pool = builder.workers(1).cores([cores[0]]).build().expect("pool");
-    set_affinity(&cores[cores.len() - 1..]);
+    common::set_affinity(&cores[cores.len() - 1..]);
     let mut delays = Vec::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..trials {
@@ -456,7 +376,7 @@ fn head_of_line(
         long.join().expect("runaway");
     }
     let handoffs = pool.stats().handoffs;
-    set_affinity(cores);
+    common::set_affinity(cores);
     (delays, handoffs)
 }
 

@@ -24,6 +24,8 @@
 //! at load 0.7. With `-- --report` it also writes `BENCHMARKS.md` and the plots in
 //! `docs/tail/` at the root of the repository.
 
+#[path = "common/sys.rs"]
+mod common;
 #[path = "tail/load.rs"]
 mod load;
 #[path = "tail/report.rs"]
@@ -35,28 +37,10 @@ use std::time::Duration;
 
 use load::{arrivals, burn, calibrate, offered_load, percentile, Request, Workload};
 
-/// The cores this thread may run on (a pool's default cores).
-fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a valid, zeroed cpu_set_t filled by the kernel for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 /// Pins the calling thread to `cores[i % len]`.
 fn pin_to(cores: &[usize], i: usize) {
-    let Some(&core) = cores.get(i % cores.len().max(1)) else {
-        return;
-    };
-    // SAFETY: a valid cpu_set_t holding one CPU below CPU_SETSIZE; the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if let Some(&core) = cores.get(i % cores.len().max(1)) {
+        common::set_affinity(&[core]);
     }
 }
 
@@ -197,7 +181,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let write_report = std::env::args().any(|a| a == "--report");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let cores = allowed_cores();
+    let cores = common::allowed_cores();
     let per_us = calibrate(now_ns);
     // Timer slack (50 µs by default) would make every absolute-deadline sleep of the
     // generator up to that late.
@@ -459,54 +443,10 @@ fn main() {
 /// The cost of one timer expiry here (the unit every preemptive scheduler pays), measured
 /// now: a 200 µs periodic CLOCK_MONOTONIC timer on a thread doing fixed work.
 fn env_line() -> String {
-    static EXPIRIES: AtomicU64 = AtomicU64::new(0);
-    extern "C" fn count(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-        EXPIRIES.fetch_add(1, Ordering::Relaxed);
-    }
-    let signal = libc::SIGRTMIN() + 9;
     let per_us = calibrate(now_ns);
-    let cost = std::thread::spawn(move || {
-        // SAFETY: a handler that only bumps an atomic, and a timer aimed at this thread,
-        // deleted below.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = count as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-        let work = (100_000.0 * per_us) as u64;
-        let t = now_ns();
+    let work = (100_000.0 * per_us) as u64;
+    let cost = common::bare_expiry_cost_us(200, libc::SIGRTMIN() + 9, None, move || {
         std::hint::black_box(burn(work));
-        let without = now_ns() - t;
-        // SAFETY: a per-thread timer with a valid sigevent; deleted below.
-        let timer = unsafe {
-            let mut event: libc::sigevent = std::mem::zeroed();
-            event.sigev_notify = libc::SIGEV_THREAD_ID;
-            event.sigev_signo = signal;
-            event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as i32;
-            let mut timer: libc::timer_t = std::ptr::null_mut();
-            libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer);
-            let period = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 200_000,
-            };
-            let spec = libc::itimerspec {
-                it_interval: period,
-                it_value: period,
-            };
-            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut());
-            timer
-        };
-        let before = EXPIRIES.load(Ordering::Relaxed);
-        let t = now_ns();
-        std::hint::black_box(burn(work));
-        let with = now_ns() - t;
-        let n = EXPIRIES.load(Ordering::Relaxed) - before;
-        // SAFETY: the timer made above.
-        unsafe { libc::timer_delete(timer) };
-        with.saturating_sub(without) as f64 / 1e3 / n.max(1) as f64
-    })
-    .join()
-    .expect("env thread");
+    });
     format!("one timer expiry costs {cost:.1} µs of CPU here (measured now)")
 }

@@ -85,72 +85,11 @@ impl Report<'_> {
                     class.name
                 )?;
                 writeln!(md)?;
-            }
-            // Table: one row per load, p99 of the short class per scheduler.
-            write!(md, "| load |")?;
-            for s in self.schedulers {
-                write!(md, " {s} |")?;
-            }
-            writeln!(md)?;
-            write!(md, "|---|")?;
-            for _ in self.schedulers {
-                write!(md, "---|")?;
-            }
-            writeln!(md)?;
-            for &load in self.loads {
-                write!(md, "| {load:.2} |")?;
-                for s in 0..self.schedulers.len() {
-                    match self.row(w, s, load) {
-                        Some(r) => write!(
-                            md,
-                            " {} / {} / {} |",
-                            us(r.classes[0][0]),
-                            us(r.classes[0][1]),
-                            us(r.classes[0][2])
-                        )?,
-                        None => write!(md, " |")?,
-                    }
-                }
+                self.table(&mut md, w, c)?;
+                writeln!(md)?;
+                writeln!(md, "Cells: {} class p50 / p99 / p99.9.", class.name)?;
                 writeln!(md)?;
             }
-            writeln!(md)?;
-            writeln!(
-                md,
-                "Cells: {} class p50 / p99 / p99.9.",
-                workload.classes[0].name
-            )?;
-            if workload.classes.len() > 1 {
-                writeln!(md)?;
-                write!(md, "| load |")?;
-                for s in self.schedulers {
-                    write!(md, " {s} |")?;
-                }
-                writeln!(md)?;
-                write!(md, "|---|")?;
-                for _ in self.schedulers {
-                    write!(md, "---|")?;
-                }
-                writeln!(md)?;
-                for &load in self.loads {
-                    write!(md, "| {load:.2} |")?;
-                    for s in 0..self.schedulers.len() {
-                        match self.row(w, s, load) {
-                            Some(r) => {
-                                write!(md, " {} / {} |", us(r.classes[1][0]), us(r.classes[1][1]))?
-                            }
-                            None => write!(md, " |")?,
-                        }
-                    }
-                    writeln!(md)?;
-                }
-                writeln!(md)?;
-                writeln!(
-                    md,
-                    "Cells: {} class p50 / p99 / p99.9.",
-                    workload.classes[1].name
-                )?;
-            }
-            writeln!(md)?;
             writeln!(
                 md,
                 "The generator, per load: p99 of how late it submitted (µs), and in brackets \
@@ -170,6 +109,34 @@ impl Report<'_> {
             }
         }
         std::fs::write(root.join("BENCHMARKS.md"), md)?;
+        Ok(())
+    }
+
+    /// A table of class `c`'s p50 / p99 / p99.9: one row per load, one column per scheduler.
+    fn table(&self, md: &mut String, w: usize, c: usize) -> std::fmt::Result {
+        write!(md, "| load |")?;
+        for s in self.schedulers {
+            write!(md, " {s} |")?;
+        }
+        writeln!(md)?;
+        write!(md, "|---|")?;
+        for _ in self.schedulers {
+            write!(md, "---|")?;
+        }
+        writeln!(md)?;
+        for &load in self.loads {
+            write!(md, "| {load:.2} |")?;
+            for s in 0..self.schedulers.len() {
+                match self.row(w, s, load) {
+                    Some(r) => {
+                        let [p50, p99, p999] = r.classes[c];
+                        write!(md, " {} / {} / {} |", us(p50), us(p99), us(p999))?
+                    }
+                    None => write!(md, " |")?,
+                }
+            }
+            writeln!(md)?;
+        }
         Ok(())
     }
 
