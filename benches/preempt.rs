@@ -303,13 +303,7 @@ fn run_batch(pool: &Pool, batch: &[f64], per_us: f64) -> (f64, f64) {
 
 /// CPU time of the whole process so far, in seconds (all threads, user and system).
 fn process_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    common::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID) as f64 * 1e-9
 }
 
 /// Section 4: start delays (µs) of short tasks behind a runaway, and the handoffs made.

@@ -46,13 +46,7 @@ fn pin_to(cores: &[usize], i: usize) {
 
 /// Monotonic clock in ns (the same clock for arrivals, submissions and completions).
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    common::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Sleeps until the monotonic clock reads `deadline_ns` (absolute, so no drift); may
@@ -115,13 +109,7 @@ struct Point {
 
 /// CPU time of the calling thread, ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    common::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 const NEVER: u64 = u64::MAX;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{builder, check_spin, child_output, in_child, join, spin_for};
+use common::{builder, check_spin, child_output, constantly_preempted, in_child, join, spin_for};
 use microsched::TimerClock;
 
 /// One slot, a CPU-bound task of ~300 ms, then 50 short tasks: every short task completes
@@ -143,12 +143,7 @@ fn carriers_retire_and_standbys_are_replenished() {
 #[test]
 fn allocation_heavy_tasks_under_preemption() {
     in_child("allocation_heavy_tasks_under_preemption", || {
-        let pool = builder(2)
-            .quantum(Duration::from_micros(100))
-            .timer_clock(TimerClock::Monotonic)
-            .standbys(4)
-            .build()
-            .unwrap();
+        let pool = constantly_preempted(2);
         let work = |seed: u64| {
             let mut total = 0u64;
             for round in 0..300u64 {
@@ -185,12 +180,7 @@ fn println_heavy_tasks_under_preemption() {
     const TASKS: u64 = 16;
     const LINES: u64 = 3000;
     if std::env::var(VAR).as_deref() == Ok(NAME) {
-        let pool = builder(2)
-            .quantum(Duration::from_micros(100))
-            .timer_clock(TimerClock::Monotonic)
-            .standbys(4)
-            .build()
-            .unwrap();
+        let pool = constantly_preempted(2);
         let tasks: Vec<_> = (0..TASKS)
             .map(|t| {
                 pool.spawn(move || {

@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{builder, in_child, join};
-use microsched::TimerClock;
+use common::{constantly_preempted, in_child, join};
 
 /// Scalar f64 work whose accumulators live in SSE registers across the loop.
 fn float_checksum(seed: u64, rounds: u32) -> u64 {
@@ -92,12 +89,7 @@ fn float_and_simd_results_match_the_sequential_ones() {
         };
         let seeds: Vec<u64> = (1..=64).collect();
         let expected: Vec<u64> = seeds.iter().map(|&s| checksum(s, rounds)).collect();
-        let pool = builder(2)
-            .quantum(Duration::from_micros(100))
-            .timer_clock(TimerClock::Monotonic)
-            .standbys(4)
-            .build()
-            .unwrap();
+        let pool = constantly_preempted(2);
         let tasks: Vec<_> = seeds
             .iter()
             .map(|&s| pool.spawn(move || checksum(s, rounds)))

@@ -13,8 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{builder, in_child, join};
-use microsched::TimerClock;
+use common::{constantly_preempted, in_child, join};
 
 thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
@@ -72,12 +71,7 @@ fn thread_locals_stay_consistent_under_ticks_and_handoffs() {
     in_child(
         "thread_locals_stay_consistent_under_ticks_and_handoffs",
         || {
-            let pool = builder(2)
-                .quantum(Duration::from_micros(100))
-                .timer_clock(TimerClock::Monotonic)
-                .standbys(4)
-                .build()
-                .unwrap();
+            let pool = constantly_preempted(2);
             let deadline = Instant::now() + Duration::from_secs(40);
             let mut batches = 0;
             loop {

@@ -4,6 +4,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// `clock` (`CLOCK_MONOTONIC`, `CLOCK_THREAD_CPUTIME_ID`, ...) in ns.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; every clock the benches pass exists.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The cores the calling thread may run on.
 pub fn allowed_cores() -> Vec<usize> {
     // SAFETY: a valid, zeroed cpu_set_t, filled by the kernel for the calling thread.

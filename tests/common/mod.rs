@@ -147,3 +147,15 @@ fn step(sum: u64, round: u64) -> u64 {
 pub fn check_spin(rounds: u64) -> u64 {
     (1..=rounds).fold(0, step)
 }
+
+/// A pool under constant preemption, for tests that need ticks and handoffs to land inside
+/// task code as often as possible: the `Monotonic` clock at a 100 µs quantum, with extra
+/// standbys so handoffs seldom wait for one.
+pub fn constantly_preempted(workers: usize) -> microsched::Pool {
+    builder(workers)
+        .quantum(Duration::from_micros(100))
+        .timer_clock(microsched::TimerClock::Monotonic)
+        .standbys(4)
+        .build()
+        .expect("build a constantly preempted pool")
+}
