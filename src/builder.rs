@@ -4,13 +4,14 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use crate::budget::Budget;
 use crate::carrier::{self, Role};
 use crate::error::BuildError;
-use crate::handler::{Preempt, TimerClock};
-use crate::loom::Futex;
+use crate::handler::{self, Preempt, TimerClock};
+use crate::kill::Kills;
 use crate::pool::{Pool, Shared, Threads};
 use crate::reserve::Reserve;
-use crate::{monitor, signal, sys};
+use crate::{monitor, places, signal, sys};
 
 /// The smallest runner stack accepted: the runtime's own frames plus `catch_unwind` and a
 /// panic's formatting need a few pages; below this, ordinary tasks would overflow.
@@ -59,6 +60,12 @@ pub const DEFAULT_STANDBYS: u32 = 2;
 /// The most standbys per slot accepted.
 pub const MAX_STANDBYS: u32 = 16;
 
+/// Default of [`Builder::max_frozen`].
+pub const DEFAULT_MAX_FROZEN: usize = 1024;
+
+/// Default of [`Builder::max_freeze_deferral`].
+pub const DEFAULT_MAX_FREEZE_DEFERRAL: Duration = Duration::from_secs(1);
+
 /// Settings for a [`Pool`]. Every setting is checked by [`build`](Builder::build), which
 /// returns a [`BuildError`] saying what to change rather than panicking.
 #[derive(Debug, Clone)]
@@ -76,6 +83,10 @@ pub struct Builder {
     clock: TimerClock,
     max_carriers: u32,
     standbys: u32,
+    default_budget: Budget,
+    max_frozen: usize,
+    max_freeze_deferral: Duration,
+    cpu_accounting: bool,
 }
 
 impl Default for Builder {
@@ -101,6 +112,10 @@ impl Builder {
             clock: TimerClock::ThreadCpu,
             max_carriers: DEFAULT_MAX_CARRIERS,
             standbys: DEFAULT_STANDBYS,
+            default_budget: Budget::unlimited(),
+            max_frozen: DEFAULT_MAX_FROZEN,
+            max_freeze_deferral: DEFAULT_MAX_FREEZE_DEFERRAL,
+            cpu_accounting: false,
         }
     }
 
@@ -212,6 +227,41 @@ impl Builder {
         self
     }
 
+    /// The budget of every task spawned with [`Pool::spawn`] (default
+    /// [`Budget::unlimited`]); [`Pool::spawn_with`] overrides it per task. Needs preemption.
+    pub fn default_budget(mut self, budget: Budget) -> Builder {
+        self.default_budget = budget;
+        self
+    }
+
+    /// The most threads this pool freezes (default [`DEFAULT_MAX_FROZEN`]). A frozen thread
+    /// keeps its stack reserved and what its task owned until the process exits. Past the
+    /// cap, a hard kill is refused and counted in [`Stats::kills_refused`](crate::Stats):
+    /// the task keeps running at `SCHED_IDLE` (idle CPU only) with its cancel flag set,
+    /// and its handle resolves when it returns.
+    pub fn max_frozen(mut self, threads: usize) -> Builder {
+        self.max_frozen = threads;
+        self
+    }
+
+    /// How long a freeze waits for a panicking thread to finish unwinding before it
+    /// freezes it in its destructors anyway (default [`DEFAULT_MAX_FREEZE_DEFERRAL`]).
+    /// Deferrals for other reasons never end this way: a thread inside a system library
+    /// (malloc) or holding a lock the gate can see is never frozen there; its task keeps
+    /// running demoted until it leaves, and the monitor retries every 250 µs.
+    pub fn max_freeze_deferral(mut self, deferral: Duration) -> Builder {
+        self.max_freeze_deferral = deferral;
+        self
+    }
+
+    /// Measure the CPU time of every task, not only of those with a budget (default off:
+    /// it costs two `clock_gettime` syscalls per task, about 1 µs on a VM). Read it with
+    /// [`JoinHandle::join_with_cpu_time`](crate::JoinHandle::join_with_cpu_time).
+    pub fn cpu_accounting(mut self, on: bool) -> Builder {
+        self.cpu_accounting = on;
+        self
+    }
+
     /// Checks the settings, starts the runners, and returns the pool once every runner is
     /// running (pinned, if pinning is on).
     pub fn build(self) -> Result<Pool, BuildError> {
@@ -222,6 +272,13 @@ impl Builder {
                 what: "install the preemption signal handler",
                 source,
             })?;
+            signal::install_fault_handlers().map_err(|source| BuildError::Os {
+                what: "install the stack overflow handler",
+                source,
+            })?;
+            sys::init_time_base();
+            places::refresh();
+            handler::install_panic_hook();
             Some(Preempt {
                 signal: self.signal,
                 clock: self.clock,
@@ -235,8 +292,8 @@ impl Builder {
                 } else {
                     None
                 },
-                bell: Futex::new(0),
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
+                kills: Kills::leak(self.signal, self.max_frozen, self.max_freeze_deferral),
             })
         } else {
             None
@@ -252,7 +309,14 @@ impl Builder {
             })
             .collect();
         let threads = Threads::new(self.name.clone(), self.stack_size, affinities);
-        let shared = Arc::new(Shared::new(cores, self.spin, preempt, threads));
+        let shared = Arc::new(Shared::new(
+            cores,
+            self.spin,
+            preempt,
+            threads,
+            self.default_budget,
+            self.cpu_accounting,
+        ));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut failure = None;
         let standbys = if self.preemption { self.standbys } else { 0 };
@@ -363,6 +427,14 @@ impl Builder {
                     maximum: MAX_STANDBYS,
                 });
             }
+            if self.max_frozen == 0 {
+                return Err(BuildError::NoFrozen);
+            }
+        } else if !self.default_budget.is_unlimited() {
+            return Err(BuildError::BudgetNeedsPreemption);
+        }
+        if self.default_budget.invalid().is_some() {
+            return Err(BuildError::InvalidBudget(self.default_budget));
         }
         if self.spin > MAX_SPIN {
             return Err(BuildError::SpinTooLong {

@@ -238,6 +238,19 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     state.record = Some(record);
     record.index.store(index_in_table, Ordering::Relaxed);
     record.tid.store(sys::gettid(), Ordering::Relaxed);
+    record.pthread.store(sys::pthread_self(), Ordering::Relaxed);
+    // The guard area: std checks both sides of the reported stack start, since glibc
+    // versions differ on whether the guard is inside the reported stack.
+    let (low, size, guard) = sys::current_stack()?;
+    let guard = guard.max(4096);
+    record
+        .guard_lo
+        .store(low.saturating_sub(guard), Ordering::Relaxed);
+    record.guard_hi.store(low + guard, Ordering::Relaxed);
+    record
+        .stack_bytes
+        .store(size + guard + ALT_STACK, Ordering::Relaxed);
+    handler::set_this_record(Some(record));
     record.bind(preempt, index);
     let token = handler::token(index_in_table);
     let precise = sys::create_thread_timer(sys::TimerClock::Monotonic, preempt.signal, token)?;
@@ -288,6 +301,7 @@ impl Drop for ThreadState {
     fn drop(&mut self) {
         // Timers first, so no expiry can find the record after it is released.
         if let Some(record) = self.record.take() {
+            handler::set_this_record(None);
             for timer in [&record.cpu_timer, &record.precise_timer] {
                 let id = timer.swap(NO_TIMER, Ordering::Relaxed);
                 if id != NO_TIMER {

@@ -4,10 +4,11 @@ use std::any::Any;
 use std::fmt;
 use std::io;
 
+use crate::budget::Killed;
+
 /// Why [`JoinHandle::join`](crate::JoinHandle::join) returned no value.
 ///
-/// More variants will come (a task killed for exceeding its budget), so match with a
-/// wildcard arm or use the `is_*` methods.
+/// More variants may come, so match with a wildcard arm or use the `is_*` methods.
 #[non_exhaustive]
 pub enum JoinError {
     /// The closure panicked. The payload is kept as given to `panic!` or
@@ -18,6 +19,15 @@ pub enum JoinError {
     /// [`Pool::shutdown_timeout`](crate::Pool::shutdown_timeout) ran out. The closure was
     /// dropped without running.
     Shutdown,
+    /// The task was killed: its budget ran out, its handle cancelled it, or it overflowed
+    /// its stack. [`Killed`] says why and how.
+    Killed(Killed),
+    /// The task was spawned with a [`Budget`](crate::Budget) on a pool built with
+    /// preemption off, which has no timers to enforce it; it was dropped unrun.
+    BudgetUnsupported,
+    /// The task was spawned with a budget that has a zero limit or one longer than
+    /// [`MAX_BUDGET`](crate::MAX_BUDGET); it was dropped unrun.
+    InvalidBudget(crate::Budget),
 }
 
 impl JoinError {
@@ -31,12 +41,25 @@ impl JoinError {
         matches!(self, JoinError::Shutdown)
     }
 
+    /// True if the task was killed (cancelled or frozen).
+    pub fn is_killed(&self) -> bool {
+        matches!(self, JoinError::Killed(_))
+    }
+
+    /// How and why the task was killed, if it was.
+    pub fn killed(&self) -> Option<Killed> {
+        match self {
+            JoinError::Killed(killed) => Some(*killed),
+            _ => None,
+        }
+    }
+
     /// The panic payload, if the task panicked; pass it to [`std::panic::resume_unwind`] to
     /// re-raise the panic in the joining thread.
     pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
         match self {
             JoinError::Panicked(payload) => Some(payload.into_inner()),
-            JoinError::Shutdown => None,
+            _ => None,
         }
     }
 
@@ -44,7 +67,7 @@ impl JoinError {
     pub fn panic_message(&self) -> Option<&str> {
         match self {
             JoinError::Panicked(payload) => payload.message(),
-            JoinError::Shutdown => None,
+            _ => None,
         }
     }
 }
@@ -54,6 +77,9 @@ impl fmt::Debug for JoinError {
         match self {
             JoinError::Panicked(payload) => f.debug_tuple("Panicked").field(payload).finish(),
             JoinError::Shutdown => f.write_str("Shutdown"),
+            JoinError::Killed(killed) => f.debug_tuple("Killed").field(killed).finish(),
+            JoinError::BudgetUnsupported => f.write_str("BudgetUnsupported"),
+            JoinError::InvalidBudget(b) => f.debug_tuple("InvalidBudget").field(b).finish(),
         }
     }
 }
@@ -68,6 +94,16 @@ impl fmt::Display for JoinError {
             JoinError::Shutdown => f.write_str(
                 "task not run: the pool was shut down before it started; \
                  spawn only on a pool that is still running",
+            ),
+            JoinError::Killed(killed) => fmt::Display::fmt(killed, f),
+            JoinError::InvalidBudget(budget) => write!(
+                f,
+                "task not run: {budget:?} has a zero limit or one longer than MAX_BUDGET; \
+                 limits must be above zero (Budget::unlimited() for none)"
+            ),
+            JoinError::BudgetUnsupported => f.write_str(
+                "task not run: budgets need preemption, and this pool was built with \
+                 preemption(false); build it with preemption on to spawn with a budget",
             ),
         }
     }
@@ -214,6 +250,13 @@ pub enum BuildError {
         /// The most accepted.
         maximum: u32,
     },
+    /// `default_budget(..)` with a zero or over-long limit (see
+    /// [`MAX_BUDGET`](crate::MAX_BUDGET)), or `spawn_with` one.
+    InvalidBudget(crate::Budget),
+    /// `default_budget(..)` on a pool with preemption off: budgets need its timers.
+    BudgetNeedsPreemption,
+    /// `max_frozen(0)`: every hard kill would be refused; allow at least 1.
+    NoFrozen,
     /// The OS refused something the pool needs: reading the affinity mask, creating a
     /// pool thread, pinning it, installing the signal handler or creating its timers.
     Os {
@@ -275,6 +318,17 @@ impl fmt::Display for BuildError {
             BuildError::InvalidStandbys { requested, maximum } => write!(
                 f,
                 "standbys({requested}) is outside 1..={maximum}; a preemptible slot needs at least one parked standby"
+            ),
+            BuildError::InvalidBudget(budget) => write!(
+                f,
+                "{budget:?} has a zero limit or one longer than MAX_BUDGET; limits must be above zero \
+                 (use Budget::unlimited() for none)"
+            ),
+            BuildError::BudgetNeedsPreemption => f.write_str(
+                "default_budget(..) needs preemption (its timers enforce budgets); remove preemption(false) or the budget",
+            ),
+            BuildError::NoFrozen => f.write_str(
+                "max_frozen(0) would refuse every hard kill; allow at least 1",
             ),
             BuildError::Os { what, source } => write!(f, "could not {what}: {source}"),
         }

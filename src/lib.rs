@@ -77,13 +77,17 @@ compile_error!(
     "microsched supports 64-bit Linux only: its signal handler reads the 64-bit siginfo layout"
 );
 
+mod alloc;
+mod budget;
 mod builder;
 mod carrier;
 mod error;
 mod gate;
 mod handler;
+mod kill;
 mod loom;
 mod monitor;
+mod places;
 mod pool;
 mod reserve;
 mod runner;
@@ -94,15 +98,18 @@ mod stats;
 mod sys;
 mod task;
 
+pub use alloc::NoFreezeAlloc;
+pub use budget::{Budget, KillHow, KillReason, Killed, DEFAULT_GRACE, MAX_BUDGET};
 pub use builder::{
-    Builder, DEFAULT_MAX_CARRIERS, DEFAULT_QUANTUM, DEFAULT_SPIN, DEFAULT_STANDBYS, MAX_QUANTUM,
-    MAX_SPIN, MAX_STANDBYS, MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
+    Builder, DEFAULT_MAX_CARRIERS, DEFAULT_MAX_FREEZE_DEFERRAL, DEFAULT_MAX_FROZEN,
+    DEFAULT_QUANTUM, DEFAULT_SPIN, DEFAULT_STANDBYS, MAX_QUANTUM, MAX_SPIN, MAX_STANDBYS,
+    MAX_WORKERS, MIN_QUANTUM, MIN_STACK_SIZE,
 };
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
-pub use handler::TimerClock;
+pub use handler::{FreezeGuard, TimerClock};
 pub use pool::{Handle, Pool};
 pub use stats::{SlotStats, Stats};
-pub use task::JoinHandle;
+pub use task::{checkpoint, JoinHandle};
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -7,8 +7,12 @@
 //!    Standbys are created here, by a thread at normal priority: threads inherit their
 //!    creator's scheduling policy, and a demoted carrier must never create one.
 //! 3. Join pool threads that have exited (carriers that retired).
-//! 4. Every slot closed (shutdown has ended all runners): exit. Otherwise sleep on the bell
-//!    while it still reads what step 1 read, or until a timeout.
+//! 4. Enforce budgets (`kill.rs`): cancel tasks whose budget ran out, ask for freezes
+//!    when grace periods end. Every 100 ms, re-read the loaded libraries for the freeze
+//!    gate (`places.rs`).
+//! 5. Every slot closed (shutdown has ended all runners) and no budget left to enforce:
+//!    exit. Otherwise sleep on the bell while it still reads what step 1 read, until the
+//!    next budget is due, or until a timeout.
 //!
 //! When the OS refuses a thread, or a started standby cannot set itself up (no timer, no
 //! record, no alternate stack), the monitor starts nothing for a while, backing
@@ -19,7 +23,12 @@ use std::time::{Duration, Instant};
 
 use crate::carrier::{self, Role};
 use crate::loom::Ordering;
+use crate::places;
 use crate::pool::Shared;
+use crate::sys::async_safe;
+
+/// How often the monitor re-reads the loaded libraries for the freeze gate (a `dlopen`).
+const REFRESH: Duration = Duration::from_millis(100);
 
 /// How long to wait before retrying after the OS refused a thread or a thread could not
 /// set itself up; doubled on each failure in a row, up to `IDLE`.
@@ -35,8 +44,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut seen_failures = failures();
     let mut backoff = RETRY;
     let mut retry_at: Option<Instant> = None;
+    let mut next_refresh = Instant::now();
     loop {
-        let bell = preempt.bell.load(Ordering::Acquire);
+        let bell = preempt.bell().load(Ordering::Acquire);
         let now = Instant::now();
         // A standby that failed to set up rang the bell: back off before trying again.
         let failures_now = failures();
@@ -76,10 +86,24 @@ pub(crate) fn run(shared: Arc<Shared>) {
             backoff = RETRY;
         }
         shared.join_exited();
-        if !open {
+        // Budgets, cancels and freezes (`kill.rs`); a library loaded since the last look
+        // joins the freeze gate's ranges.
+        let due = preempt.kills.enforce();
+        if now >= next_refresh {
+            places::refresh();
+            next_refresh = now + REFRESH;
+        }
+        // Tasks detached by a `shutdown_timeout` still have their budgets enforced.
+        if !open && due == u64::MAX {
             return;
         }
-        let timeout = retry_at.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
-        preempt.bell.wait(bell, Some(timeout));
+        let mut timeout = retry_at.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
+        if due != u64::MAX {
+            let left = due.saturating_sub(async_safe::monotonic_ns());
+            timeout = timeout.min(Duration::from_nanos(left));
+        }
+        if !timeout.is_zero() {
+            preempt.bell().wait(bell, Some(timeout));
+        }
     }
 }

@@ -27,13 +27,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_deque::Injector;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
+use crate::budget::Budget;
 use crate::builder::Builder;
+use crate::error::JoinError;
 use crate::error::ShutdownTimedOut;
 use crate::gate::Gate;
 use crate::handler::Preempt;
-use crate::loom::{AtomicU8, Ordering};
+use crate::loom::{AtomicU8, Futex, Ordering};
 use crate::runner::{self, steal};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
@@ -63,11 +65,15 @@ pub(crate) struct Shared {
     /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
     mode: AtomicU8,
     pub(crate) counters: PoolCounters,
-    /// Pool threads (runners, standbys, carriers, the monitor) that have not exited yet,
-    /// and the condition shutdown waits on.
-    live: Mutex<usize>,
-    exited: Condvar,
+    /// Pool threads (runners, standbys, carriers, the monitor) that have neither exited
+    /// nor been frozen; shutdown waits on this word for zero. A futex, not a mutex: a
+    /// freeze counts its thread out from the signal handler.
+    live: Futex,
     pub(crate) spin: Duration,
+    /// The budget of a task spawned without one.
+    pub(crate) default_budget: Budget,
+    /// Measure every task's CPU time.
+    pub(crate) cpu_accounting: bool,
     /// Preemption settings and per-slot reserves; `None` with preemption off.
     pub(crate) preempt: Option<Preempt>,
     pub(crate) threads: Threads,
@@ -103,6 +109,8 @@ impl Shared {
         spin: Duration,
         preempt: Option<Preempt>,
         threads: Threads,
+        default_budget: Budget,
+        cpu_accounting: bool,
     ) -> Self {
         let workers = cores.len();
         Self {
@@ -117,9 +125,10 @@ impl Shared {
             },
             mode: AtomicU8::new(RUNNING),
             counters: PoolCounters::default(),
-            live: Mutex::new(0),
-            exited: Condvar::new(),
+            live: Futex::new(0),
             spin,
+            default_budget,
+            cpu_accounting,
             preempt,
             threads,
         }
@@ -130,15 +139,29 @@ impl Shared {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn_with(self.default_budget, func)
+    }
+
+    pub(crate) fn spawn_with<F, T>(self: &Arc<Self>, budget: Budget, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if budget.invalid().is_some() {
+            return task::rejected_with(func, JoinError::InvalidBudget(budget));
+        }
+        if !budget.is_unlimited() && self.preempt.is_none() {
+            return task::rejected_with(func, JoinError::BudgetUnsupported);
+        }
         runner::with_current(|current| match current {
-            Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(func),
-            _ => self.spawn_outside(func),
+            Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(budget, func),
+            _ => self.spawn_outside(budget, func),
         })
     }
 
     /// A spawn from a thread that holds no slot of this pool: through the gate into the
     /// injector.
-    pub(crate) fn spawn_outside<F, T>(&self, func: F) -> JoinHandle<T>
+    pub(crate) fn spawn_outside<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -146,7 +169,7 @@ impl Shared {
         let Some(entered) = self.gate.enter_outside() else {
             return self.refuse(func);
         };
-        let (task, handle) = task::new(func, self.id);
+        let (task, handle) = task::with_budget(func, self.id, budget);
         self.injector.push(task);
         drop(entered);
         self.sleep.notify_one();
@@ -247,16 +270,22 @@ impl Shared {
 
     /// Counts a pool thread in, before it is spawned.
     pub(crate) fn thread_started(&self) {
-        *self.live.lock() += 1;
+        self.live.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Counts a pool thread out, however it ends (or if it never started).
+    /// Async-signal-safe.
     pub(crate) fn thread_exited(&self) {
-        let mut live = self.live.lock();
-        *live -= 1;
-        if *live == 0 {
-            self.exited.notify_all();
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.live.wake_all();
         }
+    }
+
+    /// A frozen thread: counted out (it never exits), and the runners woken, since its
+    /// task now counts as finished and shutdown may be waiting for it. Async-signal-safe.
+    pub(crate) fn thread_frozen(&self) {
+        self.sleep.notify_all();
+        self.thread_exited();
     }
 
     pub(crate) fn keep_handle(&self, handle: thread::JoinHandle<()>) {
@@ -289,20 +318,31 @@ impl Shared {
         accepted.saturating_sub(finished)
     }
 
-    /// Shutdown step 4: true if every pool thread exited before `deadline`.
+    /// Shutdown step 4: true if every pool thread exited (or was frozen) before
+    /// `deadline`.
     fn wait_for_threads(&self, deadline: Option<Instant>) -> bool {
-        let mut live = self.live.lock();
-        while *live > 0 {
-            match deadline {
-                None => self.exited.wait(&mut live),
-                Some(deadline) => {
-                    if self.exited.wait_until(&mut live, deadline).timed_out() && *live > 0 {
-                        return false;
-                    }
-                }
+        loop {
+            let live = self.live.load(Ordering::SeqCst);
+            if live == 0 {
+                return true;
             }
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+            };
+            self.live.wait(live, timeout);
         }
-        true
+    }
+
+    /// True if `handle` is a frozen thread's: joining it would never return.
+    fn is_frozen(&self, handle: &thread::JoinHandle<()>) -> bool {
+        use std::os::unix::thread::JoinHandleExt;
+        self.preempt
+            .as_ref()
+            .is_some_and(|p| p.kills.is_frozen_thread(handle.as_pthread_t() as usize))
     }
 
     fn stats(&self) -> Stats {
@@ -324,7 +364,12 @@ impl Shared {
                     .snapshot(slot.core, self.sleep.counts(i), preempt[i])
             })
             .collect();
-        Stats::collect(self.gate.injected(), &self.counters, slots, &preempt)
+        let kills = self
+            .preempt
+            .as_ref()
+            .map(|p| p.kills.snapshot())
+            .unwrap_or_default();
+        Stats::collect(self.gate.injected(), &self.counters, slots, &preempt, kills)
     }
 }
 
@@ -364,6 +409,20 @@ impl Pool {
         T: Send + 'static,
     {
         self.shared.spawn(func)
+    }
+
+    /// Like [`spawn`](Pool::spawn), with a [`Budget`] of CPU and/or wall-clock time for
+    /// this task instead of the pool's default ([`Builder::default_budget`]). When it runs
+    /// out, the task is cancelled (its next [`checkpoint`](crate::checkpoint) unwinds),
+    /// and frozen if it has not returned within the budget's grace period; the handle then
+    /// resolves with [`JoinError::Killed`]. On a pool built with preemption off, a task
+    /// with a budget is not run: its handle resolves with [`JoinError::BudgetUnsupported`].
+    pub fn spawn_with<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared.spawn_with(budget, func)
     }
 
     /// A cheap, cloneable handle that can spawn onto this pool from anywhere, including
@@ -424,6 +483,10 @@ impl Pool {
         }
         let handles = std::mem::take(&mut *shared.threads.handles.lock());
         for thread in handles {
+            if self.shared.is_frozen(&thread) {
+                // Detached: a frozen thread never exits.
+                continue;
+            }
             // A pool thread never unwinds (it aborts instead), so join cannot fail.
             let _ = thread.join();
         }
@@ -467,6 +530,15 @@ impl Handle {
         T: Send + 'static,
     {
         self.shared.spawn(func)
+    }
+
+    /// The same as [`Pool::spawn_with`].
+    pub fn spawn_with<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared.spawn_with(budget, func)
     }
 
     /// The same as [`Pool::stats`].

@@ -27,11 +27,12 @@ use std::time::Instant;
 
 use crossbeam_deque::{Steal, Worker};
 
+use crate::budget::Budget;
 use crate::handler::Record;
 use crate::pool::{Mode, Shared};
 use crate::sleep::Sleep;
 use crate::slot::Slot;
-use crate::task::{self, JoinHandle, Task};
+use crate::task::{self, JoinHandle, RunEnv, Task};
 
 /// While spinning, how many `pause` instructions between two looks at the queues (a look
 /// is a few loads of lines that stay cached until a spawn writes them), and how many looks
@@ -116,7 +117,18 @@ impl Runner {
         if self.shared.mode() == Mode::Discard {
             self.shared.discard(task);
         } else {
-            task.run(&self.slot().counters);
+            task.run_in(&self.env());
+        }
+    }
+
+    /// What a task run by this runner needs to know about where it runs.
+    fn env(&self) -> RunEnv<'_> {
+        RunEnv {
+            counters: &self.slot().counters,
+            record: self.record,
+            kills: self.shared.preempt.as_ref().map(|p| p.kills),
+            cpu_accounting: self.shared.cpu_accounting,
+            pool: Arc::as_ptr(&self.shared).cast(),
         }
     }
 
@@ -148,7 +160,7 @@ impl Runner {
     }
 
     /// A spawn from a task running on this runner: it goes to the slot's own deque.
-    pub(crate) fn spawn_local<F, T>(&self, func: F) -> JoinHandle<T>
+    pub(crate) fn spawn_local<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -158,14 +170,14 @@ impl Runner {
         // any thread outside the pool.
         if let Some(record) = self.record {
             if !record.enter_runtime() {
-                return self.shared.spawn_outside(func);
+                return self.shared.spawn_outside(budget, func);
             }
         }
         let slot = self.slot();
         let handle = match self.shared.gate().enter_inside(&slot.spawning) {
             None => self.shared.refuse(func),
             Some(entered) => {
-                let (task, handle) = task::new(func, self.shared.id());
+                let (task, handle) = task::with_budget(func, self.shared.id(), budget);
                 slot.counters.local_spawn();
                 self.local().push(task);
                 drop(entered);
@@ -269,14 +281,15 @@ impl Serve for Runner {
             self.shared.discard(task);
             return true;
         }
+        let env = self.env();
         match self.record {
             None => {
-                task.run(&self.slot().counters);
+                task.run_in(&env);
                 true
             }
             Some(record) => {
                 record.begin_task();
-                task.run(&self.slot().counters);
+                task.run_in(&env);
                 record.end_task()
             }
         }

@@ -58,3 +58,23 @@ fn seed() -> u32 {
     let here = &INSTALLED as *const _ as usize as u32;
     (std::process::id().wrapping_mul(0x9E37_79B9) ^ nanos ^ here.rotate_left(13)) | 1
 }
+
+/// Installs (once per process) the SIGSEGV and SIGBUS handler that turns a task's stack
+/// overflow into a freeze and passes every other fault to the handler installed before
+/// (std's reports overflows of other threads and aborts).
+pub(crate) fn install_fault_handlers() -> io::Result<()> {
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        let ours = handler::on_fault as *const () as usize;
+        let current = sys::current_action(signal)?;
+        if installed[signal as usize] && current.sa_sigaction == ours {
+            continue;
+        }
+        if current.sa_sigaction != ours {
+            PREVIOUS[signal as usize].store(&current);
+        }
+        sys::install_fault_action(signal, handler::on_fault)?;
+        installed[signal as usize] = true;
+    }
+    Ok(())
+}

@@ -18,6 +18,8 @@ use crate::loom::{AtomicU64, Ordering};
 pub struct SlotCounters {
     completed: AtomicU64,
     panicked: AtomicU64,
+    cancelled: AtomicU64,
+    frozen: AtomicU64,
     local_spawns: AtomicU64,
     from_injector: AtomicU64,
     stolen: AtomicU64,
@@ -33,6 +35,14 @@ impl SlotCounters {
             &self.panicked
         } else {
             &self.completed
+        });
+    }
+
+    /// A killed task's outcome. Async-signal-safe (the freeze counts from the handler).
+    pub(crate) fn record_kill(&self, how: crate::budget::KillHow) {
+        bump(match how {
+            crate::budget::KillHow::Cancelled => &self.cancelled,
+            crate::budget::KillHow::Frozen => &self.frozen,
         });
     }
 
@@ -53,7 +63,10 @@ impl SlotCounters {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         (
             read(&self.local_spawns),
-            read(&self.completed) + read(&self.panicked),
+            read(&self.completed)
+                + read(&self.panicked)
+                + read(&self.cancelled)
+                + read(&self.frozen),
         )
     }
 
@@ -69,6 +82,8 @@ impl SlotCounters {
             core,
             completed: read(&self.completed),
             panicked: read(&self.panicked),
+            cancelled: read(&self.cancelled),
+            frozen: read(&self.frozen),
             local_spawns: read(&self.local_spawns),
             from_injector: read(&self.from_injector),
             stolen: read(&self.stolen),
@@ -97,12 +112,41 @@ pub(crate) struct PoolCounters {
 #[non_exhaustive]
 pub struct Stats {
     /// Tasks accepted. Once the pool is quiescent,
-    /// `spawned == completed + panicked + discarded`.
+    /// `spawned == completed + panicked + cancelled + frozen + discarded`.
     pub spawned: u64,
     /// Tasks that returned a value.
     pub completed: u64,
     /// Tasks whose closure panicked.
     pub panicked: u64,
+    /// Tasks killed cooperatively: unwound from a `checkpoint`, or cancelled before they
+    /// started.
+    pub cancelled: u64,
+    /// Tasks killed by freezing their thread.
+    pub frozen: u64,
+    /// Kills (cancelled or frozen) because a CPU budget ran out.
+    pub kills_cpu_budget: u64,
+    /// Kills because a wall-clock budget ran out.
+    pub kills_wall_deadline: u64,
+    /// Kills asked for by `JoinHandle::cancel`.
+    pub kills_cancel: u64,
+    /// Tasks frozen because they overflowed their stack.
+    pub kills_stack_overflow: u64,
+    /// Freeze attempts the gate deferred (in a system library, panicking, in a runtime
+    /// section, no standby yet, …).
+    pub freeze_deferred: u64,
+    /// Of those, the ones inside a system library, not blocked in a waiting syscall.
+    pub freeze_deferred_library: u64,
+    /// Of those, the ones while the thread was panicking.
+    pub freeze_deferred_panicking: u64,
+    /// Freezes made by redirecting the return of a frame holding std's stdout/stderr lock.
+    pub freeze_redirected: u64,
+    /// Hard kills refused because the pool had `max_frozen` frozen threads.
+    pub kills_refused: u64,
+    /// Threads frozen so far (they stay, blocked, until the process exits).
+    pub frozen_threads: u64,
+    /// The stack bytes (stack, guard, alternate signal stack) frozen threads keep
+    /// reserved: virtual memory, of which only the pages they touched are resident.
+    pub frozen_stack_bytes: u64,
     /// Spawns refused because the pool was shut down (not counted in `spawned`).
     pub refused: u64,
     /// Accepted tasks dropped unrun because a `shutdown_timeout` ran out while they were
@@ -152,6 +196,10 @@ pub struct SlotStats {
     pub completed: u64,
     /// Tasks this slot ran that panicked.
     pub panicked: u64,
+    /// Tasks this slot ran (or picked up) that were cancelled.
+    pub cancelled: u64,
+    /// Tasks this slot ran that were frozen.
+    pub frozen: u64,
     /// Tasks spawned from inside this slot's tasks (pushed to its local queue).
     pub local_spawns: u64,
     /// Batches this slot took from the global injector.
@@ -213,6 +261,7 @@ impl Stats {
         pool: &PoolCounters,
         slots: Vec<SlotStats>,
         preempt: &[PreemptSnapshot],
+        kills: crate::kill::KillSnapshot,
     ) -> Stats {
         let sum = |f: fn(&SlotStats) -> u64| slots.iter().map(f).sum::<u64>();
         let total = |f: fn(&PreemptSnapshot) -> u64| preempt.iter().map(f).sum::<u64>();
@@ -220,6 +269,19 @@ impl Stats {
             spawned: injected + sum(|s| s.local_spawns),
             completed: sum(|s| s.completed),
             panicked: sum(|s| s.panicked),
+            cancelled: sum(|s| s.cancelled),
+            frozen: sum(|s| s.frozen),
+            kills_cpu_budget: kills.cancelled[0] + kills.frozen[0],
+            kills_wall_deadline: kills.cancelled[1] + kills.frozen[1],
+            kills_cancel: kills.cancelled[2] + kills.frozen[2],
+            kills_stack_overflow: kills.cancelled[3] + kills.frozen[3],
+            freeze_deferred: kills.deferred,
+            freeze_deferred_library: kills.deferred_library,
+            freeze_deferred_panicking: kills.deferred_panicking,
+            freeze_redirected: kills.redirected,
+            kills_refused: kills.refused,
+            frozen_threads: kills.frozen_threads,
+            frozen_stack_bytes: kills.frozen_stack_bytes,
             refused: pool.refused.load(Ordering::Relaxed),
             discarded: pool.discarded.load(Ordering::Relaxed),
             stolen: sum(|s| s.stolen),

@@ -333,8 +333,298 @@ pub(crate) fn restore_normal_policy() -> io::Result<()> {
 /// The functions the signal handler may call: raw syscalls and vDSO reads, nothing that
 /// allocates, locks, panics or touches lazily initialised thread-locals. Part of the
 /// handler's marked zone (`handler.rs`); keep it that way.
+/// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
+/// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
+static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+
+/// Sets the time base (once, outside any handler: the first pool does it).
+pub(crate) fn init_time_base() {
+    BASE.get_or_init(|| (async_safe::monotonic_ns(), std::time::Instant::now()));
+}
+
+/// `CLOCK_MONOTONIC` ns as ns since the time base (0 before it is set). Async-signal-safe.
+pub(crate) fn since_base_ns(ns: u64) -> u64 {
+    ns.saturating_sub(BASE.get().map_or(0, |b| b.0))
+}
+
+/// The inverse of [`since_base_ns`].
+pub(crate) fn from_base_ns(ns: u64) -> u64 {
+    ns + BASE.get().map_or(0, |b| b.0)
+}
+
+/// The `Instant` of a `CLOCK_MONOTONIC` time (the clock `Instant` uses on Linux).
+pub(crate) fn instant_from_monotonic_ns(ns: u64) -> std::time::Instant {
+    init_time_base();
+    let (base_ns, base) = BASE.get().copied().expect("set just above");
+    if ns >= base_ns {
+        base + std::time::Duration::from_nanos(ns - base_ns)
+    } else {
+        base.checked_sub(std::time::Duration::from_nanos(base_ns - ns))
+            .unwrap_or(base)
+    }
+}
+
+/// The CPU time thread `tid` of this process has used, in ns (its per-thread CPU clock,
+/// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`); `None` if the thread is gone.
+pub(crate) fn thread_cpu_ns_of(tid: i32) -> Option<u64> {
+    let clock = ((!(tid as libc::clockid_t)) << 3) | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; an invalid clock id is an error, not UB.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// `pthread_self`, as a number.
+pub(crate) fn pthread_self() -> usize {
+    // SAFETY: no arguments.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// The calling thread's stack: (lowest usable address, size, guard size), from
+/// `pthread_getattr_np`.
+pub(crate) fn current_stack() -> io::Result<(usize, usize, usize)> {
+    // SAFETY: `attr` is initialised by `pthread_getattr_np` before it is read and destroyed
+    // after; the out-pointers are valid.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        let rc = libc::pthread_getattr_np(libc::pthread_self(), &mut attr);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size = 0usize;
+        let mut guard = 0usize;
+        libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_getguardsize(&attr, &mut guard);
+        libc::pthread_attr_destroy(&mut attr);
+        Ok((addr as usize, size, guard))
+    }
+}
+
+/// One loaded object's executable segments, as `dl_iterate_phdr` reports them.
+pub(crate) struct LoadedObject {
+    pub(crate) name: String,
+    pub(crate) text: Vec<(usize, usize)>,
+}
+
+/// Every loaded object (the executable has an empty name), and the loader's
+/// (adds, subs) counters, which change when `dlopen`/`dlclose` do.
+pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
+    struct Out {
+        objects: Vec<LoadedObject>,
+        counts: (u64, u64),
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Out` passed below; `info` is valid during the callback,
+        // with `dlpi_phnum` program headers at `dlpi_phdr`.
+        unsafe {
+            let out = &mut *data.cast::<Out>();
+            let info = &*info;
+            out.counts = (info.dlpi_adds, info.dlpi_subs);
+            let name = if info.dlpi_name.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(info.dlpi_name)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let headers = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            let text = headers
+                .iter()
+                .filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
+                .map(|h| {
+                    let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+                    (start, start + h.p_memsz as usize)
+                })
+                .collect();
+            out.objects.push(LoadedObject { name, text });
+        }
+        0
+    }
+    let mut out = Out {
+        objects: Vec::new(),
+        counts: (0, 0),
+    };
+    // SAFETY: `each` matches the callback type and only touches `out`, which outlives the
+    // call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut Out).cast()) };
+    (out.objects, out.counts)
+}
+
+/// libgcc's unwinder (linked by std on this target).
+pub(crate) mod unwind {
+    pub(crate) type Context = libc::c_void;
+    pub(crate) type Trace = extern "C" fn(ctx: *mut Context, arg: *mut libc::c_void) -> i32;
+    /// Keep walking.
+    pub(crate) const NO_REASON: i32 = 0;
+    /// Stop walking.
+    pub(crate) const NORMAL_STOP: i32 = 4;
+
+    #[link(name = "gcc_s")]
+    extern "C" {
+        pub(crate) fn _Unwind_Backtrace(trace: Trace, arg: *mut libc::c_void) -> i32;
+        pub(crate) fn _Unwind_GetIP(ctx: *mut Context) -> usize;
+        pub(crate) fn _Unwind_GetCFA(ctx: *mut Context) -> usize;
+        pub(crate) fn _Unwind_GetRegionStart(ctx: *mut Context) -> usize;
+    }
+}
+
+/// Installs `handler` for a fault signal (SIGSEGV, SIGBUS) with `SA_SIGINFO | SA_ONSTACK`
+/// (no `SA_RESTART`: a fault interrupts no syscall); returns the action it replaced.
+pub(crate) fn install_fault_action(
+    signal: i32,
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void),
+) -> io::Result<libc::sigaction> {
+    // SAFETY: all-zero is a valid sigaction; the pointers are valid for the call.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut action.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, &action, &mut old) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(old)
+    }
+}
+
 pub(crate) mod async_safe {
     use super::TimerId;
+
+    /// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`: a real syscall,
+    /// about 0.5 µs on a VM).
+    pub(crate) fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer; the clock always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// Blocks every signal on the calling thread, for good (the freeze).
+    pub(crate) fn block_all_signals() {
+        // SAFETY: all-ones is a valid sigset (the kernel ignores SIGKILL and SIGSTOP).
+        let all: libc::sigset_t = unsafe { core::mem::transmute([u64::MAX; 16]) };
+        sigmask(libc::SIG_BLOCK, Some(&all));
+    }
+
+    /// `timer_delete` (a plain syscall for `SIGEV_THREAD_ID` timers).
+    pub(crate) fn delete_timer(timer: TimerId) {
+        // SAFETY: `timer` is one of the calling thread's own timers, deleted once.
+        unsafe { libc::timer_delete(timer.0 as libc::timer_t) };
+    }
+
+    /// Sleeps for `ns` (a raw `nanosleep`).
+    pub(crate) fn sleep_ns(ns: u64) {
+        let ts = libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: `ts` is valid for the call; no remainder is asked for.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &ts,
+                core::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+    }
+
+    /// Blocks the calling thread forever: the end of a freeze. All its signals are
+    /// blocked, so nothing but `SIGKILL` of the whole process ends the wait.
+    pub(crate) fn block_forever() -> ! {
+        let word = core::sync::atomic::AtomicU32::new(0);
+        loop {
+            // SAFETY: `word` lives on this (never unwound) stack; nobody wakes it.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0u32,
+                    core::ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+    }
+
+    /// What a signal interrupted: the program counter, and whether the thread was blocked
+    /// in a system call that waits without holding anything (`syscall` just executed and
+    /// failed with `EINTR`, or about to be restarted as a wait: `futex`, `nanosleep`,
+    /// `clock_nanosleep`, `restart_syscall`, `poll`, `ppoll`, `select`, `pselect6`,
+    /// `epoll_wait`, `epoll_pwait`, `wait4`, `pause`).
+    ///
+    /// # Safety
+    ///
+    /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, bool) {
+        // SAFETY: the caller's contract.
+        let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
+        let pc = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
+        let ax = uc.uc_mcontext.gregs[libc::REG_RAX as usize];
+        // SAFETY: `pc` is the address of the instruction the thread was about to run, in
+        // mapped, executable (and on Linux readable) text; the byte before it belongs to
+        // the previous instruction or the same mapping (text starts page-aligned and a
+        // function never starts at a page's first byte with a syscall before it).
+        let (here, before) = unsafe {
+            (
+                core::ptr::read_unaligned(pc as *const [u8; 2]),
+                core::ptr::read_unaligned((pc - 2) as *const [u8; 2]),
+            )
+        };
+        const SYSCALL: [u8; 2] = [0x0f, 0x05];
+        let waiting = [
+            libc::SYS_futex,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_restart_syscall,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_select,
+            libc::SYS_pselect6,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_wait4,
+            libc::SYS_pause,
+        ];
+        let blocked = (here == SYSCALL && waiting.contains(&ax))
+            || (before == SYSCALL && ax == -i64::from(libc::EINTR));
+        (pc, blocked)
+    }
+
+    /// On other architectures only the program counter is read, and a thread blocked in
+    /// libc is never taken for freezable.
+    ///
+    /// # Safety
+    ///
+    /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, bool) {
+        // SAFETY: the caller's contract.
+        let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
+        (uc.uc_mcontext.pc as usize, false)
+    }
+
+    /// The fault address of a SIGSEGV or SIGBUS.
+    ///
+    /// # Safety
+    ///
+    /// `info` is the `siginfo_t` the kernel passed to an `SA_SIGINFO` handler of a fault.
+    pub(crate) unsafe fn fault_address(info: *const libc::siginfo_t) -> usize {
+        // SAFETY: the caller's contract; `si_addr` is the fault member.
+        unsafe { (*info).si_addr() as usize }
+    }
 
     /// `gettid` (a raw syscall; the libc wrapper caches nothing either way).
     pub(crate) fn gettid() -> i32 {

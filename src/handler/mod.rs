@@ -51,7 +51,14 @@ use std::sync::atomic::{
 
 use crate::loom::Futex;
 use crate::reserve::Reserve;
+use crate::stats::SlotCounters;
 use crate::sys::{async_safe, TimerId};
+use crate::task::{Control, Runnable};
+
+mod freeze;
+
+pub use freeze::FreezeGuard;
+pub(crate) use freeze::{freeze_pending, install_panic_hook, on_fault, set_this_record};
 
 /// How many pool threads a process may have at once, over all its pools.
 pub(crate) const MAX_THREADS: usize = 4096;
@@ -94,17 +101,30 @@ pub(crate) struct Preempt {
     /// them (it only takes idle time), so long tasks handed off on one slot do not pile
     /// up on that slot's core while another core has nothing to do.
     pub(crate) carrier_cpus: Option<libc::cpu_set_t>,
-    /// The monitor sleeps on this word; a handoff bumps it and wakes the monitor.
-    pub(crate) bell: Futex,
     pub(crate) reserves: Box<[Reserve]>,
+    /// Budgets, cancels and freezes; leaked, so task handles may reach it for good.
+    pub(crate) kills: &'static crate::kill::Kills,
 }
 
 impl Preempt {
-    /// Wakes the monitor (it replenishes standbys). Async-signal-safe.
+    /// Wakes the monitor (it replenishes standbys, and enforces budgets). Async-signal-safe.
     pub(crate) fn ring(&self) {
-        self.bell.fetch_add(1, Ordering::Release);
-        self.bell.wake_one();
+        self.kills.ring();
     }
+
+    pub(crate) fn bell(&self) -> &Futex {
+        &self.kills.bell
+    }
+}
+
+/// The task whose closure is running on a thread, as the freeze sees it: a struct on the
+/// stack of `task.rs`'s `run_claimed`, alive (and, once frozen, forever) while the closure
+/// runs. Its address is also the stack boundary of the closure's frames.
+pub(crate) struct Running<'a> {
+    pub(crate) task: &'a dyn Runnable,
+    pub(crate) counters: &'a SlotCounters,
+    /// The pool's `Shared`, opaque here.
+    pub(crate) pool: *const (),
 }
 
 /// A record's timer slot with no timer in it (0 is a valid kernel timer id).
@@ -115,9 +135,9 @@ const FREE: u8 = 0;
 /// Between tasks (looking for work, spinning, asleep), or a standby.
 const IDLE: u8 = 1;
 /// Running a task while holding the slot.
-const IN_TASK: u8 = 2;
+pub(crate) const IN_TASK: u8 = 2;
 /// Running a task after handing the slot off.
-const CARRIED: u8 = 3;
+pub(crate) const CARRIED: u8 = 3;
 
 /// One pool thread's state, as the handler sees it. All fields are atomics: the handler
 /// runs on the record's own thread, interrupting it, so `Relaxed` plus compiler fences
@@ -140,6 +160,26 @@ pub(crate) struct Record {
     pub(crate) precise_timer: AtomicUsize,
     preempt: AtomicPtr<Preempt>,
     slot: AtomicUsize,
+    /// The task closure running on this thread (null between tasks and in runtime code).
+    running: AtomicPtr<Running<'static>>,
+    /// Sections where a freeze could leave a process-wide lock held: the opt-in allocator
+    /// wrapper ([`FreezeGuard`]). A freeze waits for zero.
+    pub(crate) no_freeze: AtomicU32,
+    /// The control of the task the monitor wants frozen (null: none).
+    pub(crate) kill_target: AtomicPtr<Control>,
+    /// The maximum deferral has passed: a panicking thread may be frozen (see `freeze.rs`).
+    pub(crate) kill_force: AtomicBool,
+    /// A lock-holding frame's return slot redirected to the freeze trampoline, and the
+    /// return address it held (0: none).
+    pub(crate) redirect_slot: AtomicUsize,
+    pub(crate) redirect_ret: AtomicUsize,
+    /// This thread's `pthread_t`, and the lowest and highest address of the guard area
+    /// below its stack (a fault there is a stack overflow).
+    pub(crate) pthread: AtomicUsize,
+    pub(crate) guard_lo: AtomicUsize,
+    pub(crate) guard_hi: AtomicUsize,
+    /// The thread's stack size, for the frozen-bytes count.
+    pub(crate) stack_bytes: AtomicUsize,
 }
 
 impl Record {
@@ -157,7 +197,35 @@ impl Record {
             precise_timer: AtomicUsize::new(NO_TIMER),
             preempt: AtomicPtr::new(std::ptr::null_mut()),
             slot: AtomicUsize::new(0),
+            running: AtomicPtr::new(std::ptr::null_mut()),
+            no_freeze: AtomicU32::new(0),
+            kill_target: AtomicPtr::new(std::ptr::null_mut()),
+            kill_force: AtomicBool::new(false),
+            redirect_slot: AtomicUsize::new(0),
+            redirect_ret: AtomicUsize::new(0),
+            pthread: AtomicUsize::new(0),
+            guard_lo: AtomicUsize::new(0),
+            guard_hi: AtomicUsize::new(0),
+            stack_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// The task's closure is about to run on this thread (`task.rs`). From here until
+    /// [`leave_user`](Record::leave_user) the thread may be frozen.
+    pub(crate) fn enter_user(&self, running: &Running<'_>) {
+        compiler_fence(Ordering::SeqCst);
+        self.running.store(
+            running as *const Running<'_> as *mut Running<'static>,
+            Ordering::Relaxed,
+        );
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// The closure has returned or unwound: no freeze from here on.
+    pub(crate) fn leave_user(&self) {
+        compiler_fence(Ordering::SeqCst);
+        self.running.store(std::ptr::null_mut(), Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
     }
 
     /// The pool settings this record's thread serves.
@@ -184,6 +252,9 @@ impl Record {
     /// Forgets the thread's timers and marks the record free. Called by its thread once
     /// the timers are deleted.
     pub(crate) fn release(&self) {
+        self.kill_target
+            .store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.kill_force.store(false, Ordering::Relaxed);
         self.state.store(FREE, Ordering::Relaxed);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
@@ -385,6 +456,10 @@ pub(crate) extern "C" fn on_signal(
             // expiry still queued, a nudge that raced with the record changing hands) is
             // ours too, and simply dropped.
             if record.tid.load(Ordering::Relaxed) == async_safe::gettid() {
+                if !record.kill_target.load(Ordering::Relaxed).is_null() {
+                    // Returns only if the freeze is deferred (or not for this task).
+                    freeze::attempt(record, context);
+                }
                 on_tick(record);
             }
         }
@@ -395,7 +470,7 @@ pub(crate) extern "C" fn on_signal(
 
 /// Passes a delivery that is not ours to the action installed before ours, as the kernel
 /// would have delivered it.
-fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+pub(crate) fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let Some(previous) = PREVIOUS.get(signal as usize) else {
         return;
     };

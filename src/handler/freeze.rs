@@ -1,0 +1,482 @@
+//! The gated freeze. **Part of the handler's marked zone**: everything here is reached from
+//! the signal handler and may only use atomics, raw syscalls and the unwinder's
+//! `_Unwind_Backtrace` (lock-free with libgcc 12+ and glibc's `_dl_find_object`, as long
+//! as nothing registers frames with `__register_frame`, which Rust does not). The two
+//! functions that run in normal context say so.
+//!
+//! # Protocol (DESIGN.md §1 rules 3 and 5)
+//!
+//! 1. The monitor wants a task frozen (its grace period is over): it stores the task's
+//!    control in the thread's record (`kill_target`) and queues the pool's signal to the
+//!    thread. It repeats every `kill::FREEZE_RETRY` until the task is done.
+//! 2. The handler ([`attempt`]) checks that the target is the task whose closure is running
+//!    on the thread (not a later one, not runtime code), then the gate, in order:
+//!    - the thread's no-freeze counter is zero (the opt-in allocator wrapper, and our
+//!      panic hook while it runs the embedder's);
+//!    - the interrupted PC is not in a system library (`places.rs`), unless the thread is
+//!      blocked in a waiting syscall there (a sleep, a futex wait on a lock someone else
+//!      holds: nothing is held *by* a thread waiting like that);
+//!    - the thread is not panicking, until the monitor's maximum deferral has passed
+//!      (then a thread running its unwinding destructors may be frozen: std holds no lock
+//!      there, and the hook, which may, runs under the no-freeze counter);
+//!    - a walk of the task's frames (`_Unwind_Backtrace` from the interrupted context to
+//!      the frame that called the closure) finds no frame in a system library, past the
+//!      innermost ones of a blocked syscall;
+//!    - no frame holds the stdout or stderr lock. If one does (the thread is inside
+//!      `println!`), the return address of the outermost such frame is redirected to a
+//!      trampoline, so the thread freezes the moment it returns from it, with the lock
+//!      released (x86_64; elsewhere the freeze waits).
+//!
+//!    Any check failing defers: the handler returns and the task goes on until the next
+//!    try.
+//! 3. A slot the thread still holds is handed to a standby first; with none parked, it asks
+//!    for one and defers.
+//! 4. [`freeze`]: block every signal, delete the thread's timers, hand off, publish the
+//!    outcome (`Killed { how: Frozen }`), count it, count the thread out of the pool, and
+//!    block forever. The stack, the alternate stack and the thread's TLS stay mapped.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{compiler_fence, Ordering};
+
+use super::{chain, Record, Running, CARRIED, IN_TASK, RECORDS};
+use crate::budget::KillReason;
+use crate::kill::Defer;
+use crate::places;
+use crate::sys::{async_safe, unwind};
+
+thread_local! {
+    /// This thread's record, for the code below that runs in normal context (the
+    /// trampoline, the panic hook, the allocator wrapper, `checkpoint`). Const, no
+    /// destructor: no lazy initialisation.
+    static THIS_RECORD: Cell<*const Record> = const { Cell::new(ptr::null()) };
+}
+
+/// Sets the calling thread's record (pool threads, at setup and teardown).
+pub(crate) fn set_this_record(record: Option<&'static Record>) {
+    THIS_RECORD.with(|r| r.set(record.map_or(ptr::null(), |r| r as *const Record)));
+}
+
+fn this_record() -> Option<&'static Record> {
+    // SAFETY: set from a `&'static Record` by this thread.
+    THIS_RECORD.with(|r| unsafe { r.get().as_ref() })
+}
+
+/// True if a freeze of this thread is already on its way (a redirected return address):
+/// the thread must not unwind through that frame.
+pub(crate) fn freeze_pending() -> bool {
+    this_record().is_some_and(|r| r.redirect_slot.load(Ordering::Relaxed) != 0)
+}
+
+/// Raises the calling pool thread's no-freeze counter for its lifetime: wrap code that may
+/// take a process-wide lock the gate cannot see (an allocator linked into the binary).
+/// Does nothing on other threads.
+pub struct FreezeGuard(Option<&'static Record>);
+
+impl FreezeGuard {
+    /// Raises the counter (on a pool thread) until the guard is dropped.
+    #[inline]
+    pub fn new() -> FreezeGuard {
+        let record = this_record();
+        if let Some(record) = record {
+            record.no_freeze.fetch_add(1, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+        }
+        FreezeGuard(record)
+    }
+}
+
+impl Default for FreezeGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for FreezeGuard {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(record) = self.0 {
+            compiler_fence(Ordering::SeqCst);
+            record.no_freeze.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Installs (once) a panic hook around the current one. It runs the previous hook under
+/// the no-freeze counter (hooks lock stderr and std's backtrace lock), and first undoes a
+/// pending return-address redirect, so the unwind that follows finds the real caller.
+/// Normal context.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(record) = this_record() {
+                undo_redirect(record);
+            }
+            let _guard = FreezeGuard::new();
+            previous(info);
+        }));
+    });
+}
+
+/// Puts a redirected return address back (normal context, the thread's own stack).
+fn undo_redirect(record: &Record) {
+    let slot = record.redirect_slot.swap(0, Ordering::Relaxed);
+    if slot != 0 {
+        let ret = record.redirect_ret.load(Ordering::Relaxed);
+        // SAFETY: `slot` is the return-address slot of a frame still on this thread's
+        // stack (a redirect is undone before that frame can return or unwind), and `ret`
+        // is what it held.
+        unsafe { ptr::write_volatile(slot as *mut usize, ret) };
+        record.preempt().kills.unreserve_frozen();
+    }
+}
+
+/// Step 2, from the handler: freezes the thread now (never returns), redirects a
+/// lock-holding frame, or defers.
+pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
+    let target = record.kill_target.load(Ordering::Relaxed);
+    let running = record.running.load(Ordering::Relaxed);
+    let kills = record.preempt().kills;
+    // SAFETY: `running` is null or points at the `Running` of the closure that this
+    // thread (which the handler interrupted) is inside; it cannot be popped under us.
+    let Some(running) = (unsafe { running.as_ref() }) else {
+        kills.deferred(Defer::Runtime);
+        return;
+    };
+    if !ptr::eq(running.task.control(), target) || record.redirect_slot.load(Ordering::Relaxed) != 0
+    {
+        return;
+    }
+    // SAFETY: `context` is the handler's third argument.
+    let (pc, blocked) = unsafe { async_safe::interrupted(context) };
+    let verdict = gate(record, running, pc, blocked);
+    match verdict {
+        Gate::Defer(why) => kills.deferred(why),
+        Gate::Redirect { slot, ret } => {
+            if kills.reserve_frozen() {
+                redirect(record, slot, ret);
+            } else {
+                kills.refused();
+                record.kill_target.store(ptr::null_mut(), Ordering::Relaxed);
+            }
+        }
+        Gate::Now => {
+            if !take_slot_off(record) {
+                kills.deferred(Defer::NoStandby);
+                return;
+            }
+            if !kills.reserve_frozen() {
+                if record.state.load(Ordering::Relaxed) == IN_TASK {
+                    record.reserve().give_back();
+                }
+                kills.refused();
+                record.kill_target.store(ptr::null_mut(), Ordering::Relaxed);
+                return;
+            }
+            freeze(record, running, None);
+        }
+    }
+}
+
+enum Gate {
+    Defer(Defer),
+    Redirect { slot: usize, ret: usize },
+    Now,
+}
+
+fn gate(record: &Record, running: &Running<'_>, pc: usize, blocked: bool) -> Gate {
+    if record.no_freeze.load(Ordering::Relaxed) > 0 || record.depth.load(Ordering::Relaxed) > 0 {
+        return Gate::Defer(Defer::NoFreeze);
+    }
+    if places::in_library(pc) && !blocked {
+        return Gate::Defer(Defer::Library);
+    }
+    if std::thread::panicking() && !record.kill_force.load(Ordering::Relaxed) {
+        return Gate::Defer(Defer::Panicking);
+    }
+    let mut walk = Walk {
+        pc,
+        boundary: running as *const Running<'_> as usize,
+        started: false,
+        skipped: 0,
+        inner_libs: blocked,
+        frames: 0,
+        defer: None,
+        holder_cfa: 0,
+        holder_ret: 0,
+        want_ret: false,
+        reached_boundary: false,
+    };
+    // SAFETY: `each` matches the callback type and only touches `walk`.
+    unsafe { unwind::_Unwind_Backtrace(each, (&mut walk as *mut Walk).cast()) };
+    if let Some(why) = walk.defer {
+        return Gate::Defer(why);
+    }
+    if !walk.reached_boundary {
+        return Gate::Defer(Defer::Unwalkable);
+    }
+    if walk.want_ret || walk.holder_cfa != 0 {
+        return if cfg!(target_arch = "x86_64") && walk.holder_ret != 0 {
+            Gate::Redirect {
+                slot: walk.holder_cfa - 8,
+                ret: walk.holder_ret,
+            }
+        } else {
+            Gate::Defer(Defer::LockHeld)
+        };
+    }
+    Gate::Now
+}
+
+/// The state of one walk of the interrupted thread's frames.
+struct Walk {
+    pc: usize,
+    /// Frames whose CFA is above this belong to the runtime, not the task.
+    boundary: usize,
+    /// The walk has reached the interrupted frame (the first ones are the handler's).
+    started: bool,
+    skipped: u32,
+    /// Still in the innermost frames of a blocked syscall, which may be in libc.
+    inner_libs: bool,
+    frames: u32,
+    defer: Option<Defer>,
+    /// The CFA of the outermost lock-holding frame, and the return address stored just
+    /// below it (the next frame's IP).
+    holder_cfa: usize,
+    holder_ret: usize,
+    want_ret: bool,
+    reached_boundary: bool,
+}
+
+extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
+    // SAFETY: `arg` is the `Walk` of `gate`; `ctx` is the unwinder's context for a frame.
+    let (walk, ip, cfa) = unsafe {
+        (
+            &mut *arg.cast::<Walk>(),
+            unwind::_Unwind_GetIP(ctx),
+            unwind::_Unwind_GetCFA(ctx),
+        )
+    };
+    if !walk.started {
+        if ip == walk.pc {
+            walk.started = true;
+        } else {
+            walk.skipped += 1;
+            if walk.skipped > 16 {
+                walk.defer = Some(Defer::NoStart);
+                return unwind::NORMAL_STOP;
+            }
+            return unwind::NO_REASON;
+        }
+    }
+    // libgcc reports, with each frame, the CFA of the frame it came from (the callee):
+    // the slot just below it holds the return address into this frame.
+    if walk.want_ret {
+        walk.holder_cfa = cfa;
+        walk.holder_ret = ip;
+        walk.want_ret = false;
+    }
+    if cfa > walk.boundary {
+        walk.reached_boundary = true;
+        return unwind::NORMAL_STOP;
+    }
+    if places::in_library(ip) {
+        if !walk.inner_libs {
+            walk.defer = Some(Defer::Library);
+            return unwind::NORMAL_STOP;
+        }
+    } else {
+        walk.inner_libs = false;
+    }
+    // SAFETY: as above.
+    if places::is_lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }) {
+        walk.holder_cfa = 0;
+        walk.holder_ret = 0;
+        walk.want_ret = true;
+    }
+    walk.frames += 1;
+    if walk.frames > 512 {
+        walk.defer = Some(Defer::Unwalkable);
+        return unwind::NORMAL_STOP;
+    }
+    unwind::NO_REASON
+}
+
+/// Points a lock holder's return address at the trampoline, if it still holds `ret`.
+fn redirect(record: &Record, slot: usize, ret: usize) {
+    // SAFETY: `slot` is CFA - 8 of a frame of the interrupted task on this very thread's
+    // stack (x86_64: the caller's return address sits just below the CFA), which cannot
+    // change while the handler runs. It is checked to hold the return address the unwinder
+    // reported before it is written.
+    unsafe {
+        if ptr::read_volatile(slot as *const usize) != ret {
+            record.preempt().kills.unreserve_frozen();
+            record.preempt().kills.deferred(Defer::Mismatch);
+            return;
+        }
+        record.redirect_ret.store(ret, Ordering::Relaxed);
+        record.redirect_slot.store(slot, Ordering::Relaxed);
+        ptr::write_volatile(slot as *mut usize, trampoline_address());
+    }
+    record.preempt().kills.redirected();
+}
+
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".pushsection .text.microsched_freeze_trampoline,\"ax\",@progbits",
+    ".globl microsched_freeze_trampoline",
+    ".hidden microsched_freeze_trampoline",
+    ".type microsched_freeze_trampoline,@function",
+    "microsched_freeze_trampoline:",
+    // Reached by `ret` from the lock holder, with its caller's stack pointer. Align the
+    // stack for a call and never come back.
+    "and rsp, -16",
+    "call {entry}",
+    "ud2",
+    ".size microsched_freeze_trampoline, .-microsched_freeze_trampoline",
+    ".popsection",
+    entry = sym freeze_from_trampoline,
+);
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    fn microsched_freeze_trampoline();
+}
+
+fn trampoline_address() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        microsched_freeze_trampoline as *const () as usize
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Where a redirected lock holder returns to. **Normal context**: the thread has just left
+/// the stdio lock, inside its task's closure. It blocks its signals first, so the handler
+/// never runs on it again, waits for a standby if it still holds its slot, and freezes.
+extern "C" fn freeze_from_trampoline() -> ! {
+    async_safe::block_all_signals();
+    let Some(record) = this_record() else {
+        // Only pool threads are ever redirected.
+        async_safe::block_forever()
+    };
+    record.redirect_slot.store(0, Ordering::Relaxed);
+    // SAFETY: the redirected frame was inside the closure, which is still running.
+    let running = unsafe { &*record.running.load(Ordering::Relaxed) };
+    while !take_slot_off(record) {
+        async_safe::sleep_ns(100_000);
+    }
+    freeze(record, running, None)
+}
+
+/// Step 3: if the thread still holds its slot, takes a standby for it (granted in
+/// `freeze`). False if none is parked: one is asked for.
+fn take_slot_off(record: &Record) -> bool {
+    if record.state.load(Ordering::Relaxed) != IN_TASK {
+        return true;
+    }
+    let reserve = record.reserve();
+    let index = record.index.load(Ordering::Relaxed);
+    if reserve.take_standby() {
+        reserve.unwant(index);
+        return true;
+    }
+    reserve.want(index);
+    record.preempt().ring();
+    false
+}
+
+/// Step 4. The caller has reserved a frozen place and, if the thread holds its slot, a
+/// standby. Never returns.
+fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>) -> ! {
+    async_safe::block_all_signals();
+    for timer in [&record.cpu_timer, &record.precise_timer] {
+        let id = timer.swap(super::NO_TIMER, Ordering::Relaxed);
+        if id != super::NO_TIMER {
+            async_safe::delete_timer(crate::sys::TimerId(id));
+        }
+    }
+    record.armed.store(false, Ordering::Relaxed);
+    let preempt = record.preempt();
+    let reserve = record.reserve();
+    if record
+        .state
+        .compare_exchange(IN_TASK, CARRIED, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+        reserve.grant();
+    }
+    // It was, or just became, a carrier; it will never finish as one.
+    reserve.carrier_done();
+    // Counted before the outcome is published, so a joiner sees the counts.
+    let control = running.task.control();
+    let reason = reason.unwrap_or(KillReason::Cancelled);
+    control.kill(reason, async_safe::monotonic_ns());
+    let reason = control.killed().map_or(reason, |(r, _)| r);
+    preempt.kills.frozen(
+        reason,
+        record.stack_bytes.load(Ordering::Relaxed),
+        record.pthread.load(Ordering::Relaxed),
+    );
+    running.task.publish_frozen(running.counters, reason);
+    // SAFETY: `pool` is the `Shared` of the pool this thread serves, which this thread
+    // keeps alive (its runner holds an `Arc`, never dropped now).
+    let shared = unsafe { &*running.pool.cast::<crate::pool::Shared>() };
+    shared.thread_frozen();
+    preempt.ring();
+    async_safe::block_forever()
+}
+
+/// The handler for SIGSEGV and SIGBUS. A fault in the guard area below the stack of a pool
+/// thread running a task's closure is that task overflowing its stack: the thread is
+/// frozen (it cannot go on: returning would fault again). That freeze is not gated: the
+/// alternative is the end of the process. Every other fault goes to the previous handler
+/// (std's, which reports a stack overflow of other threads and aborts).
+pub(crate) extern "C" fn on_fault(
+    signal: i32,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    let errno = async_safe::errno();
+    // SAFETY: the kernel passes a valid `siginfo_t` to a fault handler.
+    let address = unsafe { async_safe::fault_address(info) };
+    let tid = async_safe::gettid();
+    let record = RECORDS
+        .iter()
+        .find(|r| r.in_use.load(Ordering::Relaxed) && r.tid.load(Ordering::Relaxed) == tid);
+    if let Some(record) = record {
+        let in_guard = address >= record.guard_lo.load(Ordering::Relaxed)
+            && address < record.guard_hi.load(Ordering::Relaxed);
+        let running = record.running.load(Ordering::Relaxed);
+        // SAFETY: as in `attempt`.
+        if let (true, Some(running)) = (in_guard, unsafe { running.as_ref() }) {
+            let kills = record.preempt().kills;
+            if !take_slot_off(record) {
+                // Come back when a standby has parked: returning re-runs the faulting
+                // instruction, which faults again.
+                async_safe::yield_now();
+                async_safe::set_errno(errno);
+                return;
+            }
+            if kills.reserve_frozen() {
+                running
+                    .task
+                    .control()
+                    .kill(KillReason::StackOverflow, async_safe::monotonic_ns());
+                freeze(record, running, Some(KillReason::StackOverflow));
+            }
+            if record.state.load(Ordering::Relaxed) == IN_TASK {
+                record.reserve().give_back();
+            }
+            kills.refused();
+        }
+    }
+    chain(signal, info, context);
+    async_safe::set_errno(errno);
+}

@@ -1,0 +1,351 @@
+//! Budgets and kills: the registry the monitor enforces them from, and the counters.
+//!
+//! # Protocol
+//!
+//! 1. A task with a budget registers here when it starts (`task.rs`, `Task::run_in`), with
+//!    its thread and its CPU clock at start; a running task whose handle calls `cancel`
+//!    registers then. A task cancelled while queued never starts (its runner sees the flag).
+//! 2. The monitor ([`Kills::enforce`]) wakes when the earliest watch is due: a wall
+//!    deadline, the moment a CPU budget would run out if the task ran flat out (it reads
+//!    the thread's CPU clock and sleeps for what is left, so it never polls), or a grace
+//!    period's end.
+//! 3. A budget that has run out sets the task's cancel flag (`Control::kill`; the first
+//!    reason wins). The task's next `checkpoint` unwinds.
+//! 4. Grace over, task not done: ask the thread to freeze (`handler/freeze.rs` step 1),
+//!    and again every [`FREEZE_RETRY`] while the gate defers. After the pool's maximum
+//!    deferral the record's `kill_force` lets a panicking thread be frozen too (never one
+//!    inside a system library or holding a lock the gate can see: those keep deferring,
+//!    and the task keeps running demoted, on idle time only).
+//! 5. At most `max_frozen` threads are frozen per pool: past it, a kill is refused (counted
+//!    in `Stats::kills_refused`), and the task runs on at `SCHED_IDLE` with its cancel
+//!    flag set, until it returns. Each frozen thread keeps its stack reserved (and what its
+//!    task allocated) until the process exits.
+//! 6. A watch whose task is done is dropped.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::budget::KillReason;
+use crate::handler::{self, RECORDS};
+use crate::loom::Futex;
+use crate::sys::{self, async_safe};
+use crate::task::{drop_quietly, Task};
+
+/// How often the monitor asks again while a freeze is deferred.
+pub(crate) const FREEZE_RETRY: Duration = Duration::from_micros(250);
+
+/// Why a freeze was deferred.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Defer {
+    /// Runtime code, or the no-freeze counter.
+    NoFreeze,
+    /// Between the task's closure and the runtime (just starting or ending).
+    Runtime,
+    /// In a system library, not blocked in a waiting syscall.
+    Library,
+    /// Panicking, before the maximum deferral.
+    Panicking,
+    /// A stdio lock holder on the stack, and no way to redirect its return.
+    LockHeld,
+    /// The walk did not reach the task's first frame.
+    Unwalkable,
+    /// The thread holds its slot and no standby is parked yet.
+    NoStandby,
+    /// The walk never found the interrupted frame.
+    NoStart,
+    /// The return slot did not hold the return address the unwinder reported.
+    Mismatch,
+}
+
+/// Kill counters, by reason and by how.
+#[derive(Debug, Default)]
+pub(crate) struct KillCounters {
+    cancelled: [AtomicU64; 4],
+    frozen: [AtomicU64; 4],
+    deferred: AtomicU64,
+    deferred_library: AtomicU64,
+    deferred_panicking: AtomicU64,
+    redirected: AtomicU64,
+    refused: AtomicU64,
+    frozen_stack_bytes: AtomicU64,
+}
+
+/// A pool's budgets and kills. Leaked when the pool is built: a task's handle keeps a
+/// pointer to it, and may outlive the pool.
+pub(crate) struct Kills {
+    /// The monitor sleeps on this word; handoffs, watches and freezes ring it.
+    pub(crate) bell: Futex,
+    watches: Mutex<Vec<Watch>>,
+    /// When the monitor next wakes for the watches (`CLOCK_MONOTONIC` ns).
+    next_due: AtomicU64,
+    signal: i32,
+    max_deferral_ns: u64,
+    max_frozen: usize,
+    /// Frozen places taken (a place is taken before a freeze and kept for good).
+    reserved: AtomicUsize,
+    /// The `pthread_t` of every frozen thread (0: an empty place), for shutdown.
+    frozen_threads: Box<[AtomicUsize]>,
+    frozen_count: AtomicUsize,
+    pub(crate) counters: KillCounters,
+}
+
+struct Watch {
+    task: Task,
+    /// When the freeze was first asked for, and last asked for.
+    first_ask: Option<u64>,
+    last_ask: u64,
+    refused: bool,
+}
+
+impl Kills {
+    pub(crate) fn leak(signal: i32, max_frozen: usize, max_deferral: Duration) -> &'static Kills {
+        Box::leak(Box::new(Kills {
+            bell: Futex::new(0),
+            watches: Mutex::new(Vec::new()),
+            next_due: AtomicU64::new(u64::MAX),
+            signal,
+            max_deferral_ns: max_deferral.as_nanos().min(u128::from(u64::MAX)) as u64,
+            max_frozen,
+            reserved: AtomicUsize::new(0),
+            frozen_threads: (0..max_frozen).map(|_| AtomicUsize::new(0)).collect(),
+            frozen_count: AtomicUsize::new(0),
+            counters: KillCounters::default(),
+        }))
+    }
+
+    /// Wakes the monitor. Async-signal-safe.
+    pub(crate) fn ring(&self) {
+        self.bell.fetch_add(1, Ordering::Release);
+        self.bell.wake_one();
+    }
+
+    /// Step 1: watch `task` (once) and wake the monitor if it is due before its next wake.
+    pub(crate) fn watch(&self, task: Task) {
+        let control = task.control();
+        let now = async_safe::monotonic_ns();
+        let budget = control.budget;
+        let mut due = u64::MAX;
+        if let Some(wall) = budget.wall_limit() {
+            due = due.min(control.started_ns().saturating_add(nanos(wall)));
+        }
+        if let Some(cpu) = budget.cpu_limit() {
+            due = due.min(now.saturating_add(nanos(cpu)));
+        }
+        if let Some((_, at)) = control.killed() {
+            due = due.min(at.saturating_add(nanos(budget.grace_period())));
+        }
+        {
+            let mut watches = self.watches.lock();
+            if watches.iter().any(|w| w.task.same(&task)) {
+                return;
+            }
+            if watches.len() >= 256 && watches.len().is_power_of_two() {
+                // Budgeted tasks that finished between two wakes of the monitor.
+                let done: Vec<Watch> = extract_done(&mut watches);
+                drop(watches);
+                drop_quietly(done);
+                watches = self.watches.lock();
+            }
+            watches.push(Watch {
+                task,
+                first_ask: None,
+                last_ask: 0,
+                refused: false,
+            });
+        }
+        if due < self.next_due.load(Ordering::Relaxed) {
+            self.next_due.store(due, Ordering::Relaxed);
+            self.ring();
+        }
+    }
+
+    /// Steps 2–6, by the monitor. Returns when it should look again (ns, `u64::MAX`:
+    /// nothing to watch).
+    pub(crate) fn enforce(&self) -> u64 {
+        let now = async_safe::monotonic_ns();
+        let mut due = u64::MAX;
+        let done = {
+            let mut watches = self.watches.lock();
+            let done = extract_done(&mut watches);
+            for watch in watches.iter_mut() {
+                due = due.min(self.check(watch, now));
+            }
+            done
+        };
+        drop_quietly(done);
+        self.next_due.store(due, Ordering::Relaxed);
+        due
+    }
+
+    fn check(&self, watch: &mut Watch, now: u64) -> u64 {
+        let control = watch.task.control();
+        let Some(thread) = control.thread() else {
+            // Cancelled while queued: its runner resolves it; look again later.
+            return now + 10_000_000;
+        };
+        let record = &RECORDS[thread];
+        let budget = control.budget;
+        let mut due = u64::MAX;
+        if control.killed().is_none() {
+            if let Some(wall) = budget.wall_limit() {
+                let deadline = control.started_ns().saturating_add(nanos(wall));
+                if now >= deadline {
+                    control.kill(KillReason::WallDeadline, deadline);
+                } else {
+                    due = due.min(deadline);
+                }
+            }
+            if let (Some(cpu), Some(start)) = (budget.cpu_limit(), control.cpu_start_ns()) {
+                let tid = record.tid.load(Ordering::Relaxed);
+                let used = sys::thread_cpu_ns_of(tid).map_or(0, |t| t.saturating_sub(start));
+                if used >= nanos(cpu) {
+                    control.kill(KillReason::CpuBudget, now);
+                } else if control.killed().is_none() {
+                    due = due.min(now + (nanos(cpu) - used));
+                }
+            }
+        }
+        let Some((_, at)) = control.killed() else {
+            return due;
+        };
+        let freeze_at = at.saturating_add(nanos(budget.grace_period()));
+        if now < freeze_at {
+            return due.min(freeze_at);
+        }
+        if watch.refused {
+            return due;
+        }
+        if self.frozen_count.load(Ordering::Relaxed) >= self.max_frozen {
+            watch.refused = true;
+            self.refused();
+            return due;
+        }
+        if now.saturating_sub(watch.last_ask) < nanos(FREEZE_RETRY) {
+            return due.min(watch.last_ask + nanos(FREEZE_RETRY));
+        }
+        let first = *watch.first_ask.get_or_insert(now);
+        if now.saturating_sub(first) >= self.max_deferral_ns {
+            record.kill_force.store(true, Ordering::Relaxed);
+        }
+        record.kill_target.store(
+            control as *const crate::task::Control as *mut crate::task::Control,
+            Ordering::Relaxed,
+        );
+        watch.last_ask = now;
+        let tid = record.tid.load(Ordering::Relaxed);
+        let index = record.index.load(Ordering::Relaxed);
+        async_safe::nudge(tid, self.signal, handler::token(index));
+        due.min(now + nanos(FREEZE_RETRY))
+    }
+
+    /// Takes a frozen place; false at the cap. Async-signal-safe.
+    pub(crate) fn reserve_frozen(&self) -> bool {
+        let taken = self.reserved.fetch_add(1, Ordering::Relaxed);
+        if taken < self.max_frozen {
+            return true;
+        }
+        self.reserved.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Gives a place back (a redirect undone by a panic). Async-signal-safe.
+    pub(crate) fn unreserve_frozen(&self) {
+        self.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn deferred(&self, why: Defer) {
+        let c = &self.counters;
+        c.deferred.fetch_add(1, Ordering::Relaxed);
+        match why {
+            Defer::Library => c.deferred_library.fetch_add(1, Ordering::Relaxed),
+            Defer::Panicking => c.deferred_panicking.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    pub(crate) fn refused(&self) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn redirected(&self) {
+        self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a cooperative cancel.
+    pub(crate) fn cancelled(&self, reason: KillReason) {
+        self.counters.cancelled[index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a freeze and remembers the thread. Async-signal-safe.
+    pub(crate) fn frozen(&self, reason: KillReason, stack_bytes: usize, pthread: usize) {
+        let c = &self.counters;
+        c.frozen[index(reason)].fetch_add(1, Ordering::Relaxed);
+        c.frozen_stack_bytes
+            .fetch_add(stack_bytes as u64, Ordering::Relaxed);
+        let place = self.frozen_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.frozen_threads.get(place) {
+            slot.store(pthread, Ordering::Release);
+        }
+    }
+
+    /// True if `pthread` is a frozen thread of this pool.
+    pub(crate) fn is_frozen_thread(&self, pthread: usize) -> bool {
+        self.frozen_threads
+            .iter()
+            .any(|t| t.load(Ordering::Acquire) == pthread)
+    }
+
+    pub(crate) fn snapshot(&self) -> KillSnapshot {
+        let c = &self.counters;
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        KillSnapshot {
+            cancelled: c.cancelled.each_ref().map(read),
+            frozen: c.frozen.each_ref().map(read),
+            deferred: read(&c.deferred),
+            deferred_library: read(&c.deferred_library),
+            deferred_panicking: read(&c.deferred_panicking),
+            redirected: read(&c.redirected),
+            refused: read(&c.refused),
+            frozen_threads: self.frozen_count.load(Ordering::Relaxed) as u64,
+            frozen_stack_bytes: read(&c.frozen_stack_bytes),
+        }
+    }
+}
+
+/// Kill counters as `Pool::stats` reports them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KillSnapshot {
+    /// By reason: `KillReason::code() - 1`.
+    pub(crate) cancelled: [u64; 4],
+    pub(crate) frozen: [u64; 4],
+    pub(crate) deferred: u64,
+    pub(crate) deferred_library: u64,
+    pub(crate) deferred_panicking: u64,
+    pub(crate) redirected: u64,
+    pub(crate) refused: u64,
+    pub(crate) frozen_threads: u64,
+    pub(crate) frozen_stack_bytes: u64,
+}
+
+fn extract_done(watches: &mut Vec<Watch>) -> Vec<Watch> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < watches.len() {
+        if watches[i].task.is_done() {
+            done.push(watches.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    done
+}
+
+fn index(reason: KillReason) -> usize {
+    usize::from(reason.code() - 1)
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
