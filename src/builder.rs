@@ -245,7 +245,9 @@ impl Builder {
     }
 
     /// How long a freeze waits for a panicking thread to finish unwinding before it
-    /// freezes it in its destructors anyway (default [`DEFAULT_MAX_FREEZE_DEFERRAL`]).
+    /// freezes it in its destructors anyway (default [`DEFAULT_MAX_FREEZE_DEFERRAL`]):
+    /// CPU time while the thread runs (a demoted thread on a busy core gets little), but
+    /// at most ten times as long in wall-clock time; wall-clock time while it waits.
     /// Deferrals for other reasons never end this way: a thread inside a system library
     /// (malloc) or holding a lock the gate can see is never frozen there; its task keeps
     /// running demoted until it leaves, and the monitor retries every 250 µs.

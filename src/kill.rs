@@ -12,10 +12,14 @@
 //! 3. A budget that has run out sets the task's cancel flag (`Control::kill`; the first
 //!    reason wins). The task's next `checkpoint` unwinds.
 //! 4. Grace over, task not done: ask the thread to freeze (`handler/freeze.rs` step 1),
-//!    and again every [`FREEZE_RETRY`] while the gate defers. After the pool's maximum
-//!    deferral the record's `kill_force` lets a panicking thread be frozen too (never one
-//!    inside a system library or holding a lock the gate can see: those keep deferring,
-//!    and the task keeps running demoted, on idle time only).
+//!    and again every [`FREEZE_RETRY`] while the gate defers. The grace period counts in
+//!    wall-clock time and, for a thread that is running, in its CPU time too (a demoted
+//!    carrier on a busy core may not run at all for a while, and deserves its chance to
+//!    reach a checkpoint). After the pool's maximum deferral (CPU time while the thread
+//!    runs, but at most ten times as long in wall-clock time; wall-clock time while it
+//!    waits) a panicking thread may be frozen too; never
+//!    one inside a system library or holding a lock the gate can see: those keep
+//!    deferring, and the task keeps running demoted, on idle time only.
 //! 5. At most `max_frozen` threads are frozen per pool: past it, a kill is refused (counted
 //!    in `Stats::kills_refused`), and the task runs on at `SCHED_IDLE` with its cancel
 //!    flag set, until it returns. Each frozen thread keeps its stack reserved (and what its
@@ -36,6 +40,14 @@ use crate::task::{drop_quietly, Task};
 /// How often the monitor asks again while a freeze is deferred.
 pub(crate) const FREEZE_RETRY: Duration = Duration::from_micros(250);
 
+/// The maximum freeze deferral is CPU time for a running thread, but at most this many
+/// times as long in wall-clock time.
+const STARVED_FACTOR: u64 = 10;
+
+/// How long the monitor waits before asking again when the thread has not looked at its
+/// last request yet (the request may have been lost to a race with the thread's record).
+const UNSEEN_RETRY: Duration = Duration::from_millis(20);
+
 /// Why a freeze was deferred.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Defer {
@@ -53,6 +65,8 @@ pub(crate) enum Defer {
     Unwalkable,
     /// The thread holds its slot and no standby is parked yet.
     NoStandby,
+    /// The task has not yet had its grace period of CPU time since the cancel.
+    Grace,
     /// The walk never found the interrupted frame.
     NoStart,
     /// The return slot did not hold the return address the unwinder reported.
@@ -96,6 +110,10 @@ struct Watch {
     /// When the freeze was first asked for, and last asked for.
     first_ask: Option<u64>,
     last_ask: u64,
+    /// The thread's `kill_acks` when it was last asked.
+    acks: u32,
+    /// When the monitor first found a request looked at.
+    first_seen: Option<u64>,
     refused: bool,
 }
 
@@ -152,6 +170,8 @@ impl Kills {
                 task,
                 first_ask: None,
                 last_ask: 0,
+                acks: 0,
+                first_seen: None,
                 refused: false,
             });
         }
@@ -169,6 +189,11 @@ impl Kills {
         let done = {
             let mut watches = self.watches.lock();
             let done = extract_done(&mut watches);
+            for watch in &done {
+                if let Some(thread) = watch.task.control().thread() {
+                    RECORDS[thread].forget_kill(watch.task.control());
+                }
+            }
             for watch in watches.iter_mut() {
                 due = due.min(self.check(watch, now));
             }
@@ -210,6 +235,8 @@ impl Kills {
         let Some((_, at)) = control.killed() else {
             return due;
         };
+        let tid = record.tid.load(Ordering::Relaxed);
+        control.note_cpu_at_kill(|| sys::thread_cpu_ns_of(tid));
         let freeze_at = at.saturating_add(nanos(budget.grace_period()));
         if now < freeze_at {
             return due.min(freeze_at);
@@ -222,19 +249,56 @@ impl Kills {
             self.refused();
             return due;
         }
-        if now.saturating_sub(watch.last_ask) < nanos(FREEZE_RETRY) {
-            return due.min(watch.last_ask + nanos(FREEZE_RETRY));
+        // Ask again every FREEZE_RETRY once the last request was seen; a thread that has
+        // not seen it yet (demoted, waiting for CPU) gets no pile of new ones.
+        let seen =
+            watch.first_ask.is_some() && record.kill_acks.load(Ordering::Relaxed) != watch.acks;
+        let wait = if seen || watch.first_ask.is_none() {
+            FREEZE_RETRY
+        } else {
+            UNSEEN_RETRY
+        };
+        if now.saturating_sub(watch.last_ask) < nanos(wait) {
+            return due.min(watch.last_ask + nanos(wait));
         }
-        let first = *watch.first_ask.get_or_insert(now);
-        if now.saturating_sub(first) >= self.max_deferral_ns {
+        if watch.first_ask.is_none() {
+            record.kill_force.store(false, Ordering::Relaxed);
+            record.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
+            watch.first_ask = Some(now);
+        }
+        // The maximum deferral counts from the first request the thread looked at (a
+        // demoted thread may not run, and see any, for a long time), in its CPU time while
+        // it runs (the handler compares) and in wall-clock time while it waits.
+        if seen && watch.first_seen.is_none() {
+            watch.first_seen = Some(now);
+            if let Some(cpu) = sys::thread_cpu_ns_of(tid) {
+                record
+                    .kill_force_cpu
+                    .store(cpu.saturating_add(self.max_deferral_ns), Ordering::Relaxed);
+            }
+        }
+        let deferred_for = watch
+            .first_seen
+            .map_or(0, |first| now.saturating_sub(first));
+        if deferred_for >= self.max_deferral_ns {
             record.kill_force.store(true, Ordering::Relaxed);
+        }
+        // A running thread starved of CPU (demoted on a saturated core) would take
+        // forever to use the deferral in CPU time: past this many times it in wall-clock
+        // time, it goes too.
+        if deferred_for >= self.max_deferral_ns.saturating_mul(STARVED_FACTOR) {
+            record.kill_force_cpu.store(0, Ordering::Relaxed);
         }
         record.kill_target.store(
             control as *const crate::task::Control as *mut crate::task::Control,
-            Ordering::Relaxed,
+            Ordering::SeqCst,
         );
+        if watch.task.is_done() {
+            record.forget_kill(control);
+            return due;
+        }
         watch.last_ask = now;
-        let tid = record.tid.load(Ordering::Relaxed);
+        watch.acks = record.kill_acks.load(Ordering::Relaxed);
         let index = record.index.load(Ordering::Relaxed);
         async_safe::nudge(tid, self.signal, handler::token(index));
         due.min(now + nanos(FREEZE_RETRY))

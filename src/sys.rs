@@ -568,7 +568,7 @@ pub(crate) mod async_safe {
     ///
     /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, bool) {
+    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, Wait) {
         // SAFETY: the caller's contract.
         let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
         let pc = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
@@ -598,9 +598,28 @@ pub(crate) mod async_safe {
             libc::SYS_wait4,
             libc::SYS_pause,
         ];
-        let blocked = (here == SYSCALL && waiting.contains(&ax))
-            || (before == SYSCALL && ax == -i64::from(libc::EINTR));
-        (pc, blocked)
+        let wait = if here == SYSCALL && ax == libc::SYS_futex {
+            Wait::Futex
+        } else if (here == SYSCALL && waiting.contains(&ax))
+            || (before == SYSCALL && ax == -i64::from(libc::EINTR))
+        {
+            Wait::Other
+        } else {
+            Wait::None
+        };
+        (pc, wait)
+    }
+
+    /// What kind of waiting syscall a thread was interrupted in.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Wait {
+        /// Not in one.
+        None,
+        /// `futex`: a lock or a condition; only lock-free when called straight from Rust
+        /// (std's locks and parking), not from inside libc (its private locks).
+        Futex,
+        /// Sleeping, polling, waiting for a child.
+        Other,
     }
 
     /// On other architectures only the program counter is read, and a thread blocked in
@@ -610,10 +629,10 @@ pub(crate) mod async_safe {
     ///
     /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
     #[cfg(target_arch = "aarch64")]
-    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, bool) {
+    pub(crate) unsafe fn interrupted(context: *mut libc::c_void) -> (usize, Wait) {
         // SAFETY: the caller's contract.
         let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
-        (uc.uc_mcontext.pc as usize, false)
+        (uc.uc_mcontext.pc as usize, Wait::None)
     }
 
     /// The fault address of a SIGSEGV or SIGBUS.

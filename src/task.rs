@@ -186,6 +186,8 @@ pub(crate) struct Control {
     cpu_start_ns: StdAtomicU64,
     /// `CLOCK_MONOTONIC` ns when the task started.
     started_ns: StdAtomicU64,
+    /// The thread's CPU clock when the monitor first saw the kill (`NO_CPU`: not yet).
+    cpu_at_kill: StdAtomicU64,
     /// The monitor's registry of the pool running the task, set when it starts (pools
     /// leak theirs, so a handle may reach it after the pool is gone).
     kills: AtomicPtr<Kills>,
@@ -202,6 +204,7 @@ impl Control {
             thread: StdAtomicU32::new(0),
             cpu_start_ns: StdAtomicU64::new(NO_CPU),
             started_ns: StdAtomicU64::new(0),
+            cpu_at_kill: StdAtomicU64::new(NO_CPU),
             kills: AtomicPtr::new(ptr::null_mut()),
             budget,
         }
@@ -233,6 +236,24 @@ impl Control {
         match self.thread.load(Ordering::SeqCst) {
             0 => None,
             n => Some(n as usize - 1),
+        }
+    }
+
+    /// The running thread's CPU clock at the kill, once the monitor has noted it.
+    /// Async-signal-safe.
+    pub(crate) fn cpu_at_kill(&self) -> Option<u64> {
+        match self.cpu_at_kill.load(Ordering::Relaxed) {
+            NO_CPU => None,
+            ns => Some(ns),
+        }
+    }
+
+    /// Notes the running thread's CPU clock at the kill, the first time (monitor).
+    pub(crate) fn note_cpu_at_kill(&self, read: impl FnOnce() -> Option<u64>) {
+        if self.cpu_at_kill.load(Ordering::Relaxed) == NO_CPU {
+            if let Some(ns) = read() {
+                self.cpu_at_kill.store(ns, Ordering::Relaxed);
+            }
         }
     }
 
@@ -389,12 +410,10 @@ where
             counters: env.counters,
             pool: env.pool,
         };
-        if let Some(record) = env.record {
-            record.enter_user(&running);
-        }
+        let outer_running = env.record.map(|record| record.enter_user(&running));
         let result = panic::catch_unwind(AssertUnwindSafe(func));
-        if let Some(record) = env.record {
-            record.leave_user();
+        if let (Some(record), Some(outer)) = (env.record, outer_running) {
+            record.leave_user(outer);
         }
         CURRENT.with(|c| c.set(outer));
         let cpu_ns = cpu_start.map(|start| sys::async_safe::thread_cpu_ns().saturating_sub(start));

@@ -421,11 +421,16 @@ fn cancel_stops_queued_and_running_tasks() {
         let k = killed(join(queued));
         assert_eq!(k.reason(), KillReason::Cancelled);
         // A task with no checkpoint and no budget: frozen after the default grace.
-        let rude = pool.spawn(|| {
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let rude = pool.spawn(move || {
+            s.store(1, Ordering::SeqCst);
             #[allow(clippy::empty_loop)]
             loop {}
         });
-        std::thread::sleep(Duration::from_millis(5));
+        while started.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
         rude.cancel();
         let k = killed(join(rude));
         assert_eq!(
@@ -472,5 +477,135 @@ fn shutdown_does_not_wait_for_frozen_threads() {
         // Returns: the four frozen threads are detached, not joined.
         pool.shutdown();
         assert_eq!(pool.stats().frozen_threads, 4);
+    });
+}
+
+/// The kinds of runaway the storm mixes.
+#[derive(Clone, Copy, Debug)]
+enum Runaway {
+    Bare,
+    Alloc,
+    Println,
+    Format,
+    Recursion,
+    MutexCheckpoint,
+    Checkpoint,
+    Sleep,
+}
+
+const KINDS: [Runaway; 8] = [
+    Runaway::Bare,
+    Runaway::Alloc,
+    Runaway::Println,
+    Runaway::Format,
+    Runaway::Recursion,
+    Runaway::MutexCheckpoint,
+    Runaway::Checkpoint,
+    Runaway::Sleep,
+];
+
+fn run_away(kind: Runaway) -> u64 {
+    let mut i = 0u64;
+    match kind {
+        Runaway::Bare => loop {
+            i = black_box(i.wrapping_add(1));
+        },
+        Runaway::Alloc => loop {
+            black_box(vec![i as u8; 512]);
+            i += 1;
+        },
+        Runaway::Println => loop {
+            println!("runaway {i}");
+            i += 1;
+        },
+        Runaway::Format => loop {
+            black_box(format!("{i:>20}"));
+            i += 1;
+        },
+        Runaway::Recursion => recurse(0),
+        Runaway::MutexCheckpoint => {
+            let m = Mutex::new(0u64);
+            let mut g = m.lock().unwrap();
+            loop {
+                *g += 1;
+                checkpoint();
+            }
+        }
+        Runaway::Checkpoint => loop {
+            i = black_box(i.wrapping_add(1));
+            checkpoint();
+        },
+        Runaway::Sleep => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}
+
+/// 1,000 runaways of every kind mixed with 10,000 good tasks: every good result is right,
+/// every runaway is reported killed, the counts in `stats()` match, and the process exits
+/// normally.
+#[test]
+fn a_storm_of_runaways_among_good_tasks() {
+    in_child("a_storm_of_runaways_among_good_tasks", || {
+        const RUNAWAYS: usize = 1000;
+        const GOOD: u64 = 10_000;
+        let pool = builder(2)
+            .max_frozen(RUNAWAYS)
+            .max_freeze_deferral(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let budget = Budget::cpu(Duration::from_millis(2))
+            .and_wall(Duration::from_millis(50))
+            .grace(Duration::from_millis(2));
+        let mut runaways = Vec::new();
+        let mut good = Vec::new();
+        for i in 0..GOOD {
+            good.push((i, pool.spawn(move || i.wrapping_mul(2654435761) % 1000)));
+            if i % 10 == 0 && runaways.len() < RUNAWAYS {
+                let kind = KINDS[runaways.len() % KINDS.len()];
+                // Deep recursion takes a while: a budget it cannot reach first.
+                let budget = match kind {
+                    Runaway::Recursion => Budget::cpu(Duration::from_secs(10)),
+                    _ => budget,
+                };
+                runaways.push((kind, pool.spawn_with(budget, move || run_away(kind))));
+            }
+        }
+        for (i, h) in good {
+            assert_eq!(join(h).unwrap(), i.wrapping_mul(2654435761) % 1000);
+        }
+        let (mut cancelled, mut frozen) = (0u64, 0u64);
+        for (kind, h) in runaways {
+            let k = killed(join(h));
+            match kind {
+                Runaway::Checkpoint | Runaway::MutexCheckpoint => {
+                    assert_eq!(k.how(), KillHow::Cancelled, "{kind:?} {:?}", pool.stats())
+                }
+                Runaway::Recursion => {
+                    assert_eq!(
+                        (k.reason(), k.how()),
+                        (KillReason::StackOverflow, KillHow::Frozen)
+                    )
+                }
+                _ => assert_eq!(k.how(), KillHow::Frozen, "{kind:?}"),
+            }
+            match k.how() {
+                KillHow::Cancelled => cancelled += 1,
+                _ => frozen += 1,
+            }
+        }
+        pool.shutdown();
+        let s = pool.stats();
+        assert_eq!(s.completed, GOOD);
+        assert_eq!((s.cancelled, s.frozen), (cancelled, frozen));
+        assert_eq!(cancelled + frozen, RUNAWAYS as u64);
+        assert_eq!(s.frozen_threads, frozen);
+        assert_eq!(
+            s.kills_cpu_budget + s.kills_wall_deadline + s.kills_stack_overflow,
+            RUNAWAYS as u64
+        );
+        assert_eq!(s.spawned, GOOD + RUNAWAYS as u64);
+        assert_eq!(s.kills_refused, 0);
+        eprintln!("storm: {s:?}");
     });
 }

@@ -43,7 +43,8 @@ use super::{chain, Record, Running, CARRIED, IN_TASK, RECORDS};
 use crate::budget::KillReason;
 use crate::kill::Defer;
 use crate::places;
-use crate::sys::{async_safe, unwind};
+use crate::sys::async_safe::{self, Wait};
+use crate::sys::unwind;
 
 thread_local! {
     /// This thread's record, for the code below that runs in normal context (the
@@ -136,6 +137,7 @@ fn undo_redirect(record: &Record) {
 /// Step 2, from the handler: freezes the thread now (never returns), redirects a
 /// lock-holding frame, or defers.
 pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
+    record.kill_acks.fetch_add(1, Ordering::Relaxed);
     let target = record.kill_target.load(Ordering::Relaxed);
     let running = record.running.load(Ordering::Relaxed);
     let kills = record.preempt().kills;
@@ -145,13 +147,34 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         kills.deferred(Defer::Runtime);
         return;
     };
-    if !ptr::eq(running.task.control(), target) || record.redirect_slot.load(Ordering::Relaxed) != 0
-    {
+    let control = running.task.control();
+    if !ptr::eq(control, target) || record.redirect_slot.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    // Only a task whose own kill is due: the target may be stale, its memory reused by
+    // the task running now (see `Record::forget_kill`).
+    let Some((_, at)) = control.killed() else {
+        return;
+    };
+    let grace = control.budget.grace_period().as_nanos() as u64;
+    if async_safe::monotonic_ns() < at.saturating_add(grace) {
         return;
     }
     // SAFETY: `context` is the handler's third argument.
-    let (pc, blocked) = unsafe { async_safe::interrupted(context) };
-    let verdict = gate(record, running, pc, blocked);
+    let (pc, wait) = unsafe { async_safe::interrupted(context) };
+    let blocked = wait != Wait::None;
+    // The grace period is wall-clock time *and* CPU time: a demoted carrier on a busy
+    // core may not have run at all since the cancel, and deserves its chance to reach a
+    // checkpoint. A thread blocked in a wait cannot reach one: it goes at once.
+    if !blocked {
+        if let Some(at_cpu) = control.cpu_at_kill() {
+            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace) {
+                kills.deferred(Defer::Grace);
+                return;
+            }
+        }
+    }
+    let verdict = gate(record, running, pc, wait);
     match verdict {
         Gate::Defer(why) => kills.deferred(why),
         Gate::Redirect { slot, ret } => {
@@ -186,14 +209,24 @@ enum Gate {
     Now,
 }
 
-fn gate(record: &Record, running: &Running<'_>, pc: usize, blocked: bool) -> Gate {
+fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
+    let blocked = wait != Wait::None;
     if record.no_freeze.load(Ordering::Relaxed) > 0 || record.depth.load(Ordering::Relaxed) > 0 {
         return Gate::Defer(Defer::NoFreeze);
     }
     if places::in_library(pc) && !blocked {
         return Gate::Defer(Defer::Library);
     }
-    if std::thread::panicking() && !record.kill_force.load(Ordering::Relaxed) {
+    // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
+    // thread may get none for a long while), in wall-clock time while it waits.
+    let forced = || {
+        if blocked {
+            record.kill_force.load(Ordering::Relaxed)
+        } else {
+            async_safe::thread_cpu_ns() >= record.kill_force_cpu.load(Ordering::Relaxed)
+        }
+    };
+    if std::thread::panicking() && !forced() {
         return Gate::Defer(Defer::Panicking);
     }
     let mut walk = Walk {
@@ -202,6 +235,10 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, blocked: bool) -> Gat
         started: false,
         skipped: 0,
         inner_libs: blocked,
+        // std's locks and parking call `syscall(SYS_futex)` straight from Rust: one libc
+        // frame. A futex wait deeper in libc is one of its private locks (malloc's), whose
+        // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
+        wrapper_frames: if wait == Wait::Futex { 1 } else { 2 },
         frames: 0,
         defer: None,
         holder_cfa: 0,
@@ -240,6 +277,8 @@ struct Walk {
     skipped: u32,
     /// Still in the innermost frames of a blocked syscall, which may be in libc.
     inner_libs: bool,
+    /// How many of those frames a waiting syscall's wrapper may have.
+    wrapper_frames: u32,
     frames: u32,
     defer: Option<Defer>,
     /// The CFA of the outermost lock-holding frame, and the return address stored just
@@ -283,6 +322,10 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         return unwind::NORMAL_STOP;
     }
     if places::in_library(ip) {
+        // A waiting syscall's wrapper is one or two frames deep (`syscall`; `nanosleep`
+        // and `clock_nanosleep`); more means the wait is inside library code that may
+        // hold a lock while it waits for another.
+        walk.inner_libs &= walk.frames < walk.wrapper_frames;
         if !walk.inner_libs {
             walk.defer = Some(Defer::Library);
             return unwind::NORMAL_STOP;

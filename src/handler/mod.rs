@@ -167,8 +167,15 @@ pub(crate) struct Record {
     pub(crate) no_freeze: AtomicU32,
     /// The control of the task the monitor wants frozen (null: none).
     pub(crate) kill_target: AtomicPtr<Control>,
-    /// The maximum deferral has passed: a panicking thread may be frozen (see `freeze.rs`).
+    /// The maximum deferral has passed in wall-clock time: a panicking thread blocked in
+    /// a wait may be frozen (see `freeze.rs`).
     pub(crate) kill_force: AtomicBool,
+    /// The thread's CPU clock past which the maximum deferral has passed for a running
+    /// panicking thread (`u64::MAX`: not yet known).
+    pub(crate) kill_force_cpu: AtomicU64,
+    /// Freeze requests the handler has looked at (the monitor asks again only once the
+    /// last one was seen, so requests never pile up behind a starved thread).
+    pub(crate) kill_acks: AtomicU32,
     /// A lock-holding frame's return slot redirected to the freeze trampoline, and the
     /// return address it held (0: none).
     pub(crate) redirect_slot: AtomicUsize,
@@ -201,6 +208,8 @@ impl Record {
             no_freeze: AtomicU32::new(0),
             kill_target: AtomicPtr::new(std::ptr::null_mut()),
             kill_force: AtomicBool::new(false),
+            kill_force_cpu: AtomicU64::new(u64::MAX),
+            kill_acks: AtomicU32::new(0),
             redirect_slot: AtomicUsize::new(0),
             redirect_ret: AtomicUsize::new(0),
             pthread: AtomicUsize::new(0),
@@ -212,20 +221,45 @@ impl Record {
 
     /// The task's closure is about to run on this thread (`task.rs`). From here until
     /// [`leave_user`](Record::leave_user) the thread may be frozen.
-    pub(crate) fn enter_user(&self, running: &Running<'_>) {
+    /// Returns the closure it interrupts (an inline join runs a task inside another), for
+    /// [`leave_user`](Record::leave_user).
+    pub(crate) fn enter_user(&self, running: &Running<'_>) -> *mut Running<'static> {
         compiler_fence(Ordering::SeqCst);
-        self.running.store(
+        let outer = self.running.swap(
             running as *const Running<'_> as *mut Running<'static>,
             Ordering::Relaxed,
         );
         compiler_fence(Ordering::SeqCst);
+        outer
     }
 
-    /// The closure has returned or unwound: no freeze from here on.
-    pub(crate) fn leave_user(&self) {
+    /// The closure has returned or unwound: no freeze of it from here on. `outer` is what
+    /// `enter_user` returned: the closure of the task that joined it inline, if any.
+    pub(crate) fn leave_user(&self, outer: *mut Running<'static>) {
         compiler_fence(Ordering::SeqCst);
-        self.running.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.running.store(outer, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Forgets a freeze asked for a task that has completed. Not needed for soundness (the
+    /// handler freezes only the running task, and only once its own kill is due, so a
+    /// stale target whose memory a later task reuses does nothing before that task's own
+    /// kill is due), only to spare the handler the look.
+    pub(crate) fn forget_kill(&self, control: &Control) {
+        let control = control as *const Control as *mut Control;
+        if self
+            .kill_target
+            .compare_exchange(
+                control,
+                std::ptr::null_mut(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+        {
+            self.kill_force.store(false, Ordering::Relaxed);
+            self.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
+        }
     }
 
     /// The pool settings this record's thread serves.
@@ -255,6 +289,7 @@ impl Record {
         self.kill_target
             .store(std::ptr::null_mut(), Ordering::Relaxed);
         self.kill_force.store(false, Ordering::Relaxed);
+        self.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
         self.state.store(FREE, Ordering::Relaxed);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
