@@ -12,10 +12,10 @@
 //! 3. A budget that has run out sets the task's cancel flag (`Control::kill`; the first
 //!    reason wins). The task's next `checkpoint` unwinds.
 //! 4. Grace over, task not done: ask the thread to freeze (`handler/freeze.rs` step 1),
-//!    and again every [`FREEZE_RETRY`] while the gate defers. The grace period counts in
-//!    wall-clock time and, for a thread that is running, in its CPU time too (a demoted
-//!    carrier on a busy core may not run at all for a while, and deserves its chance to
-//!    reach a checkpoint). After the pool's maximum deferral (CPU time while the thread
+//!    and again every [`FREEZE_RETRY`] while the gate defers. The grace period is
+//!    wall-clock time, but a running thread must also have had 200 µs of CPU time since
+//!    the cancel (or its whole grace period, if shorter): a demoted carrier on a busy
+//!    core may not have run at all, and deserves a chance to reach a checkpoint. After the pool's maximum deferral (CPU time while the thread
 //!    runs, but at most ten times as long in wall-clock time; wall-clock time while it
 //!    waits) a panicking thread may be frozen too; never
 //!    one inside a system library or holding a lock the gate can see: those keep
@@ -95,7 +95,7 @@ pub(crate) struct Kills {
     /// When the monitor next wakes for the watches (`CLOCK_MONOTONIC` ns).
     next_due: AtomicU64,
     signal: i32,
-    max_deferral_ns: u64,
+    pub(crate) max_deferral_ns: u64,
     max_frozen: usize,
     /// Frozen places taken (a place is taken before a freeze and kept for good).
     reserved: AtomicUsize,
@@ -269,13 +269,9 @@ impl Kills {
         // The maximum deferral counts from the first request the thread looked at (a
         // demoted thread may not run, and see any, for a long time), in its CPU time while
         // it runs (the handler compares) and in wall-clock time while it waits.
+        // (The handler starts the CPU-time count itself, at its first deferral.)
         if seen && watch.first_seen.is_none() {
             watch.first_seen = Some(now);
-            if let Some(cpu) = sys::thread_cpu_ns_of(tid) {
-                record
-                    .kill_force_cpu
-                    .store(cpu.saturating_add(self.max_deferral_ns), Ordering::Relaxed);
-            }
         }
         let deferred_for = watch
             .first_seen

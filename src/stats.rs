@@ -138,7 +138,9 @@ pub struct Stats {
     pub freeze_deferred_library: u64,
     /// Of those, the ones while the thread was panicking.
     pub freeze_deferred_panicking: u64,
-    /// Freezes made by redirecting the return of a frame holding std's stdout/stderr lock.
+    /// Freezes made by redirecting a return to the freeze: of the frame holding std's
+    /// stdout/stderr lock, or of the system library the task was interrupted in (malloc),
+    /// so the thread freezes the moment it is back in the task's own code.
     pub freeze_redirected: u64,
     /// Hard kills refused because the pool had `max_frozen` frozen threads.
     pub kills_refused: u64,

@@ -163,12 +163,15 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     // SAFETY: `context` is the handler's third argument.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
     let blocked = wait != Wait::None;
-    // The grace period is wall-clock time *and* CPU time: a demoted carrier on a busy
-    // core may not have run at all since the cancel, and deserves its chance to reach a
-    // checkpoint. A thread blocked in a wait cannot reach one: it goes at once.
+    // The grace period is wall-clock time. But a demoted carrier on a busy core may not
+    // have run at all since the cancel: it first gets a little CPU time (`GRACE_RUN`) to
+    // reach a checkpoint. (A thread that is not running cannot be frozen anyway: the
+    // handler runs when it does.) A thread blocked in a wait cannot reach a checkpoint:
+    // it goes at once.
     if !blocked {
         if let Some(at_cpu) = control.cpu_at_kill() {
-            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace) {
+            let run = grace.min(GRACE_RUN_NS);
+            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(run) {
                 kills.deferred(Defer::Grace);
                 return;
             }
@@ -203,6 +206,10 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     }
 }
 
+/// The CPU time a cancelled task gets to reach a checkpoint before it may be frozen
+/// (at most its grace period).
+const GRACE_RUN_NS: u64 = 200_000;
+
 enum Gate {
     Defer(Defer),
     Redirect { slot: usize, ret: usize },
@@ -214,20 +221,30 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
     if record.no_freeze.load(Ordering::Relaxed) > 0 || record.depth.load(Ordering::Relaxed) > 0 {
         return Gate::Defer(Defer::NoFreeze);
     }
-    if places::in_library(pc) && !blocked {
-        return Gate::Defer(Defer::Library);
-    }
     // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
     // thread may get none for a long while), in wall-clock time while it waits.
     let forced = || {
         if blocked {
-            record.kill_force.load(Ordering::Relaxed)
-        } else {
-            async_safe::thread_cpu_ns() >= record.kill_force_cpu.load(Ordering::Relaxed)
+            return record.kill_force.load(Ordering::Relaxed);
         }
+        let now = async_safe::thread_cpu_ns();
+        let mut until = record.kill_force_cpu.load(Ordering::Relaxed);
+        if until == u64::MAX {
+            // The first deferral for panicking: the clock starts now.
+            until = now.saturating_add(record.preempt().kills.max_deferral_ns);
+            record.kill_force_cpu.store(until, Ordering::Relaxed);
+        }
+        now >= until
     };
-    if std::thread::panicking() && !forced() {
+    let panicking = std::thread::panicking();
+    if panicking && !forced() {
         return Gate::Defer(Defer::Panicking);
+    }
+    // Never redirect a return while unwinding: the unwinder reads return addresses.
+    let may_redirect = cfg!(target_arch = "x86_64") && !panicking;
+    let lib_pc = places::in_library(pc);
+    if lib_pc && !blocked && !may_redirect {
+        return Gate::Defer(Defer::Library);
     }
     let mut walk = Walk {
         pc,
@@ -235,6 +252,9 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
         started: false,
         skipped: 0,
         inner_libs: blocked,
+        lib_prefix: lib_pc && !blocked,
+        lib_exit_cfa: 0,
+        lib_exit_ret: 0,
         // std's locks and parking call `syscall(SYS_futex)` straight from Rust: one libc
         // frame. A futex wait deeper in libc is one of its private locks (malloc's), whose
         // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
@@ -254,14 +274,26 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
     if !walk.reached_boundary {
         return Gate::Defer(Defer::Unwalkable);
     }
+    // The outermost lock holder first: by the time it returns, so have the library
+    // frames inside it.
     if walk.want_ret || walk.holder_cfa != 0 {
-        return if cfg!(target_arch = "x86_64") && walk.holder_ret != 0 {
+        return if may_redirect && walk.holder_ret != 0 {
             Gate::Redirect {
                 slot: walk.holder_cfa - 8,
                 ret: walk.holder_ret,
             }
         } else {
             Gate::Defer(Defer::LockHeld)
+        };
+    }
+    if lib_pc && !blocked {
+        return if walk.lib_exit_ret != 0 {
+            Gate::Redirect {
+                slot: walk.lib_exit_cfa - 8,
+                ret: walk.lib_exit_ret,
+            }
+        } else {
+            Gate::Defer(Defer::Library)
         };
     }
     Gate::Now
@@ -279,6 +311,13 @@ struct Walk {
     inner_libs: bool,
     /// How many of those frames a waiting syscall's wrapper may have.
     wrapper_frames: u32,
+    /// Still in the innermost frames of a running thread interrupted inside a library
+    /// (malloc, memcpy): they hold whatever they hold only until they return to the task.
+    lib_prefix: bool,
+    /// Where the outermost of those returns to the task: the CFA of that frame and the
+    /// return address below it.
+    lib_exit_cfa: usize,
+    lib_exit_ret: usize,
     frames: u32,
     defer: Option<Defer>,
     /// The CFA of the outermost lock-holding frame, and the return address stored just
@@ -321,7 +360,15 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.reached_boundary = true;
         return unwind::NORMAL_STOP;
     }
-    if places::in_library(ip) {
+    let in_library = places::in_library(ip);
+    if walk.lib_prefix && !in_library {
+        walk.lib_prefix = false;
+        walk.lib_exit_cfa = cfa;
+        walk.lib_exit_ret = ip;
+    }
+    if in_library && walk.lib_prefix {
+        // Inside the library the running thread was interrupted in.
+    } else if in_library {
         // A waiting syscall's wrapper is one or two frames deep (`syscall`; `nanosleep`
         // and `clock_nanosleep`); more means the wait is inside library code that may
         // hold a lock while it waits for another.
