@@ -497,9 +497,12 @@ impl Task {
                 if let Some(start) = cpu_start {
                     control.cpu_start_ns.store(start, Ordering::Relaxed);
                 }
-                control
-                    .started_ns
-                    .store(sys::async_safe::monotonic_ns(), Ordering::Relaxed);
+                // Only a wall-clock budget needs the start time (a clock read per task).
+                if control.budget.wall_limit().is_some() {
+                    control
+                        .started_ns
+                        .store(sys::async_safe::monotonic_ns(), Ordering::Relaxed);
+                }
                 control
                     .kills
                     .store(kills as *const Kills as *mut Kills, Ordering::Relaxed);

@@ -609,3 +609,43 @@ fn a_storm_of_runaways_among_good_tasks() {
         eprintln!("storm: {s:?}");
     });
 }
+
+/// Past `max_frozen`, a hard kill is refused: the task runs on (demoted, its cancel flag
+/// set) and its handle resolves when it returns.
+#[test]
+fn past_max_frozen_a_hard_kill_is_refused_and_the_task_runs_on() {
+    in_child(
+        "past_max_frozen_a_hard_kill_is_refused_and_the_task_runs_on",
+        || {
+            let pool = builder(1).max_frozen(1).build().unwrap();
+            let budget = Budget::cpu(SHORT).grace(Duration::from_millis(1));
+            let first = pool.spawn_with(budget, || {
+                #[allow(clippy::empty_loop)]
+                loop {}
+            });
+            assert_eq!(killed(join(first)).how(), KillHow::Frozen);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s = stop.clone();
+            let second = pool.spawn_with(budget, move || {
+                let mut n = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    n = black_box(n.wrapping_add(1));
+                }
+                n
+            });
+            while pool.stats().kills_refused == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            good_tasks_still_run(&pool, 100);
+            stop.store(true, Ordering::Relaxed);
+            // It was cancelled (no checkpoint to see it) and not frozen: it returned.
+            assert!(join(second).unwrap() > 0);
+            let stats = pool.stats();
+            assert_eq!(
+                (stats.frozen, stats.frozen_threads, stats.kills_refused),
+                (1, 1, 1)
+            );
+            pool.shutdown();
+        },
+    );
+}

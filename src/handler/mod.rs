@@ -224,8 +224,11 @@ impl Record {
     /// Returns the closure it interrupts (an inline join runs a task inside another), for
     /// [`leave_user`](Record::leave_user).
     pub(crate) fn enter_user(&self, running: &Running<'_>) -> *mut Running<'static> {
+        // Only this thread writes `running` (the handler only reads it), so a load and a
+        // store, not a locked swap.
+        let outer = self.running.load(Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
-        let outer = self.running.swap(
+        self.running.store(
             running as *const Running<'_> as *mut Running<'static>,
             Ordering::Relaxed,
         );
