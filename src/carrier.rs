@@ -7,7 +7,7 @@
 //!     │            │ granted a slot (reserve.rs step 2)
 //!     │            ▼
 //!     │         RUNNER ──(shutdown: no work left)──► close the slot's reserve, exit
-//!     │            │ handed off inside a task (handler.rs)
+//!     │            │ handed off inside a task (handler/mod.rs)
 //!     │            ▼
 //!     │         CARRIER: runs its one task on at SCHED_IDLE
 //!     │            │ task returned

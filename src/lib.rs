@@ -30,6 +30,13 @@
 //!   quanta (with the default clock and quantum), not for the long one to end. A monitor thread keeps the standbys stocked. Timers ride on
 //!   each thread's CPU-time clock by default ([`TimerClock`]), so a busy runner costs one
 //!   signal per kernel tick and an idle one nothing.
+//! - **Budgets and kills.** [`Pool::spawn_with`] gives a task a [`Budget`] of CPU and/or
+//!   wall-clock time ([`Builder::default_budget`] for every spawn). When it runs out, or
+//!   [`JoinHandle::cancel`] is called, the task's next [`checkpoint`] unwinds (destructors
+//!   run, mutexes are poisoned). A task still running after the grace period is
+//!   **frozen**: its thread stops for good, at a point where it holds no process-wide
+//!   lock the runtime can see, and the handle resolves with [`JoinError::Killed`]. A
+//!   stack overflow in a task freezes it too; the process lives on.
 //!
 //! ```
 //! let pool = microsched::Pool::builder().workers(1).build()?;
@@ -49,11 +56,16 @@
 //! `errno` and lock ownership are never torn. (An inline join is a plain nested call.) A
 //! handoff changes only which thread holds the slot; the interrupted task resumes on its
 //! own thread when the handler returns. The signal handler touches only atomics and raw
-//! syscalls (`src/handler.rs` is the marked zone), chains deliveries that are not its own
+//! syscalls (`src/handler/` is the marked zone), chains deliveries that are not its own
 //! to the handler installed before it, and stays out of the way of the embedder's signals
 //! (see [`Builder::signal`]).
 //! The crate never unwinds a task from an arbitrary instruction; destructors run only on
-//! the normal and the panic paths. The design and its rules are in `DESIGN.md` of the
+//! the normal and the panic paths and at a [`checkpoint`]. A hard kill *freezes* the
+//! thread instead (it blocks forever with its signals masked; its stack and thread-locals
+//! stay mapped, what it owned is leaked, the locks it held stay held), and only where the
+//! gate finds no process-wide lock held: not inside libc, the loader, libgcc_s,
+//! libstdc++ or the vDSO, not inside std's stdout/stderr lock, not in a runtime section,
+//! not while unwinding (for a while). The design and its rules are in `DESIGN.md` of the
 //! project.
 //!
 //! # Platform

@@ -332,7 +332,7 @@ pub(crate) fn restore_normal_policy() -> io::Result<()> {
 
 /// The functions the signal handler may call: raw syscalls and vDSO reads, nothing that
 /// allocates, locks, panics or touches lazily initialised thread-locals. Part of the
-/// handler's marked zone (`handler.rs`); keep it that way.
+/// handler's marked zone (`handler/`); keep it that way.
 /// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
 /// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
 static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
