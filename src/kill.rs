@@ -174,11 +174,14 @@ impl Kills {
                 first_seen: None,
                 refused: false,
             });
-        }
-        if due < self.next_due.load(Ordering::Relaxed) {
+            // Decided under the lock `enforce` sets `next_due` under: either it has seen
+            // this watch, or this sees its `next_due` and rings.
+            if due >= self.next_due.load(Ordering::Relaxed) {
+                return;
+            }
             self.next_due.store(due, Ordering::Relaxed);
-            self.ring();
         }
+        self.ring();
     }
 
     /// Steps 2–6, by the monitor. Returns when it should look again (ns, `u64::MAX`:
@@ -197,10 +200,10 @@ impl Kills {
             for watch in watches.iter_mut() {
                 due = due.min(self.check(watch, now));
             }
+            self.next_due.store(due, Ordering::Relaxed);
             done
         };
         drop_quietly(done);
-        self.next_due.store(due, Ordering::Relaxed);
         due
     }
 
@@ -241,10 +244,12 @@ impl Kills {
         if now < freeze_at {
             return due.min(freeze_at);
         }
-        if watch.refused {
-            return due;
+        if watch.refused || record.redirect_slot.load(Ordering::Relaxed) != 0 {
+            // Refused, or frozen the moment it returns from a redirected frame.
+            return due.min(now + nanos(FREEZE_RETRY));
         }
-        if self.frozen_count.load(Ordering::Relaxed) >= self.max_frozen {
+        // Places taken, by freezes done and by those on their way (redirects).
+        if self.reserved.load(Ordering::Relaxed) >= self.max_frozen {
             watch.refused = true;
             self.refused();
             return due;
@@ -338,10 +343,20 @@ impl Kills {
         self.counters.cancelled[index(reason)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a freeze and remembers the thread. Async-signal-safe.
-    pub(crate) fn frozen(&self, reason: KillReason, stack_bytes: usize, pthread: usize) {
+    /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
+    /// innermost of the tasks frozen with it). Async-signal-safe.
+    pub(crate) fn frozen(
+        &self,
+        reason: KillReason,
+        stack_bytes: usize,
+        pthread: usize,
+        thread: bool,
+    ) {
         let c = &self.counters;
         c.frozen[index(reason)].fetch_add(1, Ordering::Relaxed);
+        if !thread {
+            return;
+        }
         c.frozen_stack_bytes
             .fetch_add(stack_bytes as u64, Ordering::Relaxed);
         let place = self.frozen_count.fetch_add(1, Ordering::Relaxed);

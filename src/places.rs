@@ -12,9 +12,12 @@
 //!   libgcc_s, libstdc++, libm, libpthread, librt, libdl and the vDSO, from
 //!   `dl_iterate_phdr`. The monitor re-reads them when the loader's add/remove counters
 //!   change (after a `dlopen`).
-//! - **Lock holders**: found by a probe at the first build, not from symbol names, so it
-//!   works on stripped binaries. The probe formats an empty `Display` value through
-//!   `print!`, `eprint!` and `write!` to `stdout()` and `stderr()`, and records the
+//! - **Lock holders**, two ways. From the executable's symbol table, by name: every
+//!   function of `std::io::stdio` (so `write_all` paths too), std's `getenv`/`setenv`/
+//!   `unsetenv` (its environment lock) and the panic entry points (the hook lock). And by a
+//!   probe at the first build, which also works on stripped binaries: it formats an empty
+//!   `Display` value through `print!`, `eprint!` and `write!` to `stdout()` and
+//!   `stderr()`, and records the
 //!   functions on the stack while its `fmt` runs; it does the same through `format!`, and
 //!   the functions seen only on the stdio paths are the lock holders (`core::fmt::write`
 //!   also serves `format!`, and holds nothing). It prints nothing.
@@ -34,6 +37,12 @@ static RANGES: [[AtomicUsize; 2]; MAX_RANGES] =
 static RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
 static HOLDERS: [AtomicUsize; MAX_HOLDERS] = [const { AtomicUsize::new(0) }; MAX_HOLDERS];
 static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Lock-holding std functions found by name in the executable's symbol table, as address
+/// ranges.
+const MAX_HOLDER_RANGES: usize = 512;
+static HOLDER_RANGES: [[AtomicUsize; 2]; MAX_HOLDER_RANGES] =
+    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_HOLDER_RANGES];
+static HOLDER_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The loader's (adds, subs) when the ranges were last read, packed.
 static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
@@ -65,22 +74,46 @@ pub(crate) fn in_library(pc: usize) -> bool {
 
 /// True if a function starting at `start` holds std's stdout or stderr lock while it runs
 /// user code. Async-signal-safe.
-pub(crate) fn is_lock_holder(start: usize) -> bool {
+pub(crate) fn is_lock_holder(start: usize, ip: usize) -> bool {
     let count = HOLDER_COUNT.load(Ordering::Acquire).min(MAX_HOLDERS);
-    start != 0
+    if start != 0
         && HOLDERS[..count]
             .iter()
             .any(|h| h.load(Ordering::Relaxed) == start)
+    {
+        return true;
+    }
+    let count = HOLDER_RANGE_COUNT
+        .load(Ordering::Acquire)
+        .min(MAX_HOLDER_RANGES);
+    HOLDER_RANGES[..count]
+        .iter()
+        .any(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
 }
 
 /// Builds both tables (once for the holders), or refreshes the ranges if the set of loaded
 /// objects changed since the last call. Cheap when nothing changed.
 pub(crate) fn refresh() {
     let _writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    let (objects, (adds, subs)) = sys::loaded_objects();
     if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
         probe_holders();
+        let base = objects
+            .iter()
+            .find(|o| o.name.is_empty())
+            .map_or(0, |o| o.base);
+        if let Ok(exe) = std::fs::read("/proc/self/exe") {
+            for (lo, hi) in named_holders(&exe) {
+                let count = HOLDER_RANGE_COUNT.load(Ordering::Relaxed);
+                if count == MAX_HOLDER_RANGES {
+                    break;
+                }
+                HOLDER_RANGES[count][0].store(base + lo, Ordering::Relaxed);
+                HOLDER_RANGES[count][1].store(base + hi, Ordering::Relaxed);
+                HOLDER_RANGE_COUNT.store(count + 1, Ordering::Release);
+            }
+        }
     }
-    let (objects, (adds, subs)) = sys::loaded_objects();
     let packed = (adds << 32) ^ subs;
     if LOADER_SEEN.swap(packed, Ordering::Relaxed) == packed {
         return;
@@ -164,6 +197,81 @@ fn probe_holders() {
     }
 }
 
+/// True for the mangled name of a std function that holds a process-wide lock while it
+/// runs code the gate might interrupt: everything in `std::io::stdio` (the stdout and
+/// stderr locks, `write_all` paths included), the environment's `getenv`/`setenv`/
+/// `unsetenv` (std's environment lock), and the panic entry points (the hook lock).
+fn is_holder_name(name: &str) -> bool {
+    let std = name.starts_with("_ZN3std") || name.starts_with("_RN") && name.contains("_3std");
+    let stdio = name.contains("std..io..stdio") || name.contains("2io5stdio");
+    std && (name.contains("2io5stdio")
+        || name.contains("6getenv")
+        || name.contains("6setenv")
+        || name.contains("8unsetenv")
+        || name.contains("14rust_panic_with_hook")
+        || name.contains("12default_hook"))
+        || stdio
+}
+
+/// The `[start, end)` of every function of the executable whose name [`is_holder_name`],
+/// from its ELF symbol table (none if it is stripped: the probe's list remains).
+fn named_holders(elf: &[u8]) -> Vec<(usize, usize)> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    };
+    let mut out = Vec::new();
+    if elf.get(..5) != Some(b"\x7fELF\x02") {
+        return out;
+    }
+    let (Some(shoff), Some(shentsize), Some(shnum)) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c))
+    else {
+        return out;
+    };
+    let section = |i: usize| shoff + i * usize::from(shentsize);
+    for i in 0..usize::from(shnum) {
+        let sh = section(i);
+        if u32_at(sh + 4) != Some(2) {
+            continue; // not SHT_SYMTAB
+        }
+        let (Some(off), Some(size), Some(link)) =
+            (u64_at(sh + 24), u64_at(sh + 32), u32_at(sh + 40))
+        else {
+            continue;
+        };
+        let Some(strtab) = u64_at(section(link as usize) + 24) else {
+            continue;
+        };
+        for sym in (off..off + size).step_by(24) {
+            let (Some(name), Some(info), Some(value), Some(len)) = (
+                u32_at(sym),
+                elf.get(sym + 4),
+                u64_at(sym + 8),
+                u64_at(sym + 16),
+            ) else {
+                break;
+            };
+            if info & 0xf != 2 || len == 0 {
+                continue; // not STT_FUNC
+            }
+            let start = strtab + name as usize;
+            let Some(bytes) = elf.get(start..) else {
+                continue;
+            };
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(0);
+            if std::str::from_utf8(&bytes[..end]).is_ok_and(is_holder_name) {
+                out.push((value, value + len));
+            }
+        }
+    }
+    out
+}
+
 /// How many lock-holding functions the probe found.
 #[cfg(test)]
 fn holder_count() -> usize {
@@ -180,6 +288,16 @@ mod tests {
         assert!(holder_count() >= 2, "found {}", holder_count());
         assert!(in_library(libc::malloc as *const () as usize));
         assert!(!in_library(refresh as *const () as usize));
-        assert!(!is_lock_holder(refresh as *const () as usize));
+        let f = refresh as *const () as usize;
+        assert!(!is_lock_holder(f, f));
+        assert!(HOLDER_RANGE_COUNT.load(Ordering::Relaxed) >= 10);
+        assert!(is_holder_name(
+            "_ZN3std2io5stdio6_print17h0123456789abcdefE"
+        ));
+        assert!(is_holder_name(
+            "_ZN61_$LT$std..io..stdio..StdoutLock$u20$as$u20$std..io..Write$GT$9write_all17h0E"
+        ));
+        assert!(!is_holder_name("_ZN3std9panicking3try7do_call17h0E"));
+        assert!(!is_holder_name("_ZN4core3fmt5write17h0E"));
     }
 }

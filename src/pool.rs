@@ -147,6 +147,9 @@ impl Shared {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        // A task spawning must not be frozen inside the spawn: it may hold the gate's
+        // ticket, or the slot's deque mid-push.
+        let _no_freeze = crate::handler::FreezeGuard::new();
         if budget.invalid().is_some() {
             return task::rejected_with(func, JoinError::InvalidBudget(budget));
         }
@@ -470,6 +473,7 @@ impl Pool {
     }
 
     fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
+        let _no_freeze = crate::handler::FreezeGuard::new();
         let shared = &self.shared;
         shared.close();
         if runner::with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared))) {

@@ -85,6 +85,8 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Runner>) -> R) -> R {
 /// does nothing if another thread has claimed the task already). On any other thread the
 /// task is left to the pool's runners.
 pub(crate) fn run_inline(pool: usize, task: Task) {
+    // Runtime code inside the joining task: no freeze, but in the joined closure.
+    let _no_freeze = crate::handler::FreezeGuard::new();
     with_current(|runner| match runner {
         Some(runner) if runner.shared.id() == pool => runner.run_nested(task),
         _ => drop(task),

@@ -407,6 +407,8 @@ pub(crate) fn current_stack() -> io::Result<(usize, usize, usize)> {
 /// One loaded object's executable segments, as `dl_iterate_phdr` reports them.
 pub(crate) struct LoadedObject {
     pub(crate) name: String,
+    /// The load bias: add it to the object's symbol values.
+    pub(crate) base: usize,
     pub(crate) text: Vec<(usize, usize)>,
 }
 
@@ -444,7 +446,11 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
                     (start, start + h.p_memsz as usize)
                 })
                 .collect();
-            out.objects.push(LoadedObject { name, text });
+            out.objects.push(LoadedObject {
+                name,
+                base: info.dlpi_addr as usize,
+                text,
+            });
         }
         0
     }
@@ -574,14 +580,15 @@ pub(crate) mod async_safe {
         let pc = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
         let ax = uc.uc_mcontext.gregs[libc::REG_RAX as usize];
         // SAFETY: `pc` is the address of the instruction the thread was about to run, in
-        // mapped, executable (and on Linux readable) text; the byte before it belongs to
-        // the previous instruction or the same mapping (text starts page-aligned and a
-        // function never starts at a page's first byte with a syscall before it).
-        let (here, before) = unsafe {
-            (
-                core::ptr::read_unaligned(pc as *const [u8; 2]),
-                core::ptr::read_unaligned((pc - 2) as *const [u8; 2]),
-            )
+        // mapped, executable (and on Linux readable) text, at least two bytes long if it
+        // is a `syscall`. The two bytes before it are read only when they are on the same
+        // page, so mapped too.
+        let here = unsafe { core::ptr::read_unaligned(pc as *const [u8; 2]) };
+        let before = if ax == -i64::from(libc::EINTR) && pc & 0xfff >= 2 {
+            // SAFETY: as above.
+            unsafe { core::ptr::read_unaligned((pc - 2) as *const [u8; 2]) }
+        } else {
+            [0, 0]
         };
         const SYSCALL: [u8; 2] = [0x0f, 0x05];
         let waiting = [

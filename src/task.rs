@@ -303,8 +303,7 @@ struct CancelUnwind;
 /// budget ran out, or [`JoinHandle::cancel`] was called), it unwinds from here with a
 /// private payload, so destructors run and the mutexes the task holds are poisoned; its
 /// handle resolves with [`Killed`] and [`KillHow::Cancelled`]. Outside a task of a pool,
-/// while the thread is already panicking, and after a freeze has been set in motion, it
-/// does nothing. A task that catches the unwind (with `catch_unwind`) and goes on is
+/// and while the thread is already panicking, it does nothing. A task that catches the unwind (with `catch_unwind`) and goes on is
 /// unwound again at its next checkpoint, and frozen when its grace period is over.
 #[inline]
 pub fn checkpoint() {
@@ -323,11 +322,12 @@ pub fn checkpoint() {
 #[cold]
 #[inline(never)]
 fn cancel_here() {
-    // A second unwind while unwinding aborts the process; a freeze already on its way (a
-    // redirected return address) must not be unwound through.
-    if std::thread::panicking() || crate::handler::freeze_pending() {
+    // A second unwind while unwinding aborts the process.
+    if std::thread::panicking() {
         return;
     }
+    // A freeze on its way (a redirected return address) must not be unwound through.
+    crate::handler::before_unwind();
     panic::resume_unwind(Box::new(CancelUnwind));
 }
 
@@ -404,18 +404,25 @@ where
             self.join.complete(Err(JoinError::Killed(killed)), None);
             return;
         }
-        let outer = CURRENT.with(|c| c.replace(control));
+        let outer_control = CURRENT.with(|c| c.replace(control));
+        let (outer, no_freeze_base) = env
+            .record
+            .map_or((ptr::null(), 0), |record| record.current());
         let running = Running {
             task: self,
             counters: env.counters,
             pool: env.pool,
+            outer,
+            no_freeze_base,
         };
-        let outer_running = env.record.map(|record| record.enter_user(&running));
+        if let Some(record) = env.record {
+            record.enter_user(&running);
+        }
         let result = panic::catch_unwind(AssertUnwindSafe(func));
-        if let (Some(record), Some(outer)) = (env.record, outer_running) {
+        if let Some(record) = env.record {
             record.leave_user(outer);
         }
-        CURRENT.with(|c| c.set(outer));
+        CURRENT.with(|c| c.set(outer_control));
         let cpu_ns = cpu_start.map(|start| sys::async_safe::thread_cpu_ns().saturating_sub(start));
         let result = result.map_err(|payload| {
             if payload.is::<CancelUnwind>() {
@@ -736,6 +743,9 @@ impl<T> JoinHandle<T> {
     /// [`Killed`] with [`KillReason::Cancelled`] unless the task finished (or its budget
     /// ran out) first. Without preemption only the cooperative part applies.
     pub fn cancel(&self) {
+        // Runtime code (the monitor's registry lock): no freeze of a task calling this.
+        let _no_freeze = crate::handler::FreezeGuard::new();
+        crate::sys::init_time_base();
         let Some(task) = self.task.clone().task() else {
             return;
         };

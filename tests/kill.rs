@@ -103,6 +103,10 @@ fn a_loop_with_a_checkpoint_is_cancelled_and_its_destructors_run() {
 #[test]
 fn an_allocate_and_free_loop_is_frozen_outside_malloc() {
     in_child("an_allocate_and_free_loop_is_frozen_outside_malloc", || {
+        // One malloc arena for every thread: a thread frozen inside malloc would leave
+        // the allocator locked for all of them, and the checks below would hang.
+        // SAFETY: mallopt is safe to call at any time; this only limits arenas.
+        assert_eq!(unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) }, 1);
         let pool = pool(2);
         let runaway = pool.spawn_with(Budget::cpu(SHORT).grace(Duration::ZERO), || loop {
             let v: Vec<u64> = Vec::with_capacity(black_box(4096));
@@ -405,19 +409,23 @@ fn cancel_stops_queued_and_running_tasks() {
         while ran.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
-        // Queued behind nothing on a one-slot pool once the polite one is handed off; a
-        // task cancelled before it starts never runs.
-        let r = ran.clone();
-        let queued = pool.spawn(move || {
-            r.fetch_add(100, Ordering::SeqCst);
-        });
-        queued.cancel();
         polite.cancel();
         let k = killed(join(polite));
         assert_eq!(
             (k.reason(), k.how()),
             (KillReason::Cancelled, KillHow::Cancelled)
         );
+        // A task cancelled while queued never runs. The slot is held by a task blocked on
+        // a channel (a blocked task is not handed off), so the next one stays queued.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocker = pool.spawn(move || blocked.recv().is_ok());
+        let r = ran.clone();
+        let queued = pool.spawn(move || {
+            r.fetch_add(100, Ordering::SeqCst);
+        });
+        queued.cancel();
+        release.send(()).unwrap();
+        assert!(join(blocker).unwrap());
         let k = killed(join(queued));
         assert_eq!(k.reason(), KillReason::Cancelled);
         // A task with no checkpoint and no budget: frozen after the default grace.
@@ -645,6 +653,76 @@ fn past_max_frozen_a_hard_kill_is_refused_and_the_task_runs_on() {
                 (stats.frozen, stats.frozen_threads, stats.kills_refused),
                 (1, 1, 1)
             );
+            pool.shutdown();
+        },
+    );
+}
+
+/// A task frozen while it runs inside another through an inline join: both resolve
+/// (frozen), and shutdown does not wait for either.
+#[test]
+fn a_freeze_inside_an_inline_join_ends_every_task_on_the_thread() {
+    in_child(
+        "a_freeze_inside_an_inline_join_ends_every_task_on_the_thread",
+        || {
+            let pool = pool(1);
+            let handle = pool.handle();
+            let outer = pool.spawn_with(Budget::wall(Duration::from_secs(3600)), move || {
+                // Queued on this slot, so the join runs it right here.
+                let inner = handle.spawn_with(Budget::cpu(SHORT), || {
+                    #[allow(clippy::empty_loop)]
+                    loop {}
+                });
+                inner.join().map(|_: ()| 1u32)
+            });
+            let k = killed(join(outer));
+            assert_eq!(
+                (k.reason(), k.how()),
+                (KillReason::CpuBudget, KillHow::Frozen)
+            );
+            good_tasks_still_run(&pool, 100);
+            let stats = pool.stats();
+            assert_eq!((stats.frozen, stats.frozen_threads), (2, 1), "{stats:?}");
+            pool.shutdown();
+        },
+    );
+}
+
+/// A runaway that keeps spawning (and allocating, and writing to stdout through
+/// `write_all`, and reading the environment) is frozen outside every lock the runtime
+/// and std hold; spawning, printing, reading the environment and shutting down still
+/// work afterwards.
+#[test]
+fn runaways_in_runtime_and_std_calls_leave_no_lock_held() {
+    in_child(
+        "runaways_in_runtime_and_std_calls_leave_no_lock_held",
+        || {
+            // SAFETY: as in the allocation test.
+            assert_eq!(unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) }, 1);
+            let pool = pool(2);
+            let handle = pool.handle();
+            let budget = Budget::cpu(SHORT).grace(Duration::ZERO);
+            let spawner = pool.spawn_with(budget, move || loop {
+                drop(handle.spawn(|| 1u8));
+            });
+            let writer = pool.spawn_with(budget, || {
+                use std::io::Write;
+                loop {
+                    let _ = std::io::stdout().write_all(b"write_all runaway\n");
+                }
+            });
+            let env_reader = pool.spawn_with(budget, || loop {
+                black_box(std::env::var_os("PATH"));
+            });
+            for h in [spawner, writer, env_reader] {
+                assert_eq!(killed(join(h)).how(), KillHow::Frozen);
+            }
+            good_tasks_still_run(&pool, 100);
+            println!("stdout still works");
+            assert!(std::env::var_os("PATH").is_some());
+            // SAFETY: no other thread of this child reads the environment concurrently
+            // except the frozen one, which is stopped for good.
+            unsafe { std::env::set_var("MICROSCHED_TEST_ENV", "1") };
             pool.shutdown();
         },
     );

@@ -63,15 +63,20 @@ fn this_record() -> Option<&'static Record> {
     THIS_RECORD.with(|r| unsafe { r.get().as_ref() })
 }
 
-/// True if a freeze of this thread is already on its way (a redirected return address):
-/// the thread must not unwind through that frame.
-pub(crate) fn freeze_pending() -> bool {
-    this_record().is_some_and(|r| r.redirect_slot.load(Ordering::Relaxed) != 0)
+/// Before a cooperative unwind (normal context): puts back a return address redirected
+/// for a freeze, so the unwinder finds the real caller. The freeze is asked for again
+/// later if the task does not finish unwinding.
+pub(crate) fn before_unwind() {
+    if let Some(record) = this_record() {
+        let _guard = FreezeGuard::new();
+        undo_redirect(record);
+    }
 }
 
 /// Raises the calling pool thread's no-freeze counter for its lifetime: wrap code that may
 /// take a process-wide lock the gate cannot see (an allocator linked into the binary).
-/// Does nothing on other threads.
+/// The runtime holds one across every call task code makes into it (spawn, cancel, an
+/// inline join's bookkeeping, shutdown). Does nothing on other threads.
 pub struct FreezeGuard(Option<&'static Record>);
 
 impl FreezeGuard {
@@ -80,7 +85,9 @@ impl FreezeGuard {
     pub fn new() -> FreezeGuard {
         let record = this_record();
         if let Some(record) = record {
-            record.no_freeze.fetch_add(1, Ordering::Relaxed);
+            // Only this thread writes its counter (the handler reads it): no locked RMW.
+            let n = record.no_freeze.load(Ordering::Relaxed);
+            record.no_freeze.store(n + 1, Ordering::Relaxed);
             compiler_fence(Ordering::SeqCst);
         }
         FreezeGuard(record)
@@ -98,7 +105,8 @@ impl Drop for FreezeGuard {
     fn drop(&mut self) {
         if let Some(record) = self.0 {
             compiler_fence(Ordering::SeqCst);
-            record.no_freeze.fetch_sub(1, Ordering::Relaxed);
+            let n = record.no_freeze.load(Ordering::Relaxed);
+            record.no_freeze.store(n - 1, Ordering::Relaxed);
         }
     }
 }
@@ -112,10 +120,10 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let _guard = FreezeGuard::new();
             if let Some(record) = this_record() {
                 undo_redirect(record);
             }
-            let _guard = FreezeGuard::new();
             previous(info);
         }));
     });
@@ -147,8 +155,13 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         kills.deferred(Defer::Runtime);
         return;
     };
-    let control = running.task.control();
-    if !ptr::eq(control, target) || record.redirect_slot.load(Ordering::Relaxed) != 0 {
+    // The target may be this task or one it runs inside (an inline join): the freeze
+    // stops the whole chain.
+    let Some(targeted) = running.chain().find(|r| ptr::eq(r.task.control(), target)) else {
+        return;
+    };
+    let control = targeted.task.control();
+    if record.redirect_slot.load(Ordering::Relaxed) != 0 {
         return;
     }
     // Only a task whose own kill is due: the target may be stale, its memory reused by
@@ -177,15 +190,13 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
             }
         }
     }
-    let verdict = gate(record, running, pc, wait);
+    let verdict = gate(record, running, pc, wait, false);
     match verdict {
         Gate::Defer(why) => kills.deferred(why),
         Gate::Redirect { slot, ret } => {
+            // At the cap the monitor sees it too, and counts the refusal once.
             if kills.reserve_frozen() {
                 redirect(record, slot, ret);
-            } else {
-                kills.refused();
-                record.kill_target.store(ptr::null_mut(), Ordering::Relaxed);
             }
         }
         Gate::Now => {
@@ -197,8 +208,6 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
                 if record.state.load(Ordering::Relaxed) == IN_TASK {
                     record.reserve().give_back();
                 }
-                kills.refused();
-                record.kill_target.store(ptr::null_mut(), Ordering::Relaxed);
                 return;
             }
             freeze(record, running, None);
@@ -216,9 +225,13 @@ enum Gate {
     Now,
 }
 
-fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
+/// Step 2's checks. `overflow`: for a stack overflow, which cannot wait: no redirect, and
+/// a panicking thread is judged by its frames alone.
+fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow: bool) -> Gate {
     let blocked = wait != Wait::None;
-    if record.no_freeze.load(Ordering::Relaxed) > 0 || record.depth.load(Ordering::Relaxed) > 0 {
+    if record.no_freeze.load(Ordering::Relaxed) > running.no_freeze_base
+        || record.depth.load(Ordering::Relaxed) > 0
+    {
         return Gate::Defer(Defer::NoFreeze);
     }
     // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
@@ -237,18 +250,22 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
         now >= until
     };
     let panicking = std::thread::panicking();
-    if panicking && !forced() {
+    if panicking && !overflow && !forced() {
         return Gate::Defer(Defer::Panicking);
     }
     // Never redirect a return while unwinding: the unwinder reads return addresses.
-    let may_redirect = cfg!(target_arch = "x86_64") && !panicking;
+    let may_redirect = cfg!(target_arch = "x86_64") && !panicking && !overflow;
     let lib_pc = places::in_library(pc);
     if lib_pc && !blocked && !may_redirect {
         return Gate::Defer(Defer::Library);
     }
     let mut walk = Walk {
         pc,
-        boundary: running as *const Running<'_> as usize,
+        // Every task frame, those of the tasks this one runs inside included.
+        boundary: running
+            .chain()
+            .last()
+            .map_or(0, |r| r as *const Running<'_> as usize),
         started: false,
         skipped: 0,
         inner_libs: blocked,
@@ -260,6 +277,9 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait) -> Gate {
         // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
         wrapper_frames: if wait == Wait::Futex { 1 } else { 2 },
         frames: 0,
+        // A kill may defer and look again; an overflow is judged once, through however
+        // deep the recursion went.
+        max_frames: if overflow { u32::MAX } else { 512 },
         defer: None,
         holder_cfa: 0,
         holder_ret: 0,
@@ -319,6 +339,7 @@ struct Walk {
     lib_exit_cfa: usize,
     lib_exit_ret: usize,
     frames: u32,
+    max_frames: u32,
     defer: Option<Defer>,
     /// The CFA of the outermost lock-holding frame, and the return address stored just
     /// below it (the next frame's IP).
@@ -381,13 +402,13 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.inner_libs = false;
     }
     // SAFETY: as above.
-    if places::is_lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }) {
+    if places::is_lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }, ip) {
         walk.holder_cfa = 0;
         walk.holder_ret = 0;
         walk.want_ret = true;
     }
     walk.frames += 1;
-    if walk.frames > 512 {
+    if walk.frames > walk.max_frames {
         walk.defer = Some(Defer::Unwalkable);
         return unwind::NORMAL_STOP;
     }
@@ -504,17 +525,38 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>) ->
     }
     // It was, or just became, a carrier; it will never finish as one.
     reserve.carrier_done();
-    // Counted before the outcome is published, so a joiner sees the counts.
-    let control = running.task.control();
-    let reason = reason.unwrap_or(KillReason::Cancelled);
-    control.kill(reason, async_safe::monotonic_ns());
-    let reason = control.killed().map_or(reason, |(r, _)| r);
-    preempt.kills.frozen(
-        reason,
-        record.stack_bytes.load(Ordering::Relaxed),
-        record.pthread.load(Ordering::Relaxed),
-    );
-    running.task.publish_frozen(running.counters, reason);
+    // Every task on the thread ends here: the one running and those it runs inside (an
+    // inline join). Each keeps its own kill reason; one without takes the freeze's.
+    let now = async_safe::monotonic_ns();
+    let reason = reason
+        .or_else(|| {
+            let target = record.kill_target.load(Ordering::Relaxed);
+            running
+                .chain()
+                .find(|r| ptr::eq(r.task.control(), target))
+                .and_then(|r| r.task.control().killed())
+                .map(|(reason, _)| reason)
+        })
+        .unwrap_or(KillReason::Cancelled);
+    // Counted before the outcomes are published, so a joiner sees the counts.
+    for (i, task) in running.chain().enumerate() {
+        let control = task.task.control();
+        control.kill(reason, now);
+        let own = control.killed().map_or(reason, |(r, _)| r);
+        let (stack, thread) = if i == 0 {
+            (
+                record.stack_bytes.load(Ordering::Relaxed),
+                record.pthread.load(Ordering::Relaxed),
+            )
+        } else {
+            (0, 0)
+        };
+        preempt.kills.frozen(own, stack, thread, i == 0);
+    }
+    for task in running.chain() {
+        let own = task.task.control().killed().map_or(reason, |(r, _)| r);
+        task.task.publish_frozen(task.counters, own);
+    }
     // SAFETY: `pool` is the `Shared` of the pool this thread serves, which this thread
     // keeps alive (its runner holds an `Arc`, never dropped now).
     let shared = unsafe { &*running.pool.cast::<crate::pool::Shared>() };
@@ -547,6 +589,17 @@ pub(crate) extern "C" fn on_fault(
         // SAFETY: as in `attempt`.
         if let (true, Some(running)) = (in_guard, unsafe { running.as_ref() }) {
             let kills = record.preempt().kills;
+            // The same gate as a kill's, but nothing can wait: where a freeze could leave
+            // a process-wide lock held (an overflow inside malloc, inside `println!`, in a
+            // runtime section), the process ends as it would have without us (std's
+            // message and abort) rather than deadlock later.
+            // SAFETY: `context` is the handler's third argument.
+            let (pc, _) = unsafe { async_safe::interrupted(context) };
+            if !matches!(gate(record, running, pc, Wait::None, true), Gate::Now) {
+                chain(signal, info, context);
+                async_safe::set_errno(errno);
+                return;
+            }
             if !take_slot_off(record) {
                 // Come back when a standby has parked: returning re-runs the faulting
                 // instruction, which faults again.
@@ -554,7 +607,8 @@ pub(crate) extern "C" fn on_fault(
                 async_safe::set_errno(errno);
                 return;
             }
-            if kills.reserve_frozen() {
+            // A freeze on its way (a redirected return) already holds a place.
+            if record.redirect_slot.swap(0, Ordering::Relaxed) != 0 || kills.reserve_frozen() {
                 running
                     .task
                     .control()

@@ -58,7 +58,7 @@ use crate::task::{Control, Runnable};
 mod freeze;
 
 pub use freeze::FreezeGuard;
-pub(crate) use freeze::{freeze_pending, install_panic_hook, on_fault, set_this_record};
+pub(crate) use freeze::{before_unwind, install_panic_hook, on_fault, set_this_record};
 
 /// How many pool threads a process may have at once, over all its pools.
 pub(crate) const MAX_THREADS: usize = 4096;
@@ -125,6 +125,25 @@ pub(crate) struct Running<'a> {
     pub(crate) counters: &'a SlotCounters,
     /// The pool's `Shared`, opaque here.
     pub(crate) pool: *const (),
+    /// The task this one runs inside (an inline join), or null. A freeze stops them all.
+    pub(crate) outer: *const Running<'static>,
+    /// The thread's no-freeze counter when the closure started: the runtime code around
+    /// an inline join holds it up by one, and the joined closure may still be frozen.
+    pub(crate) no_freeze_base: u32,
+}
+
+impl Running<'_> {
+    /// This task and the ones it runs inside, innermost first.
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Running<'_>> {
+        let mut next: *const Running<'_> = self;
+        std::iter::from_fn(move || {
+            // SAFETY: each `outer` points at the `Running` of a task whose closure is
+            // still on this thread's stack, below which this one runs.
+            let current = unsafe { next.as_ref() }?;
+            next = current.outer;
+            Some(current)
+        })
+    }
 }
 
 /// A record's timer slot with no timer in it (0 is a valid kernel timer id).
@@ -219,28 +238,33 @@ impl Record {
         }
     }
 
+    /// The closure running on this thread, if any (for an inline join's `Running::outer`),
+    /// and the no-freeze counter now.
+    pub(crate) fn current(&self) -> (*const Running<'static>, u32) {
+        (
+            self.running.load(Ordering::Relaxed),
+            self.no_freeze.load(Ordering::Relaxed),
+        )
+    }
+
     /// The task's closure is about to run on this thread (`task.rs`). From here until
     /// [`leave_user`](Record::leave_user) the thread may be frozen.
-    /// Returns the closure it interrupts (an inline join runs a task inside another), for
-    /// [`leave_user`](Record::leave_user).
-    pub(crate) fn enter_user(&self, running: &Running<'_>) -> *mut Running<'static> {
-        // Only this thread writes `running` (the handler only reads it), so a load and a
-        // store, not a locked swap.
-        let outer = self.running.load(Ordering::Relaxed);
+    pub(crate) fn enter_user(&self, running: &Running<'_>) {
         compiler_fence(Ordering::SeqCst);
+        // Only this thread writes `running` (the handler only reads it): a plain store.
         self.running.store(
             running as *const Running<'_> as *mut Running<'static>,
             Ordering::Relaxed,
         );
         compiler_fence(Ordering::SeqCst);
-        outer
     }
 
-    /// The closure has returned or unwound: no freeze of it from here on. `outer` is what
-    /// `enter_user` returned: the closure of the task that joined it inline, if any.
-    pub(crate) fn leave_user(&self, outer: *mut Running<'static>) {
+    /// The closure has returned or unwound: no freeze of it from here on. `outer` is the
+    /// closure of the task that joined it inline, if any.
+    pub(crate) fn leave_user(&self, outer: *const Running<'static>) {
         compiler_fence(Ordering::SeqCst);
-        self.running.store(outer, Ordering::Relaxed);
+        self.running
+            .store(outer as *mut Running<'static>, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
     }
 
