@@ -329,12 +329,8 @@ impl Shared {
             if live == 0 {
                 return true;
             }
-            let timeout = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
+            let Some(timeout) = task::time_left(deadline) else {
+                return false;
             };
             self.live.wait(live, timeout);
         }

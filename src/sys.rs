@@ -579,10 +579,10 @@ pub(crate) mod async_safe {
         let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
         let pc = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
         let ax = uc.uc_mcontext.gregs[libc::REG_RAX as usize];
-        // SAFETY: `pc` is the address of the instruction the thread was about to run, in
-        // mapped, executable (and on Linux readable) text, at least two bytes long if it
-        // is a `syscall`. The two bytes before it are read only when they are on the same
-        // page, so mapped too.
+        // `pc` is the address of the instruction the thread was about to run, in mapped,
+        // executable (and on Linux readable) text. The two bytes before it are read only
+        // when they are on the same page, so mapped too.
+        // SAFETY: readable text, at least two bytes long if it is a `syscall`.
         let here = unsafe { core::ptr::read_unaligned(pc as *const [u8; 2]) };
         let before = if ax == -i64::from(libc::EINTR) && pc & 0xfff >= 2 {
             // SAFETY: as above.

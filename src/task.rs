@@ -145,12 +145,8 @@ impl<T> JoinState<T> {
             if prev & COMPLETE != 0 {
                 return true;
             }
-            let timeout = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
+            let Some(timeout) = time_left(deadline) else {
+                return false;
             };
             self.word.wait(prev | WAITING, timeout);
         }
@@ -329,6 +325,18 @@ fn cancel_here() {
     // A freeze on its way (a redirected return address) must not be unwound through.
     crate::handler::before_unwind();
     panic::resume_unwind(Box::new(CancelUnwind));
+}
+
+/// The timeout for a futex wait until `deadline`: `Some(None)` for no deadline, `None` if
+/// it has passed.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(Some(left)),
+            _ => None,
+        },
+    }
 }
 
 /// A task's closure and its result slot, in one allocation.

@@ -417,10 +417,10 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
 
 /// Points a lock holder's return address at the trampoline, if it still holds `ret`.
 fn redirect(record: &Record, slot: usize, ret: usize) {
-    // SAFETY: `slot` is CFA - 8 of a frame of the interrupted task on this very thread's
-    // stack (x86_64: the caller's return address sits just below the CFA), which cannot
-    // change while the handler runs. It is checked to hold the return address the unwinder
-    // reported before it is written.
+    // `slot` is CFA - 8 of a frame of the interrupted task on this very thread's stack
+    // (x86_64: the caller's return address sits just below the CFA), which cannot change
+    // while the handler runs.
+    // SAFETY: a live, aligned stack slot of this thread, checked to hold `ret` first.
     unsafe {
         if ptr::read_volatile(slot as *const usize) != ret {
             record.preempt().kills.unreserve_frozen();
