@@ -6,7 +6,8 @@
 //! calibrated in this run, never "spin until t"). Latency is taken from the request's
 //! *scheduled* arrival to its completion, so a generator or a scheduler that falls behind
 //! is charged for it (no coordinated omission); the first 10 % of requests are discarded as
-//! warm-up. The generator sleeps until each arrival with absolute-deadline sleeps and never
+//! warm-up and the last 10 % as cool-down (they are still sent, so the measured ones see a
+//! steady load). The generator sleeps until each arrival with absolute-deadline sleeps and never
 //! spins; how late it submits is measured and printed.
 //!
 //! Schedulers, each with as many workers as cores, on the same cores:
@@ -21,7 +22,9 @@
 //!
 //! `cargo bench --bench tail` (add `-- --quick` for the bimodal workload and fewer, shorter
 //! points: under 3 minutes). Ends with one `SUMMARY tail ...` line for the bimodal workload
-//! at load 0.7. With `-- --report` it also writes `BENCHMARKS.md` and the plots in
+//! at load 0.7: each scheduler's median short-class p99 over the sweep's trace and three
+//! more (other seeds), and the max-load ratio from the sweep. A section with runaway
+//! requests (microsched with budgets only) comes before it. With `-- --report` it also writes `BENCHMARKS.md` and the plots in
 //! `docs/tail/` at the root of the repository.
 
 #[path = "common/sys.rs"]
@@ -114,6 +117,13 @@ fn thread_cpu_ns() -> u64 {
 
 const NEVER: u64 = u64::MAX;
 
+/// The requests measured: all but the first 10 % (warm-up: queues still filling) and the
+/// last 10 % (cool-down: arrivals end, and the last requests would see a draining system),
+/// as a range of indices.
+fn measured(len: usize) -> (usize, usize) {
+    (len / 10, len - len / 10)
+}
+
 fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
     let done: Arc<Vec<AtomicU64>> =
         Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
@@ -147,9 +157,9 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
     while finished.load(Ordering::Acquire) < requests.len() {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let warmup = requests.len() / 10;
+    let (warmup, cooldown) = measured(requests.len());
     let mut latency_us = vec![Vec::new(); classes];
-    for (i, r) in requests.iter().enumerate().skip(warmup) {
+    for (i, r) in requests.iter().enumerate().take(cooldown).skip(warmup) {
         let end = done[i].load(Ordering::Relaxed);
         let us = if end == NEVER || end > give_up {
             f64::INFINITY
@@ -266,11 +276,11 @@ fn main() {
             })
             .collect();
         println!(
-            "   classes: {}; latencies in µs; gen late: p99 of how late the generator submitted (µs); gen cpu: its CPU per request (µs)",
+            "   classes: {}; latencies in µs; gen late: p99 of how late the generator submitted (µs); gen cpu: its CPU per request (µs), and as a share of the pool's capacity at that load",
             classes.join(", ")
         );
         println!(
-            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
+            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
             "scheduler",
             "load",
             "short p50",
@@ -280,17 +290,18 @@ fn main() {
             "long p99",
             "long p99.9",
             "gen late",
-            "gen cpu"
+            "gen cpu",
+            "gen cap"
         );
         // short p99 per scheduler per load.
         let mut p99 = vec![vec![f64::NAN; loads.len()]; schedulers.len()];
         for (li, &load) in loads.iter().enumerate() {
             let requests = arrivals(workload, load * capacity, seconds, per_us, 0x5EED);
+            let (warmup, cooldown) = measured(requests.len());
             let counts: Vec<String> = (0..workload.classes.len())
                 .map(|c| {
-                    let n = requests
+                    let n = requests[warmup..cooldown]
                         .iter()
-                        .skip(requests.len() / 10)
                         .filter(|r| r.class == c)
                         .count();
                     format!("{n} {}", workload.classes[c].name)
@@ -328,8 +339,10 @@ fn main() {
                     generator_late_p99_us: point.submit_late_p99_us,
                     generator_cpu_us: point.generator_cpu_us,
                 });
+                // The generator's CPU per second of arrivals, over the pool's CPU.
+                let gen_share = point.generator_cpu_us * load * capacity / (workers as f64 * 1e6);
                 println!(
-                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1}",
+                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1} {:>6.2}%",
                     names[s],
                     load,
                     percentile(&mut short, 0.5),
@@ -339,7 +352,8 @@ fn main() {
                     percentile(&mut long, 0.99),
                     percentile(&mut long, 0.999),
                     point.submit_late_p99_us,
-                    point.generator_cpu_us
+                    point.generator_cpu_us,
+                    gen_share * 100.0
                 );
             }
         }
@@ -393,14 +407,81 @@ fn main() {
                     }
                 );
             }
-            summary = Some(format!(
-                "SUMMARY tail load=0.7 short_p99_us_microsched={a:.0} short_p99_us_fcfs={b:.0} short_p99_us_rayon={c:.0} short_p99_us_thread={d:.0} ratio_fcfs_over_microsched={:.1} max_load_ratio_vs_rayon={:.2}",
-                b / a,
-                ours / rayon_floor
-            ));
+            summary = Some(([a, b, c, d], ours / rayon_floor));
         }
     }
-    let summary = summary.unwrap_or_default();
+    // The SUMMARY point again on three more traces (other seeds): one trace's p99 moves
+    // with a single VM hiccup, so the SUMMARY reports each scheduler's median over the
+    // four, and the spread is printed.
+    let bimodal = Workload::bimodal();
+    let capacity = workers as f64 / bimodal.mean_service_us() * 1e6;
+    println!(
+        "\n== spread: bimodal at load 0.70, three more traces (short p99 µs; the SUMMARY takes the median of four)"
+    );
+    let (main_p99, max_load_ratio) = summary.unwrap_or(([f64::NAN; 4], f64::NAN));
+    let mut per_sched: Vec<Vec<f64>> = main_p99.iter().map(|&v| vec![v]).collect();
+    for seed in [1u64, 2, 3] {
+        let requests = arrivals(&bimodal, 0.7 * capacity, seconds, per_us, seed);
+        let mut line = format!(
+            "seed {seed}: offered {:.3};",
+            offered_load(&requests, per_us, workers, seconds)
+        );
+        for (s, values) in per_sched.iter_mut().enumerate() {
+            let mut short =
+                run_point(&schedulers[s], &requests, bimodal.classes.len()).latency_us[0].clone();
+            let v = percentile(&mut short, 0.99);
+            values.push(v);
+            line += &format!(" {} {v:.0}", names[s]);
+        }
+        println!("{line}");
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+    };
+    let ratios: Vec<f64> = (0..per_sched[0].len())
+        .map(|i| per_sched[1][i] / per_sched[0][i])
+        .collect();
+    let ratio_list = ratios
+        .iter()
+        .map(|r| format!("{r:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("FCFS / microsched short p99 per trace: {ratio_list}");
+    let mut sections = vec![format!(
+        "## Spread over traces\n\nThe SUMMARY point (bimodal, load 0.70) on the sweep's trace and \
+         three more (seeds 1–3); the SUMMARY takes each scheduler's median. Short-class p99, \
+         µs:\n\n| trace | {} |\n|---|---|---|---|---|\n{}\nFCFS / microsched per trace: {ratio_list}.",
+        names[..4].join(" | "),
+        (0..per_sched[0].len())
+            .map(|i| format!(
+                "| {} | {} |\n",
+                if i == 0 { "sweep".to_string() } else { format!("seed {i}") },
+                (0..4)
+                    .map(|s| format!("{:.0}", per_sched[s][i]))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ))
+            .collect::<String>()
+    )];
+    let [a, b, c, d] = [0, 1, 2, 3].map(|s| median(&per_sched[s]));
+    let summary = format!(
+        "SUMMARY tail load=0.7 short_p99_us_microsched={a:.0} short_p99_us_fcfs={b:.0} short_p99_us_rayon={c:.0} short_p99_us_thread={d:.0} ratio_fcfs_over_microsched={:.1} max_load_ratio_vs_rayon={max_load_ratio:.2}",
+        b / a
+    );
+
+    sections.push(runaways(
+        workers,
+        per_us,
+        seconds,
+        if quick {
+            &[0.7][..]
+        } else {
+            &[0.5, 0.7, 0.9][..]
+        },
+    ));
+
     if write_report {
         let setup = format!(
             "{workers} workers on a {workers}-vCPU machine, {seconds} s of arrivals per point{}, \
@@ -415,6 +496,7 @@ fn main() {
             env: &env,
             setup: &setup,
             summary: &summary,
+            sections: &sections,
         };
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         match report.write(root) {
@@ -437,4 +519,99 @@ fn env_line() -> String {
         std::hint::black_box(burn(work));
     });
     format!("one timer expiry costs {cost:.1} µs of CPU here (measured now)")
+}
+
+/// One request in this many is a runaway in the runaway section (0.05 %).
+const RUNAWAY_EVERY: usize = 2000;
+
+/// The bimodal workload again, with one request in [`RUNAWAY_EVERY`] replaced by a
+/// runaway (`loop {}`), on microsched with a pool budget of 100 ms of CPU (the long class
+/// needs 50 ms) and a 5 ms grace. Only microsched can run this: an FCFS pool that cannot
+/// stop a runaway loses a worker to each one for good. Compare the short-class p99 with
+/// microsched's on the same trace without runaways, in the table above.
+///
+/// Returns the section for the report.
+fn runaways(workers: usize, per_us: f64, seconds: f64, loads: &[f64]) -> String {
+    let workload = Workload::bimodal();
+    let capacity = workers as f64 / workload.mean_service_us() * 1e6;
+    let budget =
+        microsched::Budget::cpu(Duration::from_millis(100)).grace(Duration::from_millis(5));
+    println!(
+        "\n== runaways: {}, with 1 request in {RUNAWAY_EVERY} a runaway; microsched, every task with {budget:?}",
+        workload.name
+    );
+    println!(
+        "{:<6} {:>9} {:>9} {:>10} {:>9} {:>8}",
+        "load", "short p50", "short p99", "short p99.9", "long p99", "killed"
+    );
+    let mut md = format!(
+        "## With runaways\n\nThe bimodal workload with one request in {RUNAWAY_EVERY} replaced \
+         by a runaway (`loop {{}}`), on microsched with every task under \
+         `{budget:?}` (the long class needs 50 ms). Only microsched runs this: an FCFS pool \
+         that cannot stop a runaway loses a worker to each one for good. Compare with \
+         microsched's rows above, on the same trace without runaways. Latencies in µs.\n\n\
+         | load | short p50 | short p99 | short p99.9 | long p99 | runaways killed |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    for &load in loads {
+        let pool = microsched::Pool::builder()
+            .workers(workers)
+            .default_budget(budget)
+            .build()
+            .expect("pool");
+        let requests = arrivals(&workload, load * capacity, seconds, per_us, 0x5EED);
+        let done: Arc<Vec<AtomicU64>> =
+            Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
+        let mut killers = Vec::new();
+        let start = now_ns() + 2_000_000;
+        for (i, r) in requests.iter().enumerate() {
+            let due = start + r.due_ns;
+            while now_ns() < due {
+                sleep_until(due);
+            }
+            if i % RUNAWAY_EVERY == RUNAWAY_EVERY / 2 {
+                killers.push(pool.spawn(|| loop {
+                    std::hint::black_box(burn(1000));
+                }));
+                continue;
+            }
+            let (done2, iters) = (done.clone(), r.iters);
+            drop(pool.spawn(move || {
+                std::hint::black_box(burn(iters));
+                done2[i].store(now_ns(), Ordering::Relaxed);
+            }));
+        }
+        let runaways = killers.len();
+        let killed = killers
+            .into_iter()
+            .map(|h| h.join())
+            .filter(|r| matches!(r, Err(e) if e.is_killed()))
+            .count();
+        // Every good request finished once the pool drains.
+        pool.shutdown();
+        let (warmup, cooldown) = measured(requests.len());
+        let mut lat = vec![Vec::new(); 2];
+        for (i, r) in requests.iter().enumerate().take(cooldown).skip(warmup) {
+            let end = done[i].load(Ordering::Relaxed);
+            if end != NEVER {
+                lat[r.class].push(end.saturating_sub(start + r.due_ns) as f64 / 1e3);
+            }
+        }
+        let (short, long) = lat.split_at_mut(1);
+        let cells = [
+            percentile(&mut short[0], 0.5),
+            percentile(&mut short[0], 0.99),
+            percentile(&mut short[0], 0.999),
+            percentile(&mut long[0], 0.99),
+        ];
+        println!(
+            "{load:<6.2} {:>9.0} {:>9.0} {:>10.0} {:>9.0} {:>5}/{}",
+            cells[0], cells[1], cells[2], cells[3], killed, runaways
+        );
+        md += &format!(
+            "| {load:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {killed}/{runaways} |\n",
+            cells[0], cells[1], cells[2], cells[3]
+        );
+    }
+    md
 }

@@ -28,6 +28,9 @@ pub struct Report<'a> {
     pub env: &'a str,
     pub setup: &'a str,
     pub summary: &'a str,
+    /// Further sections, in Markdown, after the summary (the spread over traces, the
+    /// runaway run).
+    pub sections: &'a [String],
 }
 
 const COLOURS: [RGBColor; 5] = [
@@ -56,14 +59,18 @@ impl Report<'_> {
             md,
             "Written by `cargo bench --bench tail -- --report` (see `benches/tail.rs` for the \
              method: open-loop Poisson arrivals, latency from the scheduled arrival, calibrated \
-             work, 10 % warm-up discarded). Every scheduler ran the same requests, in turns, in \
-             one run."
+             work, the first 10 % of requests discarded as warm-up and the last 10 % as \
+             cool-down). Every scheduler ran the same requests, in turns, in one run."
         )?;
         writeln!(md)?;
         writeln!(md, "- {}", self.setup)?;
         writeln!(md, "- Environment: {}", self.env)?;
         writeln!(md)?;
         writeln!(md, "```text\n{}\n```", self.summary)?;
+        for section in self.sections {
+            writeln!(md)?;
+            writeln!(md, "{section}")?;
+        }
         for (w, workload) in self.workloads.iter().enumerate() {
             let slug = slug(workload.name);
             writeln!(md)?;
