@@ -103,6 +103,7 @@ mod places;
 mod pool;
 mod reserve;
 mod runner;
+mod service;
 mod signal;
 mod sleep;
 mod slot;
@@ -120,6 +121,7 @@ pub use builder::{
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use handler::{FreezeGuard, TimerClock};
 pub use pool::{Handle, Pool};
+pub use service::{CallError, LoadError, Service, ServiceCache, MAX_OUTPUT};
 pub use stats::{SlotStats, Stats};
 pub use task::{checkpoint, JoinHandle};
 

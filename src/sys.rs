@@ -464,6 +464,54 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
     (out.objects, out.counts)
 }
 
+/// A shared object opened with `dlopen(RTLD_NOW | RTLD_LOCAL)`, closed on drop.
+pub(crate) struct Library(*mut libc::c_void);
+
+impl Library {
+    /// Opens the object at `path`, resolving every symbol now; the loader's message on
+    /// failure.
+    pub(crate) fn open(path: &std::path::Path) -> Result<Library, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| "the path contains a NUL byte".to_string())?;
+        // SAFETY: `c_path` is a valid C string; the flags are valid.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            return Err(dl_error());
+        }
+        Ok(Library(handle))
+    }
+
+    /// The address of `name`, if the object defines it.
+    pub(crate) fn symbol(&self, name: &str) -> Option<*mut libc::c_void> {
+        let c_name = std::ffi::CString::new(name).ok()?;
+        // SAFETY: `self.0` is an open handle and `c_name` a valid C string.
+        let address = unsafe { libc::dlsym(self.0, c_name.as_ptr()) };
+        (!address.is_null()).then_some(address)
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        // SAFETY: an open handle, closed once. (glibc keeps an object whose thread-local
+        // destructors are registered, as a Rust cdylib's may be, loaded anyway.)
+        unsafe { libc::dlclose(self.0) };
+    }
+}
+
+/// The loader's last error message on this thread.
+fn dl_error() -> String {
+    // SAFETY: `dlerror` returns null or a valid C string owned by the loader.
+    let message = unsafe { libc::dlerror() };
+    if message.is_null() {
+        return "unknown dlopen error".into();
+    }
+    // SAFETY: non-null, NUL-terminated, valid until the next dl* call on this thread.
+    unsafe { std::ffi::CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// libgcc's unwinder (linked by std on this target).
 pub(crate) mod unwind {
     pub(crate) type Context = libc::c_void;

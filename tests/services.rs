@@ -1,0 +1,101 @@
+//! Services from shared objects: loading, the ABI check, clear errors, warm caching, and
+//! calls whose panics and errors stay on the service's side.
+
+#[path = "../examples/support/services.rs"]
+mod support;
+
+use std::sync::OnceLock;
+
+use microsched::{CallError, LoadError, Service, ServiceCache};
+
+fn dir() -> &'static std::path::Path {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| support::build(false).expect("build the example services"))
+}
+
+#[test]
+fn a_service_answers_and_stays_warm_in_the_cache() {
+    let cache = ServiceCache::new(dir(), 2);
+    let hash = cache.get("svc_hash").unwrap();
+    assert_eq!(hash.call(b"\x01abc").unwrap().len(), 16);
+    assert_eq!(
+        hash.call(b"\x01abc").unwrap(),
+        hash.call(b"\x01abc").unwrap()
+    );
+    // Warm: the same object, no new load.
+    let again = cache.get("svc_hash").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&hash, &again));
+    assert_eq!(cache.loads(), 1);
+    // The bound: a third service evicts the least recently used.
+    cache.get("svc_json").unwrap();
+    cache.get("svc_panic").unwrap();
+    cache.get("svc_hash").unwrap();
+    assert_eq!(cache.loads(), 4);
+    let json = cache.get("svc_json").unwrap();
+    let out = json.call(br#"{"a":"x","b":1}"#).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"a":"X","b":1,"keys":2}"#
+    );
+}
+
+#[test]
+fn panics_and_errors_come_back_as_values() {
+    let cache = ServiceCache::new(dir(), 8);
+    match cache.get("svc_panic").unwrap().call(b"xyz") {
+        Err(CallError::Panicked(m)) => assert!(m.contains("panics on every request"), "{m}"),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    match cache.get("svc_json").unwrap().call(b"[1, 2]") {
+        Err(CallError::Failed(m)) => assert!(m.contains("expected a JSON object"), "{m}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // The host is unharmed and the service still answers.
+    assert!(cache.get("svc_json").unwrap().call(b"{}").is_ok());
+}
+
+#[test]
+fn loading_errors_are_clear() {
+    let cache = ServiceCache::new(dir(), 8);
+    match cache.get("../etc/passwd") {
+        Err(LoadError::BadName(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let missing = cache.get("svc_nonexistent").unwrap_err();
+    assert!(matches!(missing, LoadError::Open { .. }), "{missing:?}");
+    assert!(
+        missing.to_string().contains("libsvc_nonexistent.so"),
+        "{missing}"
+    );
+    let wrong = cache.get("svc_badabi").unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            LoadError::WrongAbi {
+                found: 999,
+                expected: 1,
+                ..
+            }
+        ),
+        "{wrong:?}"
+    );
+    assert!(wrong.to_string().contains("rebuild"), "{wrong}");
+    // A shared object that is not a service at all.
+    let not_a_service = Service::load("libm.so.6").unwrap_err();
+    assert!(
+        matches!(not_a_service, LoadError::MissingSymbol { .. }),
+        "{not_a_service:?}"
+    );
+    assert!(not_a_service.to_string().contains("export_service!"));
+}
+
+#[test]
+fn a_cold_load_maps_a_fresh_copy() {
+    let scratch = std::env::temp_dir();
+    let cache = ServiceCache::new(dir(), 8);
+    let a = cache.get_cold("svc_hash", &scratch).unwrap();
+    let b = cache.get_cold("svc_hash", &scratch).unwrap();
+    assert_ne!(a.path(), b.path());
+    assert_eq!(a.call(b"\x01q").unwrap(), b.call(b"\x01q").unwrap());
+    assert_eq!(cache.loads(), 0, "cold loads bypass the cache");
+}
