@@ -37,6 +37,10 @@
 //!   **frozen**: its thread stops for good, at a point where it holds no process-wide
 //!   lock the runtime can see, and the handle resolves with [`JoinError::Killed`]. A
 //!   stack overflow in a task freezes it too; the process lives on.
+//! - **Services from shared objects.** [`Service`] loads a Rust `cdylib` built with the
+//!   `microsched-service` crate's `export_service!` (bytes in, bytes out; its panics stay
+//!   on its side) and checks its ABI version; [`ServiceCache`] keeps them warm. A cold
+//!   start is a `dlopen`: tens of microseconds, not a process.
 //!
 //! ```
 //! let pool = microsched::Pool::builder().workers(1).build()?;
