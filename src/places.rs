@@ -11,8 +11,10 @@
 //! - **Libraries**: every executable `PT_LOAD` segment of libc, the dynamic loader,
 //!   libgcc_s, libstdc++, libm, libpthread, librt, libdl and the vDSO, from
 //!   `dl_iterate_phdr`. The monitor re-reads them when the loader's add/remove counters
-//!   change (after a `dlopen`).
-//! - **Lock holders**, two ways. From the executable's symbol table, by name: every
+//!   change (after a `dlopen`, within 100 ms). A return out of libc, libm or the vDSO may
+//!   be redirected to the freeze; out of the loader, libgcc_s or libstdc++ it may not.
+//! - **Lock holders**, two ways. From the symbol tables of the executable and of every
+//!   object loaded later (a service has a std of its own), by name: every
 //!   function of `std::io::stdio` (so `write_all` paths too), std's `getenv`/`setenv`/
 //!   `unsetenv` (its environment lock) and the panic entry points (the hook lock). And by a
 //!   probe at the first build, which also works on stripped binaries: it formats an empty
@@ -22,9 +24,10 @@
 //!   the functions seen only on the stdio paths are the lock holders (`core::fmt::write`
 //!   also serves `format!`, and holds nothing). It prints nothing.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::sys::{self, unwind};
@@ -35,11 +38,17 @@ const MAX_HOLDERS: usize = 64;
 static RANGES: [[AtomicUsize; 2]; MAX_RANGES] =
     [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_RANGES];
 static RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Whether a return out of each range may be redirected to the freeze: libc's functions
+/// (malloc, memcpy, syscall wrappers) return to their caller normally and hold nothing
+/// after; the loader's and the unwinder's (libgcc_s, libstdc++) may not return at all, or
+/// are read by an unwind in progress.
+static RANGE_REDIRECTABLE: [AtomicBool; MAX_RANGES] =
+    [const { AtomicBool::new(false) }; MAX_RANGES];
 static HOLDERS: [AtomicUsize; MAX_HOLDERS] = [const { AtomicUsize::new(0) }; MAX_HOLDERS];
 static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Lock-holding std functions found by name in the executable's symbol table, as address
 /// ranges.
-const MAX_HOLDER_RANGES: usize = 512;
+const MAX_HOLDER_RANGES: usize = 8192;
 static HOLDER_RANGES: [[AtomicUsize; 2]; MAX_HOLDER_RANGES] =
     [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_HOLDER_RANGES];
 static HOLDER_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
@@ -66,11 +75,30 @@ const GATED: &[&str] = &[
 
 /// True if `pc` is in the text of a gated library. Async-signal-safe.
 pub(crate) fn in_library(pc: usize) -> bool {
+    library(pc).is_some()
+}
+
+/// `Some(redirectable)` if `pc` is in the text of a gated library: whether a return out of
+/// it may be redirected to the freeze. Async-signal-safe.
+pub(crate) fn library(pc: usize) -> Option<bool> {
     let count = RANGE_COUNT.load(Ordering::Acquire).min(MAX_RANGES);
     RANGES[..count]
         .iter()
-        .any(|[lo, hi]| pc >= lo.load(Ordering::Relaxed) && pc < hi.load(Ordering::Relaxed))
+        .position(|[lo, hi]| pc >= lo.load(Ordering::Relaxed) && pc < hi.load(Ordering::Relaxed))
+        .map(|i| RANGE_REDIRECTABLE[i].load(Ordering::Relaxed))
 }
+
+/// Libraries a return out of which may be redirected (see `RANGE_REDIRECTABLE`).
+const REDIRECTABLE: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libm.so",
+    "libpthread",
+    "librt",
+    "libdl",
+    "linux-vdso",
+    "linux-gate",
+];
 
 /// True if a function starting at `start` holds std's stdout or stderr lock while it runs
 /// user code. Async-signal-safe.
@@ -98,38 +126,50 @@ pub(crate) fn refresh() {
     let (objects, (adds, subs)) = sys::loaded_objects();
     if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
         probe_holders();
-        let base = objects
-            .iter()
-            .find(|o| o.name.is_empty())
-            .map_or(0, |o| o.base);
-        if let Ok(exe) = std::fs::read("/proc/self/exe") {
-            for (lo, hi) in named_holders(&exe) {
-                let count = HOLDER_RANGE_COUNT.load(Ordering::Relaxed);
-                if count == MAX_HOLDER_RANGES {
-                    break;
-                }
-                HOLDER_RANGES[count][0].store(base + lo, Ordering::Relaxed);
-                HOLDER_RANGES[count][1].store(base + hi, Ordering::Relaxed);
-                HOLDER_RANGE_COUNT.store(count + 1, Ordering::Release);
-            }
-        }
     }
     let packed = (adds << 32) ^ subs;
     if LOADER_SEEN.swap(packed, Ordering::Relaxed) == packed {
         return;
     }
+    // Objects whose std symbols were read already, by (file, load address).
+    static SCANNED: Mutex<Option<HashSet<(String, usize)>>> = Mutex::new(None);
+    let mut scanned = SCANNED.lock().unwrap_or_else(|e| e.into_inner());
+    let scanned = scanned.get_or_insert_with(HashSet::new);
     for object in objects {
         let file = object.name.rsplit('/').next().unwrap_or("");
-        if !GATED.iter().any(|prefix| file.starts_with(prefix)) {
+        if GATED.iter().any(|prefix| file.starts_with(prefix)) {
+            let redirectable = REDIRECTABLE.iter().any(|prefix| file.starts_with(prefix));
+            for (lo, hi) in object.text {
+                add_range(lo, hi, redirectable);
+            }
             continue;
         }
-        for (lo, hi) in object.text {
-            add_range(lo, hi);
+        // The executable, and objects loaded later (services: Rust cdylibs with a std of
+        // their own, whose stdio, environment and panic locks are theirs): their std lock
+        // holders by name.
+        if !scanned.insert((object.name.clone(), object.base)) {
+            continue;
+        }
+        let path = if object.name.is_empty() {
+            "/proc/self/exe"
+        } else {
+            object.name.as_str()
+        };
+        if let Ok(elf) = std::fs::read(path) {
+            for (lo, hi) in named_holders(&elf) {
+                let count = HOLDER_RANGE_COUNT.load(Ordering::Relaxed);
+                if count == MAX_HOLDER_RANGES {
+                    break;
+                }
+                HOLDER_RANGES[count][0].store(object.base + lo, Ordering::Relaxed);
+                HOLDER_RANGES[count][1].store(object.base + hi, Ordering::Relaxed);
+                HOLDER_RANGE_COUNT.store(count + 1, Ordering::Release);
+            }
         }
     }
 }
 
-fn add_range(lo: usize, hi: usize) {
+fn add_range(lo: usize, hi: usize, redirectable: bool) {
     let count = RANGE_COUNT.load(Ordering::Relaxed);
     let known = RANGES[..count]
         .iter()
@@ -139,6 +179,7 @@ fn add_range(lo: usize, hi: usize) {
     }
     RANGES[count][0].store(lo, Ordering::Relaxed);
     RANGES[count][1].store(hi, Ordering::Relaxed);
+    RANGE_REDIRECTABLE[count].store(redirectable, Ordering::Relaxed);
     RANGE_COUNT.store(count + 1, Ordering::Release);
 }
 

@@ -15,7 +15,8 @@
 //! use microsched::{Budget, Pool, ServiceCache};
 //!
 //! let pool = Pool::new()?;
-//! let services = ServiceCache::new("target/release", 16);
+//! // SAFETY: target/release holds the services this workspace builds.
+//! let services = unsafe { ServiceCache::new("target/release", 16) };
 //! let hash = services.get("svc_hash")?;                 // target/release/libsvc_hash.so
 //! let h = pool.spawn_with(Budget::cpu(Duration::from_millis(50)), move || hash.call(b"hello"));
 //! let digest = h.join()??;
@@ -166,7 +167,15 @@ impl std::error::Error for CallError {}
 impl Service {
     /// Loads the service in the shared object at `path` (`dlopen`, resolving every
     /// symbol now) and checks its ABI version.
-    pub fn load(path: impl AsRef<Path>) -> Result<Service, LoadError> {
+    ///
+    /// # Safety
+    ///
+    /// Loading a shared object runs its initialisers, and calling it trusts its symbols'
+    /// types: `path` must be a service built with `microsched_service::export_service!`
+    /// (as every `lib*.so` in a directory of services is, by the one who put it there).
+    /// The ABI version check catches a service built against another ABI, or an object
+    /// that is not a service at all, but not an object that lies about its symbols.
+    pub unsafe fn load(path: impl AsRef<Path>) -> Result<Service, LoadError> {
         let path = path.as_ref().to_path_buf();
         let library = Library::open(&path).map_err(|reason| LoadError::Open {
             path: path.clone(),
@@ -204,7 +213,11 @@ impl Service {
     /// Loads a fresh copy of the object at `path`: copied to a new file in `scratch`
     /// first, so the loader maps and relocates it anew instead of reusing a loaded copy
     /// (a cold start, for measurement). The copy is removed once loaded.
-    pub fn load_cold(
+    ///
+    /// # Safety
+    ///
+    /// As [`Service::load`].
+    pub unsafe fn load_cold(
         path: impl AsRef<Path>,
         scratch: impl AsRef<Path>,
     ) -> Result<Service, LoadError> {
@@ -222,7 +235,8 @@ impl Service {
             path: path.to_path_buf(),
             source,
         })?;
-        let service = Service::load(&copy);
+        // SAFETY: a copy of the caller's object, which the caller vouches for.
+        let service = unsafe { Service::load(&copy) };
         let _ = std::fs::remove_file(&copy);
         service
     }
@@ -234,10 +248,12 @@ impl Service {
     pub fn call(&self, input: &[u8]) -> Result<Vec<u8>, CallError> {
         let mut cap = FIRST_OUTPUT;
         loop {
-            let mut output = vec![0u8; cap];
+            // Not zeroed: the service writes what it answers, and only that is read.
+            let mut output = Vec::<u8>::with_capacity(cap);
             let mut len = 0usize;
-            // SAFETY: `input` and `output` are valid for their lengths and distinct; `len`
-            // is a valid out-pointer; `call` is the service's entry point (checked at load).
+            // SAFETY: `input` is valid for its length, `output` has `cap` bytes of spare
+            // capacity and does not overlap it; `len` is a valid out-pointer; `call` is the
+            // service's entry point (checked at load).
             let status = unsafe {
                 (self.call)(
                     input.as_ptr(),
@@ -247,20 +263,26 @@ impl Service {
                     &mut len,
                 )
             };
-            let text =
-                |output: &[u8]| String::from_utf8_lossy(&output[..len.min(cap)]).into_owned();
+            // The service wrote the first `min(len, cap)` bytes for every status that carries
+            // a payload (OK, FAILED, PANICKED); for the others nothing is read.
+            let written = |mut output: Vec<u8>| {
+                // SAFETY: as just said; `min(len, cap)` is within the capacity.
+                unsafe { output.set_len(len.min(cap)) };
+                output
+            };
             return match status {
-                abi::OK => {
-                    output.truncate(len.min(cap));
-                    Ok(output)
-                }
+                abi::OK => Ok(written(output)),
                 abi::TOO_SMALL if len > MAX_OUTPUT => Err(CallError::TooLarge { needed: len }),
                 abi::TOO_SMALL if len > cap => {
                     cap = len;
                     continue;
                 }
-                abi::FAILED => Err(CallError::Failed(text(&output))),
-                abi::PANICKED => Err(CallError::Panicked(text(&output))),
+                abi::FAILED => Err(CallError::Failed(
+                    String::from_utf8_lossy(&written(output)).into_owned(),
+                )),
+                abi::PANICKED => Err(CallError::Panicked(
+                    String::from_utf8_lossy(&written(output)).into_owned(),
+                )),
                 other => Err(CallError::Abi(other)),
             };
         }
@@ -291,7 +313,12 @@ pub struct ServiceCache {
 impl ServiceCache {
     /// A cache of the services in `dir`, where service `name` is the file `lib<name>.so`
     /// (what Cargo builds for a `cdylib` package `name`, with `-` as `_`).
-    pub fn new(dir: impl Into<PathBuf>, capacity: usize) -> ServiceCache {
+    ///
+    /// # Safety
+    ///
+    /// Every `lib*.so` in `dir` that the cache may be asked for must be a service, as for
+    /// [`Service::load`]: the directory is trusted like code.
+    pub unsafe fn new(dir: impl Into<PathBuf>, capacity: usize) -> ServiceCache {
         ServiceCache {
             dir: dir.into(),
             capacity: capacity.max(1),
@@ -321,7 +348,8 @@ impl ServiceCache {
             return Ok(entry.1.clone());
         }
         // Loaded outside the lock: a `dlopen` takes a while, and other names stay served.
-        let service = Arc::new(Service::load(self.path_of(name)?)?);
+        // SAFETY: `new`'s contract: the directory holds services.
+        let service = Arc::new(unsafe { Service::load(self.path_of(name)?) }?);
         self.loads.fetch_add(1, Ordering::Relaxed);
         let mut entries = self.entries.lock();
         if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
@@ -338,7 +366,8 @@ impl ServiceCache {
 
     /// Loads service `name` fresh, bypassing the cache (see [`Service::load_cold`]).
     pub fn get_cold(&self, name: &str, scratch: impl AsRef<Path>) -> Result<Service, LoadError> {
-        Service::load_cold(self.path_of(name)?, scratch)
+        // SAFETY: `new`'s contract: the directory holds services.
+        unsafe { Service::load_cold(self.path_of(name)?, scratch) }
     }
 
     /// How many loads the cache has made (misses).

@@ -428,7 +428,7 @@ where
         }
         let result = panic::catch_unwind(AssertUnwindSafe(func));
         if let Some(record) = env.record {
-            record.leave_user(outer);
+            record.leave_user(&running);
         }
         CURRENT.with(|c| c.set(outer_control));
         let cpu_ns = cpu_start.map(|start| sys::async_safe::thread_cpu_ns().saturating_sub(start));

@@ -15,7 +15,8 @@ fn dir() -> &'static std::path::Path {
 
 #[test]
 fn a_service_answers_and_stays_warm_in_the_cache() {
-    let cache = ServiceCache::new(dir(), 2);
+    // SAFETY: the directory holds the example services, built with `export_service!`.
+    let cache = unsafe { ServiceCache::new(dir(), 2) };
     let hash = cache.get("svc_hash").unwrap();
     assert_eq!(hash.call(b"\x01abc").unwrap().len(), 16);
     assert_eq!(
@@ -41,7 +42,8 @@ fn a_service_answers_and_stays_warm_in_the_cache() {
 
 #[test]
 fn panics_and_errors_come_back_as_values() {
-    let cache = ServiceCache::new(dir(), 8);
+    // SAFETY: as above.
+    let cache = unsafe { ServiceCache::new(dir(), 8) };
     match cache.get("svc_panic").unwrap().call(b"xyz") {
         Err(CallError::Panicked(m)) => assert!(m.contains("panics on every request"), "{m}"),
         other => panic!("expected a panic, got {other:?}"),
@@ -56,7 +58,8 @@ fn panics_and_errors_come_back_as_values() {
 
 #[test]
 fn loading_errors_are_clear() {
-    let cache = ServiceCache::new(dir(), 8);
+    // SAFETY: as above.
+    let cache = unsafe { ServiceCache::new(dir(), 8) };
     match cache.get("../etc/passwd") {
         Err(LoadError::BadName(_)) => {}
         other => panic!("{other:?}"),
@@ -81,7 +84,9 @@ fn loading_errors_are_clear() {
     );
     assert!(wrong.to_string().contains("rebuild"), "{wrong}");
     // A shared object that is not a service at all.
-    let not_a_service = Service::load("libm.so.6").unwrap_err();
+    // SAFETY: libm is a well-behaved shared object; the load fails on the ABI symbol before
+    // anything of it is called.
+    let not_a_service = unsafe { Service::load("libm.so.6") }.unwrap_err();
     assert!(
         matches!(not_a_service, LoadError::MissingSymbol { .. }),
         "{not_a_service:?}"
@@ -92,9 +97,22 @@ fn loading_errors_are_clear() {
 #[test]
 fn a_cold_load_maps_a_fresh_copy() {
     let scratch = std::env::temp_dir();
-    let cache = ServiceCache::new(dir(), 8);
+    // SAFETY: as above.
+    let cache = unsafe { ServiceCache::new(dir(), 8) };
+    let loaded = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("libsvc_hash.so") && l.contains("r-xp"))
+            .count()
+    };
+    let before = loaded();
     let a = cache.get_cold("svc_hash", &scratch).unwrap();
+    let after_one = loaded();
     let b = cache.get_cold("svc_hash", &scratch).unwrap();
+    // Each cold load maps a copy of its own (the copy's file is gone, the mapping stays).
+    assert!(after_one > before, "{before} -> {after_one}");
+    assert!(loaded() > after_one);
     assert_ne!(a.path(), b.path());
     assert_eq!(a.call(b"\x01q").unwrap(), b.call(b"\x01q").unwrap());
     assert_eq!(cache.loads(), 0, "cold loads bypass the cache");

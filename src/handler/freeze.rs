@@ -256,6 +256,8 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
     // Never redirect a return while unwinding: the unwinder reads return addresses.
     let may_redirect = cfg!(target_arch = "x86_64") && !panicking && !overflow;
     let lib_pc = places::in_library(pc);
+    // (A service's own panic is invisible to `panicking`, which reads this std's count;
+    // its unwinder is in libgcc_s, whose frames are never redirected.)
     if lib_pc && !blocked && !may_redirect {
         return Gate::Defer(Defer::Library);
     }
@@ -381,11 +383,17 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.reached_boundary = true;
         return unwind::NORMAL_STOP;
     }
-    let in_library = places::in_library(ip);
+    let library = places::library(ip);
+    let in_library = library.is_some();
     if walk.lib_prefix && !in_library {
         walk.lib_prefix = false;
         walk.lib_exit_cfa = cfa;
         walk.lib_exit_ret = ip;
+    }
+    if walk.lib_prefix && library == Some(false) {
+        // Inside the loader or the unwinder: no return out of it may be redirected.
+        walk.defer = Some(Defer::Library);
+        return unwind::NORMAL_STOP;
     }
     if in_library && walk.lib_prefix {
         // Inside the library the running thread was interrupted in.

@@ -259,13 +259,26 @@ impl Record {
         compiler_fence(Ordering::SeqCst);
     }
 
-    /// The closure has returned or unwound: no freeze of it from here on. `outer` is the
-    /// closure of the task that joined it inline, if any.
-    pub(crate) fn leave_user(&self, outer: *const Running<'static>) {
+    /// The closure has returned or unwound: no freeze of it from here on; the closure of
+    /// the task that joined it inline, if any, is the running one again.
+    pub(crate) fn leave_user(&self, running: &Running<'_>) {
         compiler_fence(Ordering::SeqCst);
         self.running
-            .store(outer as *mut Running<'static>, Ordering::Relaxed);
+            .store(running.outer as *mut Running<'static>, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
+        // A redirect still pending in this closure's frames (below its `Running`) belongs
+        // to a frame that is gone: an unwind took it without running its return. Forget
+        // it, and give its frozen place back.
+        let slot = self.redirect_slot.load(Ordering::Relaxed);
+        if slot != 0
+            && slot < running as *const Running<'_> as usize
+            && self
+                .redirect_slot
+                .compare_exchange(slot, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.preempt().kills.unreserve_frozen();
+        }
     }
 
     /// Forgets a freeze asked for a task that has completed. Not needed for soundness (the
