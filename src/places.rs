@@ -57,20 +57,21 @@ static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
 static WRITER: Mutex<()> = Mutex::new(());
 
-/// Library names (file name prefixes) whose text is gated.
-const GATED: &[&str] = &[
-    "libc.so",
-    "libc-",
-    "ld-linux",
-    "ld64.so",
-    "libgcc_s",
-    "libstdc++",
-    "libm.so",
-    "libpthread",
-    "librt",
-    "libdl",
-    "linux-vdso",
-    "linux-gate",
+/// Library names (file name prefixes) whose text is gated, and whether a return out of
+/// each may be redirected to the freeze (see `RANGE_REDIRECTABLE`).
+const GATED: &[(&str, bool)] = &[
+    ("libc.so", true),
+    ("libc-", true),
+    ("libm.so", true),
+    ("libpthread", true),
+    ("librt", true),
+    ("libdl", true),
+    ("linux-vdso", true),
+    ("linux-gate", true),
+    ("ld-linux", false),
+    ("ld64.so", false),
+    ("libgcc_s", false),
+    ("libstdc++", false),
 ];
 
 /// True if `pc` is in the text of a gated library. Async-signal-safe.
@@ -87,18 +88,6 @@ pub(crate) fn library(pc: usize) -> Option<bool> {
         .position(|[lo, hi]| pc >= lo.load(Ordering::Relaxed) && pc < hi.load(Ordering::Relaxed))
         .map(|i| RANGE_REDIRECTABLE[i].load(Ordering::Relaxed))
 }
-
-/// Libraries a return out of which may be redirected (see `RANGE_REDIRECTABLE`).
-const REDIRECTABLE: &[&str] = &[
-    "libc.so",
-    "libc-",
-    "libm.so",
-    "libpthread",
-    "librt",
-    "libdl",
-    "linux-vdso",
-    "linux-gate",
-];
 
 /// True if a function starting at `start` holds std's stdout or stderr lock while it runs
 /// user code. Async-signal-safe.
@@ -137,8 +126,8 @@ pub(crate) fn refresh() {
     let scanned = scanned.get_or_insert_with(HashSet::new);
     for object in objects {
         let file = object.name.rsplit('/').next().unwrap_or("");
-        if GATED.iter().any(|prefix| file.starts_with(prefix)) {
-            let redirectable = REDIRECTABLE.iter().any(|prefix| file.starts_with(prefix));
+        if let Some(&(_, redirectable)) = GATED.iter().find(|(prefix, _)| file.starts_with(prefix))
+        {
             for (lo, hi) in object.text {
                 add_range(lo, hi, redirectable);
             }

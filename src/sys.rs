@@ -367,14 +367,7 @@ pub(crate) fn instant_from_monotonic_ns(ns: u64) -> std::time::Instant {
 /// The CPU time thread `tid` of this process has used, in ns (its per-thread CPU clock,
 /// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`); `None` if the thread is gone.
 pub(crate) fn thread_cpu_ns_of(tid: i32) -> Option<u64> {
-    let clock = ((!(tid as libc::clockid_t)) << 3) | 6;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; an invalid clock id is an error, not UB.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    async_safe::clock_ns(((!(tid as libc::clockid_t)) << 3) | 6)
 }
 
 /// `pthread_self`, as a number.
@@ -556,13 +549,20 @@ pub(crate) mod async_safe {
     /// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`: a real syscall,
     /// about 0.5 µs on a VM).
     pub(crate) fn thread_cpu_ns() -> u64 {
+        clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+    }
+
+    /// `clock_gettime(clock)` in ns; `None` for a clock that does not exist (a thread's
+    /// CPU clock after it exited). Async-signal-safe.
+    #[inline]
+    pub(crate) fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is a valid out-pointer; the clock always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        // SAFETY: `ts` is a valid out-pointer; an invalid clock is an error, not UB.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     /// Blocks every signal on the calling thread, for good (the freeze).
@@ -709,13 +709,7 @@ pub(crate) mod async_safe {
     /// `CLOCK_MONOTONIC` in nanoseconds (vDSO; `clock_gettime` is async-signal-safe).
     #[inline]
     pub(crate) fn monotonic_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
     }
 
     /// `timer_settime`: first expiry `value_ns` from now (or at that absolute
