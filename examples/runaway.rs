@@ -206,7 +206,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_frozen(4 * KINDS.len() * ROUNDS)
         // A panicking task is frozen in its destructors after this much CPU time (the
         // default is 1 s, for destructors that are merely slow).
-        .max_freeze_deferral(Duration::from_millis(2))
+        .max_freeze_deferral(Duration::from_millis(1))
         .build()?;
     let shared = Arc::new(Shared {
         dropped: Arc::new(AtomicUsize::new(0)),
