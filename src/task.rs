@@ -373,7 +373,7 @@ pub(crate) trait Runnable: Send + Sync {
     fn claim(&self) -> bool;
     /// Runs the closure under `catch_unwind`, counts the outcome in `counters`, then
     /// publishes it. Only after winning the claim.
-    fn run_claimed(&self, env: &RunEnv<'_>, cpu_start: Option<u64>);
+    fn run_claimed(&self, env: &RunEnv<'_>);
     fn control(&self) -> &Control;
     fn is_done(&self) -> bool;
     /// Publishes a freeze: counts it and resolves the handle with `Killed { how: Frozen }`.
@@ -394,7 +394,7 @@ where
         self.join.claim()
     }
 
-    fn run_claimed(&self, env: &RunEnv<'_>, cpu_start: Option<u64>) {
+    fn run_claimed(&self, env: &RunEnv<'_>) {
         // SAFETY: step 1: this thread won the claim, so no other thread touches `func`.
         let Some(func) = self.func.with_mut(|func| unsafe { (*func).take() }) else {
             unreachable!("only the claim's winner takes the closure")
@@ -431,7 +431,7 @@ where
             record.leave_user(&running);
         }
         CURRENT.with(|c| c.set(outer_control));
-        let cpu_ns = cpu_start.map(|start| sys::async_safe::thread_cpu_ns().saturating_sub(start));
+        let cpu_ns = control.cpu_used_ns();
         let result = result.map_err(|payload| {
             if payload.is::<CancelUnwind>() {
                 JoinError::Killed(control.killed_outcome(KillHow::Cancelled, cpu_ns))
@@ -507,11 +507,12 @@ impl Task {
         if won {
             let control = self.0.control();
             let budgeted = !control.budget.is_unlimited();
-            let cpu_start = (budgeted || env.cpu_accounting).then(sys::async_safe::thread_cpu_ns);
+            if budgeted || env.cpu_accounting {
+                control
+                    .cpu_start_ns
+                    .store(sys::async_safe::thread_cpu_ns(), Ordering::Relaxed);
+            }
             if let (Some(record), Some(kills)) = (env.record, env.kills) {
-                if let Some(start) = cpu_start {
-                    control.cpu_start_ns.store(start, Ordering::Relaxed);
-                }
                 // Only a wall-clock budget needs the start time (a clock read per task).
                 if control.budget.wall_limit().is_some() {
                     control
@@ -532,7 +533,7 @@ impl Task {
                     kills.watch(Task(self.0.clone()));
                 }
             }
-            self.0.run_claimed(env, cpu_start);
+            self.0.run_claimed(env);
         }
         drop_quietly(self.0);
         won
