@@ -174,6 +174,15 @@ pub enum KillHow {
     /// Its thread was frozen: it will never run again, what it owned is leaked and the
     /// locks it held stay held. Its stack stays mapped until the process exits.
     Frozen,
+    /// No point came in time where its thread could be frozen without risk to the
+    /// process (it held one of std's process-wide locks, sat inside a system library,
+    /// blocked the pool's signal, or held a [`FreezeGuard`](crate::FreezeGuard)), so
+    /// the handle was resolved without it: its thread gave up its slot, was demoted to
+    /// idle priority and counted out of the pool, and runs on in the background until
+    /// the closure returns (its result is then dropped on that thread, which exits) or
+    /// the process ends. [`Stats::abandoned_cpu_ns`](crate::Stats::abandoned_cpu_ns)
+    /// counts the CPU time such threads use after they are abandoned.
+    Abandoned,
 }
 
 /// A killed task: why, how, and what it used.
@@ -236,6 +245,11 @@ impl fmt::Display for Killed {
                 f,
                 "task frozen because {why} (it did not reach a checkpoint within its grace \
                  period); what it owned is leaked"
+            ),
+            KillHow::Abandoned => write!(
+                f,
+                "task abandoned because {why}: no safe point to freeze it came in time, so \
+                 it runs on in the background at idle priority, outside the pool"
             ),
         }
     }

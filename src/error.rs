@@ -28,6 +28,11 @@ pub enum JoinError {
     /// The task was spawned with a budget that has a zero limit or one longer than
     /// [`MAX_BUDGET`](crate::MAX_BUDGET); it was dropped unrun.
     InvalidBudget(crate::Budget),
+    /// The task was spawned with a budget while the pool cannot enforce one: a signal
+    /// handler installed after the pool's, which does not pass the pool's deliveries on,
+    /// has replaced it ([`Stats::signal_handler_replaced`](crate::Stats)). It was dropped
+    /// unrun.
+    KillsUnenforceable,
 }
 
 impl JoinError {
@@ -79,6 +84,7 @@ impl fmt::Debug for JoinError {
             JoinError::Shutdown => f.write_str("Shutdown"),
             JoinError::Killed(killed) => f.debug_tuple("Killed").field(killed).finish(),
             JoinError::BudgetUnsupported => f.write_str("BudgetUnsupported"),
+            JoinError::KillsUnenforceable => f.write_str("KillsUnenforceable"),
             JoinError::InvalidBudget(b) => f.debug_tuple("InvalidBudget").field(b).finish(),
         }
     }
@@ -104,6 +110,12 @@ impl fmt::Display for JoinError {
             JoinError::BudgetUnsupported => f.write_str(
                 "task not run: budgets need preemption, and this pool was built with \
                  preemption(false); build it with preemption on to spawn with a budget",
+            ),
+            JoinError::KillsUnenforceable => f.write_str(
+                "task not run: another signal handler that does not chain to the pool's \
+                 has replaced it, so no budget can be enforced; install your handler \
+                 before building the pool, or have it call the previous one (as \
+                 signal-hook does), or build the pool with another signal",
             ),
         }
     }

@@ -76,8 +76,8 @@ pub(crate) enum Defer {
 /// Kill counters, by reason and by how.
 #[derive(Debug, Default)]
 pub(crate) struct KillCounters {
-    cancelled: [AtomicU64; 4],
-    frozen: [AtomicU64; 4],
+    /// Kills by reason (`KillReason::code() - 1`), however they ended.
+    by_reason: [AtomicU64; 4],
     deferred: AtomicU64,
     deferred_library: AtomicU64,
     deferred_panicking: AtomicU64,
@@ -340,7 +340,7 @@ impl Kills {
 
     /// Counts a cooperative cancel.
     pub(crate) fn cancelled(&self, reason: KillReason) {
-        self.counters.cancelled[index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
@@ -353,7 +353,7 @@ impl Kills {
         thread: bool,
     ) {
         let c = &self.counters;
-        c.frozen[index(reason)].fetch_add(1, Ordering::Relaxed);
+        c.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
         if !thread {
             return;
         }
@@ -376,8 +376,7 @@ impl Kills {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         KillSnapshot {
-            cancelled: c.cancelled.each_ref().map(read),
-            frozen: c.frozen.each_ref().map(read),
+            by_reason: c.by_reason.each_ref().map(read),
             deferred: read(&c.deferred),
             deferred_library: read(&c.deferred_library),
             deferred_panicking: read(&c.deferred_panicking),
@@ -385,6 +384,10 @@ impl Kills {
             refused: read(&c.refused),
             frozen_threads: self.frozen_count.load(Ordering::Relaxed) as u64,
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
+            abandoned_threads: 0,
+            abandoned_cpu_ns: 0,
+            signal_blocked: 0,
+            handler_replaced: false,
         }
     }
 }
@@ -393,8 +396,11 @@ impl Kills {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct KillSnapshot {
     /// By reason: `KillReason::code() - 1`.
-    pub(crate) cancelled: [u64; 4],
-    pub(crate) frozen: [u64; 4],
+    pub(crate) by_reason: [u64; 4],
+    pub(crate) abandoned_threads: u64,
+    pub(crate) abandoned_cpu_ns: u64,
+    pub(crate) signal_blocked: u64,
+    pub(crate) handler_replaced: bool,
     pub(crate) deferred: u64,
     pub(crate) deferred_library: u64,
     pub(crate) deferred_panicking: u64,

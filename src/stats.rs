@@ -20,6 +20,7 @@ pub struct SlotCounters {
     panicked: AtomicU64,
     cancelled: AtomicU64,
     frozen: AtomicU64,
+    abandoned: AtomicU64,
     local_spawns: AtomicU64,
     from_injector: AtomicU64,
     stolen: AtomicU64,
@@ -43,6 +44,7 @@ impl SlotCounters {
         bump(match how {
             crate::budget::KillHow::Cancelled => &self.cancelled,
             crate::budget::KillHow::Frozen => &self.frozen,
+            crate::budget::KillHow::Abandoned => &self.abandoned,
         });
     }
 
@@ -66,7 +68,8 @@ impl SlotCounters {
             read(&self.completed)
                 + read(&self.panicked)
                 + read(&self.cancelled)
-                + read(&self.frozen),
+                + read(&self.frozen)
+                + read(&self.abandoned),
         )
     }
 
@@ -84,6 +87,7 @@ impl SlotCounters {
             panicked: read(&self.panicked),
             cancelled: read(&self.cancelled),
             frozen: read(&self.frozen),
+            abandoned: read(&self.abandoned),
             local_spawns: read(&self.local_spawns),
             from_injector: read(&self.from_injector),
             stolen: read(&self.stolen),
@@ -112,7 +116,7 @@ pub(crate) struct PoolCounters {
 #[non_exhaustive]
 pub struct Stats {
     /// Tasks accepted. Once the pool is quiescent,
-    /// `spawned == completed + panicked + cancelled + frozen + discarded`.
+    /// `spawned == completed + panicked + cancelled + frozen + abandoned + discarded`.
     pub spawned: u64,
     /// Tasks that returned a value.
     pub completed: u64,
@@ -123,7 +127,24 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tasks killed by freezing their thread.
     pub frozen: u64,
-    /// Kills (cancelled or frozen) because a CPU budget ran out.
+    /// Tasks whose kill found no safe point to freeze them in time: their handles
+    /// resolved with [`KillHow::Abandoned`](crate::KillHow::Abandoned) and their threads
+    /// run on outside the pool.
+    pub abandoned: u64,
+    /// Abandoned threads still running (they exit when their closure returns).
+    pub abandoned_threads: u64,
+    /// The CPU time abandoned threads have used since they were abandoned, in ns (those
+    /// that have exited included).
+    pub abandoned_cpu_ns: u64,
+    /// Runners found running a task with the pool's signal blocked (the monitor handed
+    /// their slot off from outside, or abandoned the task if it had a budget).
+    pub signal_blocked: u64,
+    /// True while another handler that does not pass the pool's deliveries on has
+    /// replaced the pool's signal handler: nothing can be preempted or hard-killed then,
+    /// and spawns with a budget are refused with
+    /// [`JoinError::KillsUnenforceable`](crate::JoinError::KillsUnenforceable).
+    pub signal_handler_replaced: bool,
+    /// Kills (cancelled, frozen or abandoned) because a CPU budget ran out.
     pub kills_cpu_budget: u64,
     /// Kills because a wall-clock budget ran out.
     pub kills_wall_deadline: u64,
@@ -202,6 +223,8 @@ pub struct SlotStats {
     pub cancelled: u64,
     /// Tasks this slot ran that were frozen.
     pub frozen: u64,
+    /// Tasks this slot ran that were abandoned.
+    pub abandoned: u64,
     /// Tasks spawned from inside this slot's tasks (pushed to its local queue).
     pub local_spawns: u64,
     /// Batches this slot took from the global injector.
@@ -273,10 +296,15 @@ impl Stats {
             panicked: sum(|s| s.panicked),
             cancelled: sum(|s| s.cancelled),
             frozen: sum(|s| s.frozen),
-            kills_cpu_budget: kills.cancelled[0] + kills.frozen[0],
-            kills_wall_deadline: kills.cancelled[1] + kills.frozen[1],
-            kills_cancel: kills.cancelled[2] + kills.frozen[2],
-            kills_stack_overflow: kills.cancelled[3] + kills.frozen[3],
+            abandoned: sum(|s| s.abandoned),
+            abandoned_threads: kills.abandoned_threads,
+            abandoned_cpu_ns: kills.abandoned_cpu_ns,
+            signal_blocked: kills.signal_blocked,
+            signal_handler_replaced: kills.handler_replaced,
+            kills_cpu_budget: kills.by_reason[0],
+            kills_wall_deadline: kills.by_reason[1],
+            kills_cancel: kills.by_reason[2],
+            kills_stack_overflow: kills.by_reason[3],
             freeze_deferred: kills.deferred,
             freeze_deferred_library: kills.deferred_library,
             freeze_deferred_panicking: kills.deferred_panicking,
