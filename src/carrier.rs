@@ -80,17 +80,20 @@ pub(crate) fn spawn(
     }
 }
 
-/// Counts the thread out of the pool however it ends.
-struct Exit(Arc<Shared>);
+/// Counts the thread out of the pool however it ends (unless the monitor did already:
+/// an abandoned thread).
+struct Exit(Arc<Shared>, bool);
 
 impl Drop for Exit {
     fn drop(&mut self) {
-        self.0.thread_exited();
+        if !self.1 {
+            self.0.thread_exited();
+        }
     }
 }
 
 fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::Result<()>>>) {
-    let _exit = Exit(shared.clone());
+    let mut exit = Exit(shared.clone(), false);
     // A runner pins itself before it serves; a standby after it has counted itself in
     // (`lifecycle`), so it is available at once instead of after it gets CPU time on its
     // slot's core, which the runner there is keeping busy.
@@ -120,12 +123,19 @@ fn main(shared: Arc<Shared>, index: usize, role: Role, ready: Option<Sender<io::
     // The runtime catches every task panic; an unwind reaching here is a bug in this
     // crate, and a thread that vanished would leave its slot unserved. Abort instead.
     let bomb = AbortOnUnwind;
-    lifecycle(&shared, index, role, thread_state.record);
+    exit.1 = lifecycle(&shared, index, role, thread_state.record);
     drop(thread_state);
     std::mem::forget(bomb);
+    drop(exit);
 }
 
-fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<&'static Record>) {
+/// Returns true if the thread was counted out of the pool already (abandoned).
+fn lifecycle(
+    shared: &Arc<Shared>,
+    index: usize,
+    mut role: Role,
+    record: Option<&'static Record>,
+) -> bool {
     if role == Role::Standby {
         if let Some(preempt) = &shared.preempt {
             stand_by(shared, preempt, index, true);
@@ -139,7 +149,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                         preempt.reserves[index].close();
                         preempt.ring();
                     }
-                    return;
+                    return false;
                 }
                 Served::HandedOff => {
                     // Step 2.
@@ -147,6 +157,15 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                         unreachable!("only a preemptible runner is handed off")
                     };
                     let reserve = &preempt.reserves[index];
+                    if record.is_abandoned() {
+                        // Its task was abandoned (`kill.rs` step 7) and has now returned:
+                        // counted out of the pool and its slot's carriers by the monitor,
+                        // it retires once the monitor has given its slot away.
+                        record.await_outside_handoff();
+                        preempt.kills.abandoned_thread_exits(record);
+                        reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
                     record.set_idle();
                     reserve.carrier_done();
                     // The task's outcome was counted before this fence, shutdown stores
@@ -168,13 +187,13 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                         role = Role::Standby;
                     } else {
                         reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return false;
                     }
                 }
             },
             Role::Standby => {
                 let Some(preempt) = &shared.preempt else {
-                    return;
+                    return false;
                 };
                 match preempt.reserves[index].wait() {
                     Woken::Granted => {
@@ -183,7 +202,7 @@ fn lifecycle(shared: &Arc<Shared>, index: usize, mut role: Role, record: Option<
                         }
                         role = Role::Runner;
                     }
-                    Woken::Closed => return,
+                    Woken::Closed => return false,
                 }
             }
         }

@@ -26,23 +26,23 @@
 //!    task allocated) until the process exits.
 //! 6. A watch whose task is done is dropped.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::budget::KillReason;
-use crate::handler::{self, RECORDS};
+use crate::handler::{Holder, Outside, Record, FATE_ABANDONED, RECORDS};
 use crate::loom::Futex;
 use crate::sys::{self, async_safe};
 use crate::task::{drop_quietly, Task};
 
+/// The "one monitor period" of rule 1: how late past grace plus the maximum deferral an
+/// abandon may come.
+const ABANDON_SLACK: Duration = Duration::from_millis(20);
+
 /// How often the monitor asks again while a freeze is deferred.
 pub(crate) const FREEZE_RETRY: Duration = Duration::from_micros(250);
-
-/// The maximum freeze deferral is CPU time for a running thread, but at most this many
-/// times as long in wall-clock time.
-const STARVED_FACTOR: u64 = 10;
 
 /// How long the monitor waits before asking again when the thread has not looked at its
 /// last request yet (the request may have been lost to a race with the thread's record).
@@ -84,6 +84,9 @@ pub(crate) struct KillCounters {
     redirected: AtomicU64,
     refused: AtomicU64,
     frozen_stack_bytes: AtomicU64,
+    /// CPU time abandoned threads used between their abandon and their exit (ns).
+    abandoned_cpu_exited: AtomicU64,
+    signal_blocked: AtomicU64,
 }
 
 /// A pool's budgets and kills. Leaked when the pool is built: a task's handle keeps a
@@ -103,6 +106,22 @@ pub(crate) struct Kills {
     frozen_threads: Box<[AtomicUsize]>,
     frozen_count: AtomicUsize,
     pub(crate) counters: KillCounters,
+    /// Threads abandoned and still running.
+    lost: Mutex<Vec<Lost>>,
+    /// Another handler has replaced the pool's and does not chain to it.
+    handler_replaced: AtomicBool,
+    /// [`check_handler`](Kills::check_handler)'s probe in flight: the handler's run count
+    /// when it was sent.
+    probe: Mutex<Option<u64>>,
+}
+
+/// An abandoned thread that has not exited yet.
+struct Lost {
+    record: usize,
+    tid: i32,
+    pthread: usize,
+    /// Its CPU clock when it was abandoned.
+    cpu_at: u64,
 }
 
 struct Watch {
@@ -112,8 +131,6 @@ struct Watch {
     last_ask: u64,
     /// The thread's `kill_acks` when it was last asked.
     acks: u32,
-    /// When the monitor first found a request looked at.
-    first_seen: Option<u64>,
     refused: bool,
 }
 
@@ -130,6 +147,9 @@ impl Kills {
             frozen_threads: (0..max_frozen).map(|_| AtomicUsize::new(0)).collect(),
             frozen_count: AtomicUsize::new(0),
             counters: KillCounters::default(),
+            lost: Mutex::new(Vec::new()),
+            handler_replaced: AtomicBool::new(false),
+            probe: Mutex::new(None),
         }))
     }
 
@@ -171,7 +191,6 @@ impl Kills {
                 first_ask: None,
                 last_ask: 0,
                 acks: 0,
-                first_seen: None,
                 refused: false,
             });
             // Decided under the lock `enforce` sets `next_due` under: either it has seen
@@ -184,11 +203,15 @@ impl Kills {
         self.ring();
     }
 
-    /// Steps 2–6, by the monitor. Returns when it should look again (ns, `u64::MAX`:
-    /// nothing to watch).
-    pub(crate) fn enforce(&self) -> u64 {
+    /// Steps 2–7, by the monitor. `count_out` counts an abandoned thread out of the
+    /// pool's live threads. Returns when it should look again (ns, `u64::MAX`: nothing
+    /// to watch).
+    pub(crate) fn enforce(&self, count_out: &dyn Fn()) -> u64 {
         let now = async_safe::monotonic_ns();
         let mut due = u64::MAX;
+        if self.finish_outside_handoffs() {
+            due = now + nanos(FREEZE_RETRY);
+        }
         let done = {
             let mut watches = self.watches.lock();
             let done = extract_done(&mut watches);
@@ -198,7 +221,7 @@ impl Kills {
                 }
             }
             for watch in watches.iter_mut() {
-                due = due.min(self.check(watch, now));
+                due = due.min(self.check(watch, now, count_out));
             }
             self.next_due.store(due, Ordering::Relaxed);
             done
@@ -207,7 +230,132 @@ impl Kills {
         due
     }
 
-    fn check(&self, watch: &mut Watch, now: u64) -> u64 {
+    /// Step 7: abandons the watched task (it has not ended, and no safe point to freeze
+    /// it came in time). In order:
+    ///
+    /// 1. Decide the task's outcome (`task.rs` step 2), count it, publish `Abandoned`:
+    ///    its join resolves now. Lost the decision: the task ended first, nothing to do.
+    /// 2. Decide the thread's fate, under the lost list's lock (so the thread, which
+    ///    removes itself under it when it exits, finds its entry): lost to a freeze that
+    ///    is under way on the thread, nothing more to do (it freezes).
+    /// 3. Count the thread out of the pool's live threads (shutdown no longer waits for
+    ///    it) and forget the freeze asked of it.
+    /// 4. Take its slot from outside (`Record::hand_off_from_outside`), then demote it to
+    ///    `SCHED_IDLE` from outside. The thread's handler, if it ever runs again, deletes
+    ///    the thread's timers and returns; its closure runs on, and when it returns its
+    ///    value is dropped there and the thread exits.
+    fn abandon(&self, watch: &Watch, thread: usize, count_out: &dyn Fn()) {
+        let control = watch.task.control();
+        let record = &RECORDS[thread];
+        let Some(tid) = control.tid() else {
+            return;
+        };
+        let cpu_now = sys::thread_cpu_ns_of(tid);
+        let cpu_ns = match (cpu_now, control.cpu_start_ns()) {
+            (Some(now), Some(start)) => Some(now.saturating_sub(start)),
+            _ => None,
+        };
+        if !watch.task.decide() {
+            return;
+        }
+        let reason = control.killed().map_or(KillReason::Cancelled, |(r, _)| r);
+        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
+        watch.task.publish_abandoned(cpu_ns);
+        {
+            let mut lost = self.lost.lock();
+            if !record.decide_fate(FATE_ABANDONED) {
+                return;
+            }
+            lost.push(Lost {
+                record: thread,
+                tid,
+                pthread: record.pthread.load(Ordering::Relaxed),
+                cpu_at: cpu_now.unwrap_or(0),
+            });
+        }
+        count_out();
+        record.forget_kill(control);
+        match record.begin_outside_handoff() {
+            Holder::Slot => {
+                self.finish_outside_handoffs();
+            }
+            Holder::Carrier => {
+                // Demoted by its own handoff already; outside the pool, not a carrier.
+                record.slot_reserve().carrier_done();
+            }
+            Holder::Neither => {}
+        }
+    }
+
+    /// Step 7.4 for every abandoned thread whose slot is not with a standby yet; true if
+    /// one is still pending.
+    fn finish_outside_handoffs(&self) -> bool {
+        let lost = self.lost.lock();
+        let mut pending = false;
+        for entry in lost.iter() {
+            let record = &RECORDS[entry.record];
+            match record.continue_outside_handoff() {
+                Some(Outside::Pending) => pending = true,
+                Some(Outside::Done) => {
+                    // Outside the pool: not a carrier of its slot any more.
+                    record.slot_reserve().carrier_done();
+                    sys::demote_thread(entry.tid);
+                    if let Some(cpus) = record.carrier_cpus() {
+                        sys::set_thread_affinity(entry.tid, &cpus);
+                    }
+                }
+                None => {}
+            }
+        }
+        pending
+    }
+
+    /// An abandoned thread's closure has returned: it leaves the lost list (its CPU time
+    /// since the abandon is added to the total) and exits. Normal context, on that thread.
+    pub(crate) fn abandoned_thread_exits(&self, record: &Record) {
+        let mut lost = self.lost.lock();
+        let tid = record.tid.load(Ordering::Relaxed);
+        if let Some(i) = lost.iter().position(|l| l.tid == tid) {
+            let entry = lost.swap_remove(i);
+            let used = async_safe::thread_cpu_ns().saturating_sub(entry.cpu_at);
+            self.counters
+                .abandoned_cpu_exited
+                .fetch_add(used, Ordering::Relaxed);
+        }
+    }
+
+    /// Looks whether another handler has replaced the pool's without passing its
+    /// deliveries on (by the monitor, every 100 ms). The installed action is compared
+    /// with ours; if it differs, one nudge is sent to a thread of the pool and the next
+    /// look checks that it reached our handler (a handler that chains, as signal-hook's
+    /// does, passes it on; its own callbacks see it as they see every tick of ours).
+    pub(crate) fn check_handler(&self) {
+        let ours = crate::handler::on_signal as *const () as usize;
+        let installed = sys::current_action(self.signal).map_or(ours, |a| a.sa_sigaction);
+        let mut probe = self.probe.lock();
+        if installed == ours {
+            self.handler_replaced.store(false, Ordering::Relaxed);
+            *probe = None;
+            return;
+        }
+        let runs = crate::handler::HANDLER_RUNS.load(Ordering::Relaxed);
+        if let Some(before) = probe.take() {
+            self.handler_replaced
+                .store(runs == before, Ordering::Relaxed);
+            return;
+        }
+        if let Some(record) = RECORDS.iter().find(|r| r.serves(self)) {
+            *probe = Some(runs);
+            record.nudge(self.signal);
+        }
+    }
+
+    /// True while budgets cannot be enforced (see [`check_handler`](Kills::check_handler)).
+    pub(crate) fn handler_replaced(&self) -> bool {
+        self.handler_replaced.load(Ordering::Relaxed)
+    }
+
+    fn check(&self, watch: &mut Watch, now: u64, count_out: &dyn Fn()) -> u64 {
         let control = watch.task.control();
         let Some(thread) = control.thread() else {
             // Cancelled while queued: its runner resolves it; look again later.
@@ -220,7 +368,9 @@ impl Kills {
             if let Some(wall) = budget.wall_limit() {
                 let deadline = control.started_ns().saturating_add(nanos(wall));
                 if now >= deadline {
-                    control.kill(KillReason::WallDeadline, deadline);
+                    // The grace period counts from when the flag is set and visible (now),
+                    // never from the deadline: a late look must not eat the grace.
+                    control.kill(KillReason::WallDeadline, now);
                 } else {
                     due = due.min(deadline);
                 }
@@ -244,6 +394,38 @@ impl Kills {
         if now < freeze_at {
             return due.min(freeze_at);
         }
+        // Rule 1: whatever the closure does, its join resolves by here. A freeze still
+        // deferred (a lock held, inside a library, a no-freeze section, a redirect that
+        // never returns, a refused kill, a thread that never sees the request) ends in
+        // an abandon.
+        let abandon_at = freeze_at
+            .saturating_add(self.max_deferral_ns)
+            .saturating_add(nanos(ABANDON_SLACK));
+        // (Not a thread a freeze has claimed already: that freeze is under way on it, and
+        // only waits for CPU time to publish.)
+        if now >= abandon_at && !record.is_freezing() {
+            self.abandon(watch, thread, count_out);
+            return due;
+        }
+        // A thread that has not looked at a request for a while may have blocked the
+        // pool's signal: then its handler never runs, and no freeze can ever happen.
+        // (The handler blocks the signal while it runs, too: a thread inside it is not
+        // taken for one that blocked it.)
+        if watch.first_ask.is_some() {
+            let unseen = record.kill_acks.load(Ordering::Relaxed) == watch.acks;
+            if unseen
+                && record.redirect_slot.load(Ordering::Relaxed) == 0
+                && now.saturating_sub(watch.last_ask) >= nanos(UNSEEN_RETRY)
+                && !record.in_handler()
+                && !record.is_freezing()
+                && sys::thread_blocks_signal(tid, self.signal) == Some(true)
+            {
+                self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+                self.abandon(watch, thread, count_out);
+                return due;
+            }
+        }
+        let due = due.min(abandon_at);
         if watch.refused || record.redirect_slot.load(Ordering::Relaxed) != 0 {
             // Refused, or frozen the moment it returns from a redirected frame.
             return due.min(now + nanos(FREEZE_RETRY));
@@ -258,37 +440,26 @@ impl Kills {
         // not seen it yet (demoted, waiting for CPU) gets no pile of new ones.
         let seen =
             watch.first_ask.is_some() && record.kill_acks.load(Ordering::Relaxed) != watch.acks;
-        let wait = if seen || watch.first_ask.is_none() {
+        // Rule 1's bound counts in wall-clock time from the first request: past the
+        // maximum deferral, a panicking thread still unwinding may be frozen in its
+        // destructors (the handler reads `kill_force`), before the abandon comes; it is
+        // asked again at once, and often, whether it looked at the last request or not.
+        let forced = watch
+            .first_ask
+            .is_some_and(|first| now.saturating_sub(first) >= self.max_deferral_ns);
+        let newly_forced = forced && !record.kill_force.swap(true, Ordering::Relaxed);
+        let wait = if seen || watch.first_ask.is_none() || forced {
             FREEZE_RETRY
         } else {
             UNSEEN_RETRY
         };
-        if now.saturating_sub(watch.last_ask) < nanos(wait) {
+        if !newly_forced && now.saturating_sub(watch.last_ask) < nanos(wait) {
             return due.min(watch.last_ask + nanos(wait));
         }
         if watch.first_ask.is_none() {
             record.kill_force.store(false, Ordering::Relaxed);
             record.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
             watch.first_ask = Some(now);
-        }
-        // The maximum deferral counts from the first request the thread looked at (a
-        // demoted thread may not run, and see any, for a long time), in its CPU time while
-        // it runs (the handler compares) and in wall-clock time while it waits.
-        // (The handler starts the CPU-time count itself, at its first deferral.)
-        if seen && watch.first_seen.is_none() {
-            watch.first_seen = Some(now);
-        }
-        let deferred_for = watch
-            .first_seen
-            .map_or(0, |first| now.saturating_sub(first));
-        if deferred_for >= self.max_deferral_ns {
-            record.kill_force.store(true, Ordering::Relaxed);
-        }
-        // A running thread starved of CPU (demoted on a saturated core) would take
-        // forever to use the deferral in CPU time: past this many times it in wall-clock
-        // time, it goes too.
-        if deferred_for >= self.max_deferral_ns.saturating_mul(STARVED_FACTOR) {
-            record.kill_force_cpu.store(0, Ordering::Relaxed);
         }
         record.kill_target.store(
             control as *const crate::task::Control as *mut crate::task::Control,
@@ -300,8 +471,7 @@ impl Kills {
         }
         watch.last_ask = now;
         watch.acks = record.kill_acks.load(Ordering::Relaxed);
-        let index = record.index.load(Ordering::Relaxed);
-        async_safe::nudge(tid, self.signal, handler::token(index));
+        record.nudge(self.signal);
         due.min(now + nanos(FREEZE_RETRY))
     }
 
@@ -345,18 +515,13 @@ impl Kills {
 
     /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
     /// innermost of the tasks frozen with it). Async-signal-safe.
-    pub(crate) fn frozen(
-        &self,
-        reason: KillReason,
-        stack_bytes: usize,
-        pthread: usize,
-        thread: bool,
-    ) {
+    pub(crate) fn frozen(&self, reason: KillReason) {
+        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a frozen thread and remembers it, for shutdown. Async-signal-safe.
+    pub(crate) fn frozen_thread(&self, stack_bytes: usize, pthread: usize) {
         let c = &self.counters;
-        c.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
-        if !thread {
-            return;
-        }
         c.frozen_stack_bytes
             .fetch_add(stack_bytes as u64, Ordering::Relaxed);
         let place = self.frozen_count.fetch_add(1, Ordering::Relaxed);
@@ -365,16 +530,19 @@ impl Kills {
         }
     }
 
-    /// True if `pthread` is a frozen thread of this pool.
-    pub(crate) fn is_frozen_thread(&self, pthread: usize) -> bool {
+    /// True if `pthread` is a frozen or abandoned thread of this pool (joining it may
+    /// never return).
+    pub(crate) fn is_lost_thread(&self, pthread: usize) -> bool {
         self.frozen_threads
             .iter()
             .any(|t| t.load(Ordering::Acquire) == pthread)
+            || self.lost.lock().iter().any(|l| l.pthread == pthread)
     }
 
     pub(crate) fn snapshot(&self) -> KillSnapshot {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lost = self.lost.lock();
         KillSnapshot {
             by_reason: c.by_reason.each_ref().map(read),
             deferred: read(&c.deferred),
@@ -384,10 +552,19 @@ impl Kills {
             refused: read(&c.refused),
             frozen_threads: self.frozen_count.load(Ordering::Relaxed) as u64,
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
-            abandoned_threads: 0,
-            abandoned_cpu_ns: 0,
-            signal_blocked: 0,
-            handler_replaced: false,
+            abandoned_threads: lost
+                .iter()
+                .filter(|l| !RECORDS[l.record].settled.load(Ordering::Relaxed))
+                .count() as u64,
+            abandoned_cpu_ns: read(&c.abandoned_cpu_exited)
+                + lost
+                    .iter()
+                    .filter_map(|l| {
+                        sys::thread_cpu_ns_of(l.tid).map(|t| t.saturating_sub(l.cpu_at))
+                    })
+                    .sum::<u64>(),
+            signal_blocked: read(&c.signal_blocked),
+            handler_replaced: self.handler_replaced(),
         }
     }
 }

@@ -88,9 +88,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
         shared.join_exited();
         // Budgets, cancels and freezes (`kill.rs`); a library loaded since the last look
         // joins the freeze gate's ranges.
-        let due = preempt.kills.enforce();
+        let due = preempt.kills.enforce(&|| shared.thread_frozen());
         if now >= next_refresh {
             places::refresh();
+            preempt.kills.check_handler();
             next_refresh = now + REFRESH;
         }
         // Tasks detached by a `shutdown_timeout` still have their budgets enforced.
@@ -98,6 +99,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
             return;
         }
         let mut timeout = retry_at.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
+        // The libraries and the signal handler are looked at every REFRESH.
+        timeout = timeout.min(next_refresh.saturating_duration_since(Instant::now()));
         if due != u64::MAX {
             let left = due.saturating_sub(async_safe::monotonic_ns());
             timeout = timeout.min(Duration::from_nanos(left));

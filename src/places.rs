@@ -52,6 +52,19 @@ const MAX_HOLDER_RANGES: usize = 8192;
 static HOLDER_RANGES: [[AtomicUsize; 2]; MAX_HOLDER_RANGES] =
     [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_HOLDER_RANGES];
 static HOLDER_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Whether each holder range is a stdio or environment function (one that takes its lock
+/// itself, so a thread blocked *acquiring* that lock inside it holds nothing yet), as
+/// opposed to a panic entry point (which may hold the hook or backtrace lock while it
+/// takes the stderr lock).
+static HOLDER_RANGE_ACQUIRES: [AtomicBool; MAX_HOLDER_RANGES] =
+    [const { AtomicBool::new(false) }; MAX_HOLDER_RANGES];
+/// std's lock-acquisition slow paths (a contended mutex, rwlock or reentrant lock, and
+/// the futex wait they park in), by name: a thread blocked in a futex wait under these
+/// is waiting for a lock, not holding it.
+const MAX_ACQUIRE_RANGES: usize = 256;
+static ACQUIRE_RANGES: [[AtomicUsize; 2]; MAX_ACQUIRE_RANGES] =
+    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_ACQUIRE_RANGES];
+static ACQUIRE_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The loader's (adds, subs) when the ranges were last read, packed.
 static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
@@ -89,21 +102,51 @@ pub(crate) fn library(pc: usize) -> Option<bool> {
         .map(|i| RANGE_REDIRECTABLE[i].load(Ordering::Relaxed))
 }
 
-/// True if a function starting at `start` holds std's stdout or stderr lock while it runs
-/// user code. Async-signal-safe.
-pub(crate) fn is_lock_holder(start: usize, ip: usize) -> bool {
+/// What a frame is to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// Holds no process-wide lock of std's.
+    No,
+    /// A std function that holds a process-wide lock while it runs, which it takes
+    /// itself (stdio, the environment): blocked in acquiring it, it holds nothing yet.
+    Acquires,
+    /// A std function that may hold a process-wide lock it took in an outer frame (the
+    /// panic entry points).
+    Holds,
+}
+
+/// Whether a function starting at `start` (the frame's IP: `ip`) holds one of std's
+/// process-wide locks while it runs: stdout, stderr, stdin, the environment, the panic
+/// hook. Async-signal-safe.
+pub(crate) fn lock_holder(start: usize, ip: usize) -> Holder {
     let count = HOLDER_COUNT.load(Ordering::Acquire).min(MAX_HOLDERS);
     if start != 0
         && HOLDERS[..count]
             .iter()
             .any(|h| h.load(Ordering::Relaxed) == start)
     {
-        return true;
+        // Found by the stdio probe.
+        return Holder::Acquires;
     }
     let count = HOLDER_RANGE_COUNT
         .load(Ordering::Acquire)
         .min(MAX_HOLDER_RANGES);
-    HOLDER_RANGES[..count]
+    match HOLDER_RANGES[..count]
+        .iter()
+        .position(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
+    {
+        None => Holder::No,
+        Some(i) if HOLDER_RANGE_ACQUIRES[i].load(Ordering::Relaxed) => Holder::Acquires,
+        Some(_) => Holder::Holds,
+    }
+}
+
+/// True if `ip` is in one of std's lock-acquisition slow paths. Async-signal-safe.
+pub(crate) fn is_acquiring(ip: usize) -> bool {
+    let count = ACQUIRE_RANGE_COUNT
+        .load(Ordering::Acquire)
+        .min(MAX_ACQUIRE_RANGES);
+    ACQUIRE_RANGES[..count]
         .iter()
         .any(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
 }
@@ -145,13 +188,25 @@ pub(crate) fn refresh() {
             object.name.as_str()
         };
         if let Ok(elf) = std::fs::read(path) {
-            for (lo, hi) in named_holders(&elf) {
+            for (lo, hi, kind) in named_functions(&elf) {
+                let (lo, hi) = (object.base + lo, object.base + hi);
+                if kind == Named::Acquire {
+                    let count = ACQUIRE_RANGE_COUNT.load(Ordering::Relaxed);
+                    if count < MAX_ACQUIRE_RANGES {
+                        ACQUIRE_RANGES[count][0].store(lo, Ordering::Relaxed);
+                        ACQUIRE_RANGES[count][1].store(hi, Ordering::Relaxed);
+                        ACQUIRE_RANGE_COUNT.store(count + 1, Ordering::Release);
+                    }
+                    continue;
+                }
                 let count = HOLDER_RANGE_COUNT.load(Ordering::Relaxed);
                 if count == MAX_HOLDER_RANGES {
-                    break;
+                    continue;
                 }
-                HOLDER_RANGES[count][0].store(object.base + lo, Ordering::Relaxed);
-                HOLDER_RANGES[count][1].store(object.base + hi, Ordering::Relaxed);
+                HOLDER_RANGES[count][0].store(lo, Ordering::Relaxed);
+                HOLDER_RANGES[count][1].store(hi, Ordering::Relaxed);
+                HOLDER_RANGE_ACQUIRES[count]
+                    .store(kind == Named::HolderAcquires, Ordering::Relaxed);
                 HOLDER_RANGE_COUNT.store(count + 1, Ordering::Release);
             }
         }
@@ -231,21 +286,51 @@ fn probe_holders() {
 /// runs code the gate might interrupt: everything in `std::io::stdio` (the stdout and
 /// stderr locks, `write_all` paths included), the environment's `getenv`/`setenv`/
 /// `unsetenv` (std's environment lock), and the panic entry points (the hook lock).
+#[cfg(test)]
 fn is_holder_name(name: &str) -> bool {
-    let std = name.starts_with("_ZN3std") || name.starts_with("_RN") && name.contains("_3std");
-    let stdio = name.contains("std..io..stdio") || name.contains("2io5stdio");
-    std && (name.contains("2io5stdio")
-        || name.contains("6getenv")
-        || name.contains("6setenv")
-        || name.contains("8unsetenv")
-        || name.contains("14rust_panic_with_hook")
-        || name.contains("12default_hook"))
-        || stdio
+    classify(name).is_some_and(|k| k != Named::Acquire)
 }
 
-/// The `[start, end)` of every function of the executable whose name [`is_holder_name`],
+/// What a function's mangled name makes it to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// Takes a stdio or environment lock itself and holds it while it runs.
+    HolderAcquires,
+    /// A panic entry point: may hold the hook lock.
+    HolderHolds,
+    /// One of std's lock-acquisition slow paths.
+    Acquire,
+}
+
+fn classify(name: &str) -> Option<Named> {
+    let std = name.starts_with("_ZN3std") || name.starts_with("_RN") && name.contains("_3std");
+    let stdio = name.contains("std..io..stdio") || name.contains("2io5stdio");
+    if stdio
+        || std
+            && (name.contains("6getenv") || name.contains("6setenv") || name.contains("8unsetenv"))
+    {
+        return Some(Named::HolderAcquires);
+    }
+    if std && (name.contains("14rust_panic_with_hook") || name.contains("12default_hook")) {
+        return Some(Named::HolderHolds);
+    }
+    let sync = name.contains("4sync");
+    if std
+        && (sync
+            && (name.contains("14lock_contended")
+                || name.contains("14read_contended")
+                || name.contains("15write_contended")
+                || name.contains("14reentrant_lock"))
+            || name.contains("5futex10futex_wait"))
+    {
+        return Some(Named::Acquire);
+    }
+    None
+}
+
+/// The `[start, end)` of every function of the executable whose name [`classify`] knows,
 /// from its ELF symbol table (none if it is stripped: the probe's list remains).
-fn named_holders(elf: &[u8]) -> Vec<(usize, usize)> {
+fn named_functions(elf: &[u8]) -> Vec<(usize, usize, Named)> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
         elf.get(o..o + 4)
@@ -294,8 +379,8 @@ fn named_holders(elf: &[u8]) -> Vec<(usize, usize)> {
                 continue;
             };
             let end = bytes.iter().position(|&b| b == 0).unwrap_or(0);
-            if std::str::from_utf8(&bytes[..end]).is_ok_and(is_holder_name) {
-                out.push((value, value + len));
+            if let Some(kind) = std::str::from_utf8(&bytes[..end]).ok().and_then(classify) {
+                out.push((value, value + len, kind));
             }
         }
     }
@@ -319,7 +404,20 @@ mod tests {
         assert!(in_library(libc::malloc as *const () as usize));
         assert!(!in_library(refresh as *const () as usize));
         let f = refresh as *const () as usize;
-        assert!(!is_lock_holder(f, f));
+        assert_eq!(lock_holder(f, f), Holder::No);
+        assert_eq!(
+            classify("_ZN3std3sys4sync5mutex5futex5Mutex14lock_contended17h0123456789abcdefE"),
+            Some(Named::Acquire)
+        );
+        assert_eq!(
+            classify("_ZN3std3sys3pal4unix5futex10futex_wait17h0123456789abcdefE"),
+            Some(Named::Acquire)
+        );
+        assert_eq!(
+            classify("_ZN3std9panicking12default_hook17h0123456789abcdefE"),
+            Some(Named::HolderHolds)
+        );
+        assert!(ACQUIRE_RANGE_COUNT.load(Ordering::Relaxed) >= 1);
         assert!(HOLDER_RANGE_COUNT.load(Ordering::Relaxed) >= 10);
         assert!(is_holder_name(
             "_ZN3std2io5stdio6_print17h0123456789abcdefE"

@@ -153,8 +153,14 @@ impl Shared {
         if budget.invalid().is_some() {
             return task::rejected_with(func, JoinError::InvalidBudget(budget));
         }
-        if !budget.is_unlimited() && self.preempt.is_none() {
-            return task::rejected_with(func, JoinError::BudgetUnsupported);
+        if !budget.is_unlimited() {
+            match &self.preempt {
+                None => return task::rejected_with(func, JoinError::BudgetUnsupported),
+                Some(p) if p.kills.handler_replaced() => {
+                    return task::rejected_with(func, JoinError::KillsUnenforceable)
+                }
+                Some(_) => {}
+            }
         }
         runner::with_current(|current| match current {
             Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(budget, func),
@@ -341,7 +347,7 @@ impl Shared {
         use std::os::unix::thread::JoinHandleExt;
         self.preempt
             .as_ref()
-            .is_some_and(|p| p.kills.is_frozen_thread(handle.as_pthread_t() as usize))
+            .is_some_and(|p| p.kills.is_lost_thread(handle.as_pthread_t() as usize))
     }
 
     fn stats(&self) -> Stats {

@@ -188,6 +188,56 @@ pub(crate) fn signal_blocked(signal: i32) -> bool {
     }
 }
 
+/// Whether thread `tid` of this process has `signal` blocked, from the `SigBlk` line of
+/// `/proc/self/task/<tid>/status` (another thread's signal mask has no other interface);
+/// `None` if it cannot be read (the thread has exited, no `/proc`).
+pub(crate) fn thread_blocks_signal(tid: i32, signal: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigBlk:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    Some(signal > 0 && signal <= 64 && mask & (1 << (signal - 1)) != 0)
+}
+
+/// A full memory barrier on every running thread of this process (`membarrier(2)`,
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`; registered on first use, falling back to the
+/// slower `MEMBARRIER_CMD_GLOBAL`). False if the kernel offers neither: the caller must
+/// then not rely on one.
+pub(crate) fn membarrier() -> bool {
+    const GLOBAL: i32 = 1;
+    const PRIVATE_EXPEDITED: i32 = 1 << 3;
+    const REGISTER_PRIVATE_EXPEDITED: i32 = 1 << 4;
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: `membarrier` takes two integers and touches no memory of ours.
+    let call = |cmd: i32| unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32) == 0 };
+    if *REGISTERED.get_or_init(|| call(REGISTER_PRIVATE_EXPEDITED)) && call(PRIVATE_EXPEDITED) {
+        return true;
+    }
+    call(GLOBAL)
+}
+
+/// Puts thread `tid` of this process under `SCHED_IDLE` (lowering another thread's
+/// priority needs no privilege). Best effort: a thread that has exited is no error.
+pub(crate) fn demote_thread(tid: i32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is valid for the call; a stale tid fails with ESRCH.
+    unsafe { libc::syscall(libc::SYS_sched_setscheduler, tid, libc::SCHED_IDLE, &param) };
+}
+
+/// Lets thread `tid` of this process run on `cpus`. Best effort, as [`demote_thread`].
+pub(crate) fn set_thread_affinity(tid: i32, cpus: &libc::cpu_set_t) {
+    // SAFETY: `cpus` is a valid set for the call; a stale tid fails with ESRCH.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            tid,
+            mem::size_of::<libc::cpu_set_t>(),
+            cpus as *const libc::cpu_set_t,
+        )
+    };
+}
+
 /// The calling thread's kernel id.
 pub(crate) fn gettid() -> i32 {
     async_safe::gettid()
@@ -613,10 +663,8 @@ pub(crate) mod async_safe {
     }
 
     /// What a signal interrupted: the program counter, and whether the thread was blocked
-    /// in a system call that waits without holding anything (`syscall` just executed and
-    /// failed with `EINTR`, or about to be restarted as a wait: `futex`, `nanosleep`,
-    /// `clock_nanosleep`, `restart_syscall`, `poll`, `ppoll`, `select`, `pselect6`,
-    /// `epoll_wait`, `epoll_pwait`, `wait4`, `pause`).
+    /// in a system call (judged from the context: `syscall` just executed and failed with
+    /// `EINTR`, or the PC rewound onto it to restart it), and whether that is a `futex`.
     ///
     /// # Safety
     ///
@@ -639,23 +687,14 @@ pub(crate) mod async_safe {
             [0, 0]
         };
         const SYSCALL: [u8; 2] = [0x0f, 0x05];
-        let waiting = [
-            libc::SYS_futex,
-            libc::SYS_nanosleep,
-            libc::SYS_clock_nanosleep,
-            libc::SYS_restart_syscall,
-            libc::SYS_poll,
-            libc::SYS_ppoll,
-            libc::SYS_select,
-            libc::SYS_pselect6,
-            libc::SYS_epoll_wait,
-            libc::SYS_epoll_pwait,
-            libc::SYS_wait4,
-            libc::SYS_pause,
-        ];
+        // Blocked in a system call, whichever: the kernel rewinds the PC onto the `syscall`
+        // instruction (with the call's number back in rax) to restart it after the
+        // handler, or leaves it just past it with `-EINTR` in rax. (A thread interrupted
+        // just *before* a `syscall` looks the same, and is as harmless: the frames around
+        // it decide, see `handler/freeze.rs`.)
         let wait = if here == SYSCALL && ax == libc::SYS_futex {
             Wait::Futex
-        } else if (here == SYSCALL && waiting.contains(&ax))
+        } else if (here == SYSCALL && ax >= 0)
             || (before == SYSCALL && ax == -i64::from(libc::EINTR))
         {
             Wait::Other
@@ -673,7 +712,7 @@ pub(crate) mod async_safe {
         /// `futex`: a lock or a condition; only lock-free when called straight from Rust
         /// (std's locks and parking), not from inside libc (its private locks).
         Futex,
-        /// Sleeping, polling, waiting for a child.
+        /// Any other system call: reading, accepting, sleeping, polling, waiting.
         Other,
     }
 
@@ -802,6 +841,39 @@ pub(crate) mod async_safe {
         let ours = info.code == libc::SI_TIMER
             || (info.code == libc::SI_QUEUE && info.id_or_pid == getpid());
         ours.then_some(info.value as u64)
+    }
+
+    /// True for a delivery whose `siginfo` the kernel could not queue (a signal below
+    /// `SIGRTMIN` past `RLIMIT_SIGPENDING`): it arrives as `SI_USER` from pid 0, uid 0.
+    ///
+    /// # Safety
+    ///
+    /// `info` is the `siginfo_t` the kernel passed to an `SA_SIGINFO` handler.
+    pub(crate) unsafe fn info_lost(info: *const libc::siginfo_t) -> bool {
+        // SAFETY: the caller's contract; see `pool_token`.
+        let info = unsafe { &*info.cast::<QueuedInfo>() };
+        info.code == libc::SI_USER && info.id_or_pid == 0 && info._overrun_or_uid == 0
+    }
+
+    /// The handler installed for `signal` now (`rt_sigaction` with no new action).
+    pub(crate) fn installed_handler(signal: i32) -> usize {
+        // SAFETY: all-zero is a valid sigaction; a null new action only queries; 8 is the
+        // kernel's sigset size.
+        unsafe {
+            let mut old: libc::sigaction = core::mem::zeroed();
+            let rc = libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                core::ptr::null::<libc::sigaction>(),
+                &mut old as *mut libc::sigaction,
+                8usize,
+            );
+            if rc == 0 {
+                old.sa_sigaction
+            } else {
+                0
+            }
+        }
     }
 
     /// This process's id (a raw syscall).

@@ -17,8 +17,12 @@
 //!    wait for it. Whoever wins `fetch_or(CLAIMED)` takes the closure and will write the
 //!    output; the loser drops its reference and does nothing else. Queues hand each entry
 //!    out once, so there are at most two contenders.
-//! 2. The winner writes the output, then `fetch_or(COMPLETE, Release)`. The release
-//!    publishes the output to whoever acquires `COMPLETE`.
+//! 2. Whoever wins `fetch_or(DECIDED)` writes the output, then `fetch_or(COMPLETE,
+//!    Release)`. The release publishes the output to whoever acquires `COMPLETE`. The
+//!    contenders are the claim's winner (the closure returned or unwound), a freeze of its
+//!    thread (the signal handler, on that thread) and the monitor abandoning the task
+//!    (`kill.rs`). A winner that is not the closure's thread leaves the closure running;
+//!    when it ends, its thread loses the decision and drops the value it returned.
 //! 3. If the word it replaced had `WAITING`, it wakes all waiters on the word. Its own
 //!    `Arc` keeps the word alive across the wake.
 //! 4. A joiner spins briefly on `COMPLETE` (Acquire), then `fetch_or(WAITING, Acquire)`:
@@ -49,6 +53,9 @@ use crate::sys;
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
 const CLAIMED: u32 = 0b100;
+/// Some thread has taken the right to write the output (step 2): the claim's winner when
+/// the closure returns or unwinds, the freeze, or the monitor abandoning the task.
+const DECIDED: u32 = 0b1000;
 
 /// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs
 /// ~7 µs of latency on the machines this was tuned on (MEASURED.md), so a task that is
@@ -82,7 +89,7 @@ impl<T> JoinState<T> {
     /// A state that is complete from the start: a task rejected at `spawn`.
     fn completed(result: Result<T, JoinError>) -> Self {
         Self {
-            word: Futex::new(CLAIMED | COMPLETE),
+            word: Futex::new(CLAIMED | DECIDED | COMPLETE),
             output: UnsafeCell::new(Some(result)),
             cpu_ns: StdAtomicU64::new(NO_CPU),
         }
@@ -101,7 +108,13 @@ impl<T> JoinState<T> {
         self.word.fetch_or(CLAIMED, Ordering::Acquire) & CLAIMED == 0
     }
 
-    /// Protocol steps 2–3. Called once, by the thread that won the claim. Async-signal-safe
+    /// Protocol step 2's decision: true for exactly one caller, who must then `complete`.
+    /// Async-signal-safe.
+    pub(crate) fn decide(&self) -> bool {
+        self.word.fetch_or(DECIDED, Ordering::AcqRel) & DECIDED == 0
+    }
+
+    /// Protocol steps 2–3. Called once, by the thread that won `decide`. Async-signal-safe
     /// when `result` is a [`JoinError::Killed`] (the freeze publishes with it from the
     /// signal handler): the cell holds `None` until now, so the store drops nothing, and
     /// the rest is atomics and a futex wake.
@@ -109,7 +122,7 @@ impl<T> JoinState<T> {
         if let Some(ns) = cpu_ns {
             self.cpu_ns.store(ns, Ordering::Relaxed);
         }
-        // SAFETY: step 1: only the claim's winner writes the cell, and the handle reads it
+        // SAFETY: step 2: only the decision's winner writes the cell, and the handle reads it
         // only after seeing `COMPLETE`, which is set below.
         self.output
             .with_mut(|out| unsafe { ptr::write(out, Some(result)) });
@@ -187,6 +200,12 @@ pub(crate) struct Control {
     /// The monitor's registry of the pool running the task, set when it starts (pools
     /// leak theirs, so a handle may reach it after the pool is gone).
     kills: AtomicPtr<Kills>,
+    /// The counters of the slot running the task, set when it starts: an abandon counts
+    /// its outcome there. (They live in the pool's shared state, which the task's thread
+    /// keeps alive while the task is undecided.)
+    counters: AtomicPtr<SlotCounters>,
+    /// The kernel id of the thread running the task, set when it starts (0: not yet).
+    tid: std::sync::atomic::AtomicI32,
     pub(crate) budget: Budget,
 }
 
@@ -202,6 +221,8 @@ impl Control {
             started_ns: StdAtomicU64::new(0),
             cpu_at_kill: StdAtomicU64::new(NO_CPU),
             kills: AtomicPtr::new(ptr::null_mut()),
+            counters: AtomicPtr::new(ptr::null_mut()),
+            tid: std::sync::atomic::AtomicI32::new(0),
             budget,
         }
     }
@@ -250,6 +271,15 @@ impl Control {
             if let Some(ns) = read() {
                 self.cpu_at_kill.store(ns, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// The kernel id of the thread running the task, once it has started on a pool
+    /// thread with a record.
+    pub(crate) fn tid(&self) -> Option<i32> {
+        match self.tid.load(Ordering::Relaxed) {
+            0 => None,
+            tid => Some(tid),
         }
     }
 
@@ -376,7 +406,15 @@ pub(crate) trait Runnable: Send + Sync {
     fn run_claimed(&self, env: &RunEnv<'_>);
     fn control(&self) -> &Control;
     fn is_done(&self) -> bool;
-    /// Publishes a freeze: counts it and resolves the handle with `Killed { how: Frozen }`.
+    /// Protocol step 2's decision (async-signal-safe): true for exactly one caller, who
+    /// must then publish.
+    fn decide(&self) -> bool;
+    /// Publishes an abandon (the monitor, after winning [`decide`](Runnable::decide)):
+    /// counts it in the slot's counters and resolves the handle with
+    /// `Killed { how: Abandoned }`. The closure is still running on its thread.
+    fn publish_abandoned(&self, cpu_ns: Option<u64>);
+    /// Publishes a freeze, after winning [`decide`](Runnable::decide): counts it and
+    /// resolves the handle with `Killed { how: Frozen }`.
     /// Called on the frozen thread, from the signal handler or the freeze trampoline, while
     /// the closure is still on the stack (and will stay there). Async-signal-safe.
     fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason);
@@ -404,6 +442,9 @@ where
         if control.killed().is_some() {
             // Cancelled while queued: never started. The closure's captures drop here.
             drop_quietly(func);
+            if !self.join.decide() {
+                return;
+            }
             env.counters.record_kill(KillHow::Cancelled);
             let killed = control.killed_outcome(KillHow::Cancelled, None);
             if let Some(kills) = env.kills {
@@ -439,6 +480,17 @@ where
                 JoinError::Panicked(PanicPayload::new(payload))
             }
         });
+        if !self.join.decide() {
+            // Abandoned by the monitor while it ran (`kill.rs`): its handle has resolved,
+            // its outcome was counted. The value is dropped here, on this thread; the
+            // thread learns it was abandoned (the monitor marks it right after deciding)
+            // and retires.
+            drop_quietly(result);
+            if let Some(record) = env.record {
+                record.await_fate();
+            }
+            return;
+        }
         // Counted before publishing, so a caller that has joined every task sees them all
         // in `Pool::stats`, and shutdown can tell when every accepted task is done.
         match &result {
@@ -462,6 +514,22 @@ where
         self.join.is_complete()
     }
 
+    fn decide(&self) -> bool {
+        self.join.decide()
+    }
+
+    fn publish_abandoned(&self, cpu_ns: Option<u64>) {
+        let control = &self.control;
+        let killed = control.killed_outcome(KillHow::Abandoned, cpu_ns);
+        // SAFETY: set when the task started, to the slot counters in the pool's shared
+        // state, which the task's thread keeps alive while the task is undecided (the
+        // caller has just won the decision).
+        if let Some(counters) = unsafe { control.counters.load(Ordering::Relaxed).as_ref() } {
+            counters.record_kill(KillHow::Abandoned);
+        }
+        self.join.complete(Err(JoinError::Killed(killed)), cpu_ns);
+    }
+
     fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason) {
         let control = &self.control;
         control.kill(reason_if_none, sys::async_safe::monotonic_ns());
@@ -475,7 +543,9 @@ where
         // SAFETY: step 1, as in `run_claimed`.
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
-        self.join.complete(Err(JoinError::Shutdown), None);
+        if self.join.decide() {
+            self.join.complete(Err(JoinError::Shutdown), None);
+        }
     }
 }
 
@@ -522,6 +592,13 @@ impl Task {
                 control
                     .kills
                     .store(kills as *const Kills as *mut Kills, Ordering::Relaxed);
+                control.counters.store(
+                    env.counters as *const SlotCounters as *mut SlotCounters,
+                    Ordering::Relaxed,
+                );
+                control
+                    .tid
+                    .store(record.tid.load(Ordering::Relaxed), Ordering::Relaxed);
                 // SeqCst, against `JoinHandle::cancel`: it sets the flag, then reads this.
                 // Either it sees the thread and registers the task with the monitor, or
                 // `run_claimed` sees the flag and never starts the closure.
@@ -545,6 +622,19 @@ impl Task {
 
     pub(crate) fn is_done(&self) -> bool {
         self.0.is_done()
+    }
+
+    /// Protocol step 2's decision, for the monitor abandoning the task: false if it was
+    /// decided already (it returned, unwound or was frozen). On true, call
+    /// [`publish_abandoned`](Task::publish_abandoned).
+    pub(crate) fn decide(&self) -> bool {
+        self.0.decide()
+    }
+
+    /// Resolves the handle with `Killed { how: Abandoned }`, after winning
+    /// [`decide`](Task::decide).
+    pub(crate) fn publish_abandoned(&self, cpu_ns: Option<u64>) {
+        self.0.publish_abandoned(cpu_ns);
     }
 
     /// The same task, for the monitor's registry.

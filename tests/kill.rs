@@ -582,32 +582,45 @@ fn a_storm_of_runaways_among_good_tasks() {
         for (i, h) in good {
             assert_eq!(join(h).unwrap(), i.wrapping_mul(2654435761) % 1000);
         }
-        let (mut cancelled, mut frozen) = (0u64, 0u64);
+        let (mut cancelled, mut frozen, mut abandoned) = (0u64, 0u64, 0u64);
         for (kind, h) in runaways {
             let k = killed(join(h));
             match kind {
-                Runaway::Checkpoint | Runaway::MutexCheckpoint => {
-                    assert_eq!(k.how(), KillHow::Cancelled, "{kind:?} {:?}", pool.stats())
-                }
+                // Cancelled at its next checkpoint, unless starved of CPU past the
+                // maximum deferral (see below).
+                Runaway::Checkpoint | Runaway::MutexCheckpoint => assert!(
+                    matches!(k.how(), KillHow::Cancelled | KillHow::Abandoned),
+                    "{kind:?} {k:?}"
+                ),
                 Runaway::Recursion => {
                     assert_eq!(
                         (k.reason(), k.how()),
                         (KillReason::StackOverflow, KillHow::Frozen)
                     )
                 }
-                _ => assert_eq!(k.how(), KillHow::Frozen, "{kind:?}"),
+                // A carrier starved of CPU past the maximum deferral (hundreds of them
+                // share two saturated cores here) is abandoned rather than waited for.
+                _ => assert!(
+                    matches!(k.how(), KillHow::Frozen | KillHow::Abandoned),
+                    "{kind:?} {k:?}"
+                ),
             }
             match k.how() {
                 KillHow::Cancelled => cancelled += 1,
+                KillHow::Abandoned => abandoned += 1,
                 _ => frozen += 1,
             }
         }
         pool.shutdown();
         let s = pool.stats();
         assert_eq!(s.completed, GOOD);
-        assert_eq!((s.cancelled, s.frozen), (cancelled, frozen));
-        assert_eq!(cancelled + frozen, RUNAWAYS as u64);
-        assert_eq!(s.frozen_threads, frozen);
+        assert_eq!(
+            (s.cancelled, s.frozen, s.abandoned),
+            (cancelled, frozen, abandoned)
+        );
+        assert_eq!(cancelled + frozen + abandoned, RUNAWAYS as u64);
+        // An abandoned thread that later reaches a safe point is frozen too.
+        assert!(s.frozen_threads >= frozen);
         assert_eq!(
             s.kills_cpu_budget + s.kills_wall_deadline + s.kills_stack_overflow,
             RUNAWAYS as u64

@@ -200,17 +200,17 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
             }
         }
         Gate::Now => {
-            if !take_slot_off(record) {
+            let Some(reserved) = take_slot_off(record) else {
                 kills.deferred(Defer::NoStandby);
                 return;
-            }
+            };
             if !kills.reserve_frozen() {
-                if record.state.load(Ordering::Relaxed) == IN_TASK {
+                if reserved {
                     record.reserve().give_back();
                 }
                 return;
             }
-            freeze(record, running, None);
+            freeze(record, running, None, reserved);
         }
     }
 }
@@ -237,8 +237,12 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
     // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
     // thread may get none for a long while), in wall-clock time while it waits.
     let forced = || {
+        // The maximum deferral has passed in wall-clock time since the first request.
+        if record.kill_force.load(Ordering::Relaxed) {
+            return true;
+        }
         if blocked {
-            return record.kill_force.load(Ordering::Relaxed);
+            return false;
         }
         let now = async_safe::thread_cpu_ns();
         let mut until = record.kill_force_cpu.load(Ordering::Relaxed);
@@ -279,14 +283,19 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
         // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
         wrapper_frames: if wait == Wait::Futex { 1 } else { 2 },
         frames: 0,
-        // A kill may defer and look again; an overflow is judged once, through however
-        // deep the recursion went.
-        max_frames: if overflow { u32::MAX } else { 512 },
+        // Every frame down to the closure's, however deep the recursion went: a cap would
+        // defer a deep runaway for ever (the stack's size bounds the walk).
+        max_frames: u32::MAX,
         defer: None,
         holder_cfa: 0,
         holder_ret: 0,
         want_ret: false,
         reached_boundary: false,
+        acquiring: if wait == Wait::Futex {
+            Acquiring::Maybe
+        } else {
+            Acquiring::Ended
+        },
     };
     // SAFETY: `each` matches the callback type and only touches `walk`.
     unsafe { unwind::_Unwind_Backtrace(each, (&mut walk as *mut Walk).cast()) };
@@ -349,6 +358,20 @@ struct Walk {
     holder_ret: usize,
     want_ret: bool,
     reached_boundary: bool,
+    acquiring: Acquiring,
+}
+
+/// Where the walk is in the frames of a thread blocked acquiring one of std's locks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acquiring {
+    /// Blocked in a futex wait, in the libc wrapper's frame so far.
+    Maybe,
+    /// In std's lock slow path.
+    Slow,
+    /// In the stdio or environment functions that are taking the lock.
+    Taker,
+    /// Past them, or not blocked acquiring a lock.
+    Ended,
 }
 
 extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
@@ -410,7 +433,21 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.inner_libs = false;
     }
     // SAFETY: as above.
-    if places::is_lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }, ip) {
+    let holder = places::lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }, ip);
+    // A thread blocked in a futex wait inside std's lock slow path is waiting for that
+    // lock: the stdio or environment functions right around it are the ones taking it,
+    // and hold nothing yet. The first other frame ends that run; a holder past it holds.
+    walk.acquiring = match walk.acquiring {
+        Acquiring::Maybe | Acquiring::Slow if !in_library && places::is_acquiring(ip) => {
+            Acquiring::Slow
+        }
+        Acquiring::Slow | Acquiring::Taker if holder == places::Holder::Acquires => {
+            Acquiring::Taker
+        }
+        Acquiring::Maybe if in_library => Acquiring::Maybe,
+        _ => Acquiring::Ended,
+    };
+    if holder != places::Holder::No && walk.acquiring != Acquiring::Taker {
         walk.holder_cfa = 0;
         walk.holder_ret = 0;
         walk.want_ret = true;
@@ -479,41 +516,54 @@ fn trampoline_address() -> usize {
 /// the stdio lock, inside its task's closure. It blocks its signals first, so the handler
 /// never runs on it again, waits for a standby if it still holds its slot, and freezes.
 extern "C" fn freeze_from_trampoline() -> ! {
-    async_safe::block_all_signals();
     let Some(record) = this_record() else {
         // Only pool threads are ever redirected.
+        async_safe::block_all_signals();
         async_safe::block_forever()
     };
+    // Claimed before the signals are blocked and the redirect is cleared: the monitor
+    // would otherwise see a thread with every signal blocked, and no freeze on its way,
+    // and abandon it.
+    if !record.claim_freeze() {
+        // The monitor gave up on the freeze before the frame returned: the thread is
+        // outside the pool already, and stops here for good.
+        async_safe::block_all_signals();
+        async_safe::block_forever();
+    }
+    async_safe::block_all_signals();
     record.redirect_slot.store(0, Ordering::Relaxed);
     // SAFETY: the redirected frame was inside the closure, which is still running.
     let running = unsafe { &*record.running.load(Ordering::Relaxed) };
-    while !take_slot_off(record) {
+    loop {
+        if let Some(reserved) = take_slot_off(record) {
+            freeze(record, running, None, reserved);
+        }
         async_safe::sleep_ns(100_000);
     }
-    freeze(record, running, None)
 }
 
-/// Step 3: if the thread still holds its slot, takes a standby for it (granted in
-/// `freeze`). False if none is parked: one is asked for.
-fn take_slot_off(record: &Record) -> bool {
-    if record.state.load(Ordering::Relaxed) != IN_TASK {
-        return true;
+/// From the handler, on an abandoned thread: if its closure is still running and the
+/// gate would freeze it now, it stops here for good (no outcome to publish: its handle
+/// resolved when it was abandoned). It stays counted as abandoned.
+pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
+    let running = record.running.load(Ordering::Relaxed);
+    // SAFETY: as in `attempt`.
+    let Some(running) = (unsafe { running.as_ref() }) else {
+        return;
+    };
+    // SAFETY: `context` is the handler's third argument.
+    let (pc, wait) = unsafe { async_safe::interrupted(context) };
+    if matches!(gate(record, running, pc, wait, false), Gate::Now) {
+        async_safe::block_all_signals();
+        drop_timers(record);
+        record.settled.store(true, Ordering::SeqCst);
+        async_safe::block_forever();
     }
-    let reserve = record.reserve();
-    let index = record.index.load(Ordering::Relaxed);
-    if reserve.take_standby() {
-        reserve.unwant(index);
-        return true;
-    }
-    reserve.want(index);
-    record.preempt().ring();
-    false
 }
 
-/// Step 4. The caller has reserved a frozen place and, if the thread holds its slot, a
-/// standby. Never returns.
-fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>) -> ! {
-    async_safe::block_all_signals();
+/// Deletes the thread's own timers (the freeze, and an abandoned thread's first tick).
+/// Async-signal-safe.
+pub(super) fn drop_timers(record: &Record) {
     for timer in [&record.cpu_timer, &record.precise_timer] {
         let id = timer.swap(super::NO_TIMER, Ordering::Relaxed);
         if id != super::NO_TIMER {
@@ -521,15 +571,57 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>) ->
         }
     }
     record.armed.store(false, Ordering::Relaxed);
+}
+
+/// Step 3: if the thread still holds its slot, takes a standby for it (granted in
+/// `freeze`). `None` if none is parked (one is asked for); else whether one was taken.
+fn take_slot_off(record: &Record) -> Option<bool> {
+    if record.state.load(Ordering::Relaxed) != IN_TASK {
+        return Some(false);
+    }
+    let reserve = record.reserve();
+    let index = record.index.load(Ordering::Relaxed);
+    if reserve.take_standby() {
+        reserve.unwant(index);
+        return Some(true);
+    }
+    reserve.want(index);
+    record.preempt().ring();
+    None
+}
+
+/// Step 4. The caller has reserved a frozen place and, if the thread holds its slot, a
+/// standby (`reserved`). Never returns.
+fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, reserved: bool) -> ! {
+    // Claimed before the signals are blocked (see `freeze_from_trampoline`).
+    let claimed = record.claim_freeze();
+    async_safe::block_all_signals();
+    drop_timers(record);
     let preempt = record.preempt();
     let reserve = record.reserve();
-    if record
-        .state
-        .compare_exchange(IN_TASK, CARRIED, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-    {
-        reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
-        reserve.grant();
+    if !claimed {
+        // The monitor abandoned the thread meanwhile (from outside: the slot and the
+        // thread's count are dealt with). Stop here for good all the same.
+        if reserved {
+            reserve.give_back();
+        }
+        preempt.kills.unreserve_frozen();
+        async_safe::block_forever();
+    }
+    // Only this thread sets `IN_TASK` (between tasks), and only the monitor abandoning it
+    // takes it away from outside, which the fate above rules out: so `reserved` means the
+    // thread holds its slot.
+    if reserved {
+        if record
+            .state
+            .compare_exchange(IN_TASK, CARRIED, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+            reserve.grant();
+        } else {
+            reserve.give_back();
+        }
     }
     // It was, or just became, a carrier; it will never finish as one.
     reserve.carrier_done();
@@ -546,24 +638,20 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>) ->
                 .map(|(reason, _)| reason)
         })
         .unwrap_or(KillReason::Cancelled);
-    // Counted before the outcomes are published, so a joiner sees the counts.
-    for (i, task) in running.chain().enumerate() {
+    // Counted before the outcomes are published, so a joiner sees the counts. A task the
+    // monitor abandoned a moment ago (or that returned into an outer one) is not ours.
+    preempt.kills.frozen_thread(
+        record.stack_bytes.load(Ordering::Relaxed),
+        record.pthread.load(Ordering::Relaxed),
+    );
+    for task in running.chain() {
         let control = task.task.control();
         control.kill(reason, now);
-        let own = control.killed().map_or(reason, |(r, _)| r);
-        let (stack, thread) = if i == 0 {
-            (
-                record.stack_bytes.load(Ordering::Relaxed),
-                record.pthread.load(Ordering::Relaxed),
-            )
-        } else {
-            (0, 0)
-        };
-        preempt.kills.frozen(own, stack, thread, i == 0);
-    }
-    for task in running.chain() {
-        let own = task.task.control().killed().map_or(reason, |(r, _)| r);
-        task.task.publish_frozen(task.counters, own);
+        if task.task.decide() {
+            let own = control.killed().map_or(reason, |(r, _)| r);
+            preempt.kills.frozen(own);
+            task.task.publish_frozen(task.counters, own);
+        }
     }
     // SAFETY: `pool` is the `Shared` of the pool this thread serves, which this thread
     // keeps alive (its runner holds an `Arc`, never dropped now).
@@ -608,22 +696,22 @@ pub(crate) extern "C" fn on_fault(
                 async_safe::set_errno(errno);
                 return;
             }
-            if !take_slot_off(record) {
+            let Some(reserved) = take_slot_off(record) else {
                 // Come back when a standby has parked: returning re-runs the faulting
                 // instruction, which faults again.
                 async_safe::yield_now();
                 async_safe::set_errno(errno);
                 return;
-            }
+            };
             // A freeze on its way (a redirected return) already holds a place.
             if record.redirect_slot.swap(0, Ordering::Relaxed) != 0 || kills.reserve_frozen() {
                 running
                     .task
                     .control()
                     .kill(KillReason::StackOverflow, async_safe::monotonic_ns());
-                freeze(record, running, Some(KillReason::StackOverflow));
+                freeze(record, running, Some(KillReason::StackOverflow), reserved);
             }
-            if record.state.load(Ordering::Relaxed) == IN_TASK {
+            if reserved {
                 record.reserve().give_back();
             }
             kills.refused();

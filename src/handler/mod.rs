@@ -206,6 +206,50 @@ pub(crate) struct Record {
     pub(crate) guard_hi: AtomicUsize,
     /// The thread's stack size, for the frozen-bytes count.
     pub(crate) stack_bytes: AtomicUsize,
+    /// How the thread's kill ended it, once one did: [`FATE_NONE`], [`FATE_FROZEN`] (the
+    /// freeze, on the thread) or [`FATE_ABANDONED`] (the monitor, from outside). One
+    /// compare-exchange from `FATE_NONE` decides, so a thread is never both.
+    fate: AtomicU8,
+    /// An outside handoff of the slot is pending (see `begin_outside_handoff`).
+    outside: AtomicBool,
+    /// The handler is running on this thread (with the pool's signal blocked).
+    handling: AtomicBool,
+    /// An abandoned thread that has since stopped for good at a safe point.
+    pub(crate) settled: AtomicBool,
+    /// Nudges queued to this thread and not yet seen by its handler: a nudge whose
+    /// `siginfo` the kernel dropped (`RLIMIT_SIGPENDING` reached: it then arrives as a
+    /// bare `SI_USER` from pid 0) is still recognised as ours.
+    nudges: AtomicU32,
+}
+
+/// The thread has not been killed.
+pub(crate) const FATE_NONE: u8 = 0;
+/// The thread is frozen (or being frozen).
+pub(crate) const FATE_FROZEN: u8 = 1;
+/// The thread was abandoned: counted out of the pool, its slot taken from it from
+/// outside; it runs on until its closure returns, then retires.
+pub(crate) const FATE_ABANDONED: u8 = 2;
+
+/// What the thread held when the monitor took its slot from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// Its slot (an outside handoff has begun).
+    Slot,
+    /// No slot: it was a carrier already.
+    Carrier,
+    /// Neither: between tasks (not possible for a thread whose task is undecided).
+    Neither,
+}
+
+/// What an outside handoff ([`Record::continue_outside_handoff`]) achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Outside {
+    /// The slot is with a standby now (or was not the thread's to give).
+    Done,
+    /// The slot is taken from the thread, but no standby has it yet: the thread is still
+    /// inside a runtime section, or no standby is parked. Call again.
+    Pending,
 }
 
 impl Record {
@@ -235,7 +279,154 @@ impl Record {
             guard_lo: AtomicUsize::new(0),
             guard_hi: AtomicUsize::new(0),
             stack_bytes: AtomicUsize::new(0),
+            fate: AtomicU8::new(FATE_NONE),
+            outside: AtomicBool::new(false),
+            nudges: AtomicU32::new(0),
+            handling: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
         }
+    }
+
+    /// Decides the thread's fate, from `FATE_NONE` only; true if this call decided it.
+    /// Async-signal-safe.
+    pub(crate) fn decide_fate(&self, fate: u8) -> bool {
+        self.fate
+            .compare_exchange(FATE_NONE, fate, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// The freeze's claim on the thread (on the thread itself, from the handler or the
+    /// trampoline): true if its fate is, or now becomes, frozen. Async-signal-safe.
+    pub(crate) fn claim_freeze(&self) -> bool {
+        self.decide_fate(FATE_FROZEN) || self.fate.load(Ordering::SeqCst) == FATE_FROZEN
+    }
+
+    /// True while the handler runs on this record's thread.
+    pub(crate) fn in_handler(&self) -> bool {
+        self.handling.load(Ordering::SeqCst)
+    }
+
+    /// True once a freeze has claimed this thread.
+    pub(crate) fn is_freezing(&self) -> bool {
+        self.fate.load(Ordering::SeqCst) == FATE_FROZEN
+    }
+
+    /// True once the monitor has abandoned this thread.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.fate.load(Ordering::SeqCst) == FATE_ABANDONED
+    }
+
+    /// Called by the thread when its task's outcome was decided by someone else while the
+    /// closure ran (the monitor abandoned it): waits until the monitor has marked the
+    /// thread, which it does right after deciding. Normal context.
+    pub(crate) fn await_fate(&self) {
+        while self.fate.load(Ordering::SeqCst) == FATE_NONE {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Takes the slot from this record's thread **from another thread** (the monitor
+    /// abandoning its task), for a thread that may never take a signal again (it blocked
+    /// the pool's signal) or never reach a point where it could freeze. Normal context.
+    ///
+    /// 1. `IN_TASK` → `CARRIED` by compare-exchange: the same word the thread's own
+    ///    handoff and `end_task` change, so exactly one of them wins. From here the
+    ///    thread never *enters* a runtime section (`enter_runtime` reads the state) and
+    ///    ends its task as a carrier. If it was a carrier already, there is no slot to
+    ///    give, and step 3 only counts it out of the slot's carriers.
+    /// 2. A runtime section it entered before step 1 may still be pushing to the slot's
+    ///    deque: `depth` is written with compiler fences only (it is meant for the
+    ///    thread's own handler), so a process-wide memory barrier (`membarrier`) first
+    ///    makes its store visible here; `depth == 0` then means no section is in
+    ///    progress. (The asymmetric Dekker pattern: the thread stores `depth` then loads
+    ///    the state; this side writes the state, barriers every thread, loads `depth`.)
+    /// 3. A standby is taken and granted, as the handler's handoff does.
+    ///
+    /// Steps 2–3 may have to wait (a section in progress, no standby parked): the slot
+    /// then has no holder meanwhile (the other slots still steal its queue), and the
+    /// monitor calls [`continue_outside_handoff`](Record::continue_outside_handoff) on
+    /// each pass. The thread, if its closure returns first, waits for it before it exits
+    /// ([`await_outside_handoff`](Record::await_outside_handoff)), so the record stays
+    /// its own until then.
+    #[must_use]
+    pub(crate) fn begin_outside_handoff(&self) -> Holder {
+        match self
+            .state
+            .compare_exchange(IN_TASK, CARRIED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {
+                self.outside.store(true, Ordering::SeqCst);
+                Holder::Slot
+            }
+            Err(CARRIED) => Holder::Carrier,
+            Err(_) => Holder::Neither,
+        }
+    }
+
+    /// Steps 2–3, by the monitor: `None` if nothing is pending, else whether it is done
+    /// now.
+    pub(crate) fn continue_outside_handoff(&self) -> Option<Outside> {
+        if !self.outside.load(Ordering::SeqCst) {
+            return None;
+        }
+        if !crate::sys::membarrier() || self.depth.load(Ordering::SeqCst) > 0 {
+            return Some(Outside::Pending);
+        }
+        let reserve = self.reserve();
+        if !reserve.take_standby() {
+            self.preempt().ring();
+            return Some(Outside::Pending);
+        }
+        self.outside.store(false, Ordering::SeqCst);
+        reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+        reserve.grant();
+        self.preempt().ring();
+        Some(Outside::Done)
+    }
+
+    /// The abandoned thread retiring waits for the monitor to finish its outside handoff
+    /// (the monitor reads this record until then). Normal context.
+    pub(crate) fn await_outside_handoff(&self) {
+        while self.outside.load(Ordering::SeqCst) {
+            self.preempt().ring();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Queues the pool's `signal` to this record's thread with the record's token
+    /// (`sys::async_safe::nudge`), counted first so the handler knows it even if the
+    /// kernel drops its `siginfo`. Async-signal-safe.
+    pub(crate) fn nudge(&self, signal: i32) {
+        self.nudges.fetch_add(1, Ordering::SeqCst);
+        let tid = self.tid.load(Ordering::Relaxed);
+        async_safe::nudge(tid, signal, token(self.index.load(Ordering::Relaxed)));
+    }
+
+    /// True if this record's thread serves the pool whose kill registry is `kills`.
+    pub(crate) fn serves(&self, kills: &crate::kill::Kills) -> bool {
+        let preempt = self.preempt.load(Ordering::Relaxed);
+        // SAFETY: non-null `preempt` points at the `Preempt` of a pool whose threads keep
+        // it alive; a record in use belongs to such a thread.
+        self.in_use.load(Ordering::Acquire)
+            && self.tid.load(Ordering::Relaxed) != 0
+            && unsafe { preempt.as_ref() }.is_some_and(|p| std::ptr::eq(p.kills, kills))
+    }
+
+    /// One nudge seen; false if none was outstanding. Async-signal-safe.
+    fn take_nudge(&self) -> bool {
+        self.nudges
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The slot this record's thread holds or last held.
+    pub(crate) fn slot_reserve(&self) -> &Reserve {
+        self.reserve()
+    }
+
+    /// The pool's cores, for a carrier (`None`: not pinned).
+    pub(crate) fn carrier_cpus(&self) -> Option<libc::cpu_set_t> {
+        self.preempt().carrier_cpus
     }
 
     /// The closure running on this thread, if any (for an inline join's `Running::outer`),
@@ -331,6 +522,7 @@ impl Record {
         self.kill_force.store(false, Ordering::Relaxed);
         self.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
         self.state.store(FREE, Ordering::Relaxed);
+        self.fate.store(FATE_NONE, Ordering::SeqCst);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
@@ -524,24 +716,68 @@ pub(crate) extern "C" fn on_signal(
 ) {
     let errno = async_safe::errno();
     // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO handler.
-    let ours = unsafe { async_safe::pool_token(info) }.and_then(record_of);
+    let token = unsafe { async_safe::pool_token(info) };
+    let ours = match token.and_then(record_of) {
+        Some(record) => {
+            record.take_nudge();
+            Some(record)
+        }
+        // SAFETY: as above.
+        None if unsafe { async_safe::info_lost(info) } => {
+            // A nudge of ours whose `siginfo` the kernel could not queue, or not ours.
+            let tid = async_safe::gettid();
+            RECORDS
+                .iter()
+                .find(|r| r.in_use.load(Ordering::Relaxed) && r.tid.load(Ordering::Relaxed) == tid)
+                .filter(|r| r.take_nudge())
+        }
+        None => None,
+    };
     match ours {
         Some(record) => {
+            HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
             // A delivery for a record this thread no longer owns (a timer deleted with an
             // expiry still queued, a nudge that raced with the record changing hands) is
             // ours too, and simply dropped.
             if record.tid.load(Ordering::Relaxed) == async_safe::gettid() {
-                if !record.kill_target.load(Ordering::Relaxed).is_null() {
-                    // Returns only if the freeze is deferred (or not for this task).
-                    freeze::attempt(record, context);
-                }
-                on_tick(record);
+                record.handling.store(true, Ordering::SeqCst);
+                on_delivery(record, context);
+                record.handling.store(false, Ordering::SeqCst);
             }
         }
         None => chain(signal, info, context),
     }
     async_safe::set_errno(errno);
 }
+
+/// A delivery of ours, on the record's own thread.
+fn on_delivery(record: &Record, context: *mut libc::c_void) {
+    // Never freeze inside a handler installed after ours that called ours (signal-hook
+    // does, holding its registry's lock while it does): the freeze waits for a delivery
+    // that reaches ours directly (or the kill ends in an abandon).
+    let direct = || {
+        async_safe::installed_handler(record.preempt().signal) == on_signal as *const () as usize
+    };
+    if record.fate.load(Ordering::Relaxed) == FATE_ABANDONED {
+        // Outside the pool now: no handoff, no freeze of its task (already resolved).
+        // But if it reaches a point the gate accepts, it stops there for good instead of
+        // burning idle CPU (it keeps its ticks until then).
+        if direct() {
+            freeze::settle(record, context);
+        }
+        return;
+    }
+    if !record.kill_target.load(Ordering::Relaxed).is_null() && direct() {
+        // Returns only if the freeze is deferred (or not for this task).
+        freeze::attempt(record, context);
+    }
+    on_tick(record);
+}
+
+/// Deliveries of the pool's own signals that reached [`on_signal`] (directly, or through
+/// a handler installed later that chains to it): the monitor's probe for a handler that
+/// replaced ours without chaining (`kill.rs`).
+pub(crate) static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// Passes a delivery that is not ours to the action installed before ours, as the kernel
 /// would have delivered it.
@@ -554,6 +790,13 @@ pub(crate) fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc:
     };
     match action.sa_sigaction {
         libc::SIG_IGN => {}
+        libc::SIG_DFL
+            if async_safe::installed_handler(signal) != on_signal as *const () as usize =>
+        {
+            // Reached through a handler installed after ours that passes deliveries on
+            // (signal-hook does): it has handled this one already. The default action
+            // (for SIGALRM, the end of the process) is not what the embedder asked for.
+        }
         libc::SIG_DFL => async_safe::default_action(signal),
         _ => {
             if action.sa_flags & libc::SA_RESETHAND != 0 {
@@ -624,7 +867,7 @@ pub(crate) fn poke(index: usize) {
     // SAFETY: records point at the `Preempt` of a pool whose threads keep it alive; the
     // caller is such a thread, of the same pool (the index came from its slot's reserve).
     let signal = unsafe { (*preempt).signal };
-    async_safe::nudge(tid, signal, token(index));
+    record.nudge(signal);
 }
 
 /// Step 4, `reserve.rs` steps 3–5.
