@@ -157,6 +157,9 @@ fn lifecycle(
                         unreachable!("only a preemptible runner is handed off")
                     };
                     let reserve = &preempt.reserves[index];
+                    // A slot taken from outside: given to a standby before this thread
+                    // may move on (the monitor reads its record until then).
+                    record.await_outside_handoff();
                     if record.is_abandoned() {
                         // Its task was abandoned (`kill.rs` step 7) and has now returned:
                         // counted out of the pool and its slot's carriers by the monitor,

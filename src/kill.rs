@@ -108,6 +108,9 @@ pub(crate) struct Kills {
     pub(crate) counters: KillCounters,
     /// Threads abandoned and still running.
     lost: Mutex<Vec<Lost>>,
+    /// Runners (not abandoned) whose slot the monitor is taking from outside because
+    /// they blocked the pool's signal: record index and thread id.
+    outside: Mutex<Vec<(usize, i32)>>,
     /// Another handler has replaced the pool's and does not chain to it.
     handler_replaced: AtomicBool,
     /// [`check_handler`](Kills::check_handler)'s probe in flight: the handler's run count
@@ -148,6 +151,7 @@ impl Kills {
             frozen_count: AtomicUsize::new(0),
             counters: KillCounters::default(),
             lost: Mutex::new(Vec::new()),
+            outside: Mutex::new(Vec::new()),
             handler_replaced: AtomicBool::new(false),
             probe: Mutex::new(None),
         }))
@@ -280,8 +284,17 @@ impl Kills {
                 self.finish_outside_handoffs();
             }
             Holder::Carrier => {
-                // Demoted by its own handoff already; outside the pool, not a carrier.
-                record.slot_reserve().carrier_done();
+                let mut outside = self.outside.lock();
+                if let Some(i) = outside.iter().position(|&(index, _)| index == thread) {
+                    // Its slot is being taken from outside already (it blocked the
+                    // signal): the lost list finishes that, and counts it out of the
+                    // carriers once it is granted.
+                    outside.swap_remove(i);
+                } else {
+                    // Demoted by its own handoff already; outside the pool, not a
+                    // carrier.
+                    record.slot_reserve().carrier_done();
+                }
             }
             Holder::Neither => {}
         }
@@ -290,8 +303,26 @@ impl Kills {
     /// Step 7.4 for every abandoned thread whose slot is not with a standby yet; true if
     /// one is still pending.
     fn finish_outside_handoffs(&self) -> bool {
-        let lost = self.lost.lock();
         let mut pending = false;
+        // A runner that blocked the pool's signal becomes a carrier like any other.
+        self.outside.lock().retain(|&(index, tid)| {
+            let record = &RECORDS[index];
+            match record.continue_outside_handoff() {
+                Some(Outside::Pending) => {
+                    pending = true;
+                    true
+                }
+                Some(Outside::Done) => {
+                    sys::demote_thread(tid);
+                    if let Some(cpus) = record.carrier_cpus() {
+                        sys::set_thread_affinity(tid, &cpus);
+                    }
+                    false
+                }
+                None => false,
+            }
+        });
+        let lost = self.lost.lock();
         for entry in lost.iter() {
             let record = &RECORDS[entry.record];
             match record.continue_outside_handoff() {
@@ -321,6 +352,19 @@ impl Kills {
             self.counters
                 .abandoned_cpu_exited
                 .fetch_add(used, Ordering::Relaxed);
+        }
+    }
+
+    /// The monitor's sweep found a runner that has run its task for a while with the
+    /// pool's signal blocked (the handler can never hand it off): takes its slot from
+    /// outside; the thread carries its task on, demoted, as if handed off. Unless the
+    /// task has a budget, whose kill abandons it (`check`).
+    pub(crate) fn hand_off_blocked(&self, index: usize, tid: i32) {
+        let record = &RECORDS[index];
+        if record.begin_outside_handoff() == Holder::Slot {
+            self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+            self.outside.lock().push((index, tid));
+            self.finish_outside_handoffs();
         }
     }
 
@@ -418,7 +462,7 @@ impl Kills {
                 && now.saturating_sub(watch.last_ask) >= nanos(UNSEEN_RETRY)
                 && !record.in_handler()
                 && !record.is_freezing()
-                && sys::thread_blocks_signal(tid, self.signal) == Some(true)
+                && sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal))
             {
                 self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
                 self.abandon(watch, thread, count_out);

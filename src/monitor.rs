@@ -25,7 +25,7 @@ use crate::carrier::{self, Role};
 use crate::loom::Ordering;
 use crate::places;
 use crate::pool::Shared;
-use crate::sys::async_safe;
+use crate::sys::{self, async_safe};
 
 /// How often the monitor re-reads the loaded libraries for the freeze gate (a `dlopen`).
 const REFRESH: Duration = Duration::from_millis(100);
@@ -35,6 +35,65 @@ const REFRESH: Duration = Duration::from_millis(100);
 const RETRY: Duration = Duration::from_millis(10);
 /// How long to sleep with nothing to do (only to join exited threads now and then).
 const IDLE: Duration = Duration::from_secs(1);
+
+/// A runner busy with one task this long without a handoff is looked at: has it blocked
+/// the pool's signal? (At least this, and four quanta.)
+const BUSY: Duration = Duration::from_millis(20);
+
+/// Step 4's sweep over the pool's runners and standbys (every `REFRESH`), from what
+/// `/proc/self/task/<tid>` says of each:
+///
+/// - a runner that has run one task for a while with the pool's signal blocked (its
+///   handler can never hand it off) has its slot taken from outside (`kill.rs`);
+/// - a thread whose CPU affinity, scheduling policy or name a task changed gets the
+///   pool's back, from here (the kernel lets a thread of the process set them);
+/// - a runner found between tasks with the pool's signal blocked unblocks it itself
+///   before its next task (no thread can change another's mask).
+///
+/// A task that changes one of these and returns may leave it to the tasks that follow on
+/// that runner until the next sweep (at most `REFRESH`): checking after every task would
+/// cost a syscall per task.
+fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
+    let kills = preempt.kills;
+    let now = async_safe::monotonic_ns();
+    let busy = (BUSY.as_nanos() as u64).max(preempt.quantum_ns.saturating_mul(4));
+    for (index, record) in crate::handler::RECORDS.iter().enumerate() {
+        if !record.serves(kills) {
+            continue;
+        }
+        let Some(slot) = record.serving_slot() else {
+            continue;
+        };
+        let tid = record.tid.load(Ordering::Relaxed);
+        let Some(status) = sys::thread_status(tid) else {
+            continue;
+        };
+        if status.blocks(preempt.signal) && !record.in_handler() {
+            match record.busy_since() {
+                Some(start) if now.saturating_sub(start) >= busy => {
+                    kills.hand_off_blocked(index, tid);
+                    continue;
+                }
+                Some(_) => {}
+                None => record.taint(),
+            }
+        }
+        // (Looked at again just before each change: a handoff in between demotes the
+        // thread and widens its affinity on purpose.)
+        if let Some(cpus) = &shared.threads.affinity[slot] {
+            if !status.allows_exactly(cpus) && record.serving_slot().is_some() {
+                sys::set_thread_affinity(tid, &sys::cpu_set(cpus));
+            }
+        }
+        if sys::thread_policy(tid) != Some(libc::SCHED_OTHER) && record.serving_slot().is_some() {
+            sys::set_thread_normal_policy(tid);
+        }
+        let name = format!("{}-{slot}", shared.threads.name);
+        if !status.named(&name) {
+            sys::set_thread_name(tid, &name);
+        }
+    }
+}
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let Some(preempt) = &shared.preempt else {
@@ -92,6 +151,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if now >= next_refresh {
             places::refresh();
             preempt.kills.check_handler();
+            sweep(&shared, preempt);
             next_refresh = now + REFRESH;
         }
         // Tasks detached by a `shutdown_timeout` still have their budgets enforced.

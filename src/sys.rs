@@ -188,16 +188,79 @@ pub(crate) fn signal_blocked(signal: i32) -> bool {
     }
 }
 
-/// Whether thread `tid` of this process has `signal` blocked, from the `SigBlk` line of
-/// `/proc/self/task/<tid>/status` (another thread's signal mask has no other interface);
-/// `None` if it cannot be read (the thread has exited, no `/proc`).
-pub(crate) fn thread_blocks_signal(tid: i32, signal: i32) -> Option<bool> {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
-    let mask = status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigBlk:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
-    Some(signal > 0 && signal <= 64 && mask & (1 << (signal - 1)) != 0)
+/// What `/proc/self/task/<tid>/status` says of a thread of this process.
+pub(crate) struct ThreadStatus {
+    name: String,
+    blocked: u64,
+    /// `Cpus_allowed`, as 32-bit words, least significant first.
+    cpus: Vec<u32>,
+}
+
+impl ThreadStatus {
+    /// True if `signal` is blocked.
+    pub(crate) fn blocks(&self, signal: i32) -> bool {
+        signal > 0 && signal <= 64 && self.blocked & (1 << (signal - 1)) != 0
+    }
+
+    /// True if the thread may run on exactly `cpus`.
+    pub(crate) fn allows_exactly(&self, cpus: &[usize]) -> bool {
+        let allowed = |cpu: usize| {
+            self.cpus
+                .get(cpu / 32)
+                .is_some_and(|word| word & (1 << (cpu % 32)) != 0)
+        };
+        let count: u32 = self.cpus.iter().map(|w| w.count_ones()).sum();
+        count as usize == cpus.len() && cpus.iter().all(|&cpu| allowed(cpu))
+    }
+
+    /// True if the thread's name is `name` (as the kernel keeps it: 15 bytes at most).
+    pub(crate) fn named(&self, name: &str) -> bool {
+        let kept = &name.as_bytes()[..name.len().min(15)];
+        self.name.as_bytes() == kept
+    }
+}
+
+/// Reads `/proc/self/task/<tid>/status`; `None` if the thread has exited.
+pub(crate) fn thread_status(tid: i32) -> Option<ThreadStatus> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+    };
+    let name = field("Name:")?.to_string();
+    let blocked = u64::from_str_radix(field("SigBlk:")?, 16).ok()?;
+    // "ffffffff,ffffffff": most significant word first.
+    let cpus = field("Cpus_allowed:")?
+        .rsplit(',')
+        .map(|word| u32::from_str_radix(word, 16).ok())
+        .collect::<Option<Vec<u32>>>()?;
+    Some(ThreadStatus {
+        name,
+        blocked,
+        cpus,
+    })
+}
+
+/// Thread `tid`'s scheduling policy (`SCHED_*`), `None` if it has exited.
+pub(crate) fn thread_policy(tid: i32) -> Option<i32> {
+    // SAFETY: no memory is passed.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, tid) };
+    (policy >= 0).then_some(policy as i32)
+}
+
+/// Puts thread `tid` back under `SCHED_OTHER`. Best effort: leaving `SCHED_IDLE` or a
+/// real-time policy may need `CAP_SYS_NICE`.
+pub(crate) fn set_thread_normal_policy(tid: i32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is valid for the call; a stale tid fails with ESRCH.
+    unsafe { libc::syscall(libc::SYS_sched_setscheduler, tid, libc::SCHED_OTHER, &param) };
+}
+
+/// Names thread `tid` (`/proc/self/task/<tid>/comm`; the kernel keeps 15 bytes). Best
+/// effort.
+pub(crate) fn set_thread_name(tid: i32, name: &str) {
+    let _ = std::fs::write(format!("/proc/self/task/{tid}/comm"), name.as_bytes());
 }
 
 /// A full memory barrier on every running thread of this process (`membarrier(2)`,

@@ -617,8 +617,6 @@ fn a_budgeted_runaway_blocking_the_pool_signal_is_abandoned_and_its_slot_handed_
 }
 
 #[test]
-#[ignore = "open: the monitor does not yet hand off, from outside, the slot of a runner \
-            that blocked the pool's signal and has no budget"]
 fn an_unbudgeted_task_blocking_the_pool_signal_does_not_hold_its_slot() {
     child(
         "an_unbudgeted_task_blocking_the_pool_signal_does_not_hold_its_slot",
@@ -1022,9 +1020,9 @@ fn a_runaway_that_renames_repins_and_renices_its_thread_is_frozen_and_the_next_r
 }
 
 #[test]
-#[ignore = "open: runner hygiene (restore or retire a runner whose task changed its \
-            affinity) is not done yet"]
 fn a_task_that_repins_its_runner_and_returns_leaves_the_pools_affinity() {
+    // The monitor restores it within a sweep (100 ms): checking after every task would
+    // cost a syscall per task.
     child(
         "a_task_that_repins_its_runner_and_returns_leaves_the_pools_affinity",
         || {
@@ -1039,6 +1037,7 @@ fn a_task_that_repins_its_runner_and_returns_leaves_the_pools_affinity() {
                 join_or_hang(repin, "the repinning task").unwrap(),
                 "sched_setaffinity"
             );
+            std::thread::sleep(Duration::from_millis(350));
             let after = join_or_hang(pool.spawn(thread_identity), "identity after").unwrap();
             assert_eq!(after.0, before.0, "std's thread name");
             assert_eq!(after.2, before.2, "the next task's affinity");
@@ -1048,8 +1047,6 @@ fn a_task_that_repins_its_runner_and_returns_leaves_the_pools_affinity() {
 }
 
 #[test]
-#[ignore = "open: runner hygiene (restore or retire a runner whose task changed its \
-            signal mask) is not done yet"]
 fn a_task_that_blocks_the_signal_and_returns_leaves_no_mask_behind() {
     child(
         "a_task_that_blocks_the_signal_and_returns_leaves_no_mask_behind",
@@ -1057,6 +1054,9 @@ fn a_task_that_blocks_the_signal_and_returns_leaves_no_mask_behind() {
             let pool = pool(1);
             let blocker = pool.spawn(|| signal_blocked_here(libc::SIGALRM, true));
             assert!(join_or_hang(blocker, "the blocking task").unwrap());
+            // The monitor's sweep (every 100 ms) finds the mask; the runner unblocks the
+            // signal before its next task.
+            std::thread::sleep(Duration::from_millis(350));
             let mask = pool.spawn(|| signal_blocked_here(libc::SIGALRM, false));
             assert!(
                 !join_or_hang(mask, "the mask check").unwrap(),

@@ -658,6 +658,11 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
     let shared = unsafe { &*running.pool.cast::<crate::pool::Shared>() };
     shared.thread_frozen();
     preempt.ring();
+    // The record goes back to the table: the thread never runs another instruction of
+    // ours or of the task's, its timers are gone and its signals blocked, so nothing
+    // reads it through the record again (a storm of kills would otherwise use up the
+    // table's `MAX_THREADS` records for good).
+    record.release();
     async_safe::block_forever()
 }
 

@@ -216,6 +216,9 @@ pub(crate) struct Record {
     handling: AtomicBool,
     /// An abandoned thread that has since stopped for good at a safe point.
     pub(crate) settled: AtomicBool,
+    /// The monitor found the pool's signal blocked on this runner between tasks: it
+    /// unblocks it before its next task.
+    tainted: AtomicBool,
     /// Nudges queued to this thread and not yet seen by its handler: a nudge whose
     /// `siginfo` the kernel dropped (`RLIMIT_SIGPENDING` reached: it then arrives as a
     /// bare `SI_USER` from pid 0) is still recognised as ours.
@@ -284,6 +287,7 @@ impl Record {
             nudges: AtomicU32::new(0),
             handling: AtomicBool::new(false),
             settled: AtomicBool::new(false),
+            tainted: AtomicBool::new(false),
         }
     }
 
@@ -304,6 +308,26 @@ impl Record {
     /// True while the handler runs on this record's thread.
     pub(crate) fn in_handler(&self) -> bool {
         self.handling.load(Ordering::SeqCst)
+    }
+
+    /// For the monitor's sweep: when the task running on this thread while it holds its
+    /// slot started (`CLOCK_MONOTONIC` ns), if one is.
+    pub(crate) fn busy_since(&self) -> Option<u64> {
+        (self.state.load(Ordering::Relaxed) == IN_TASK)
+            .then(|| self.start_ns.load(Ordering::Relaxed))
+    }
+
+    /// For the monitor's sweep: the slot this thread serves, if it holds one or stands by
+    /// for one (not a carrier, which is demoted and unpinned on purpose).
+    pub(crate) fn serving_slot(&self) -> Option<usize> {
+        matches!(self.state.load(Ordering::Relaxed), IDLE | IN_TASK)
+            .then(|| self.slot.load(Ordering::Relaxed))
+    }
+
+    /// The monitor found the pool's signal blocked on this thread: it unblocks it itself
+    /// before its next task (only a thread can change its own mask).
+    pub(crate) fn taint(&self) {
+        self.tainted.store(true, Ordering::Relaxed);
     }
 
     /// True once a freeze has claimed this thread.
@@ -514,9 +538,21 @@ impl Record {
         self.state.store(IDLE, Ordering::Relaxed);
     }
 
-    /// Forgets the thread's timers and marks the record free. Called by its thread once
-    /// the timers are deleted.
+    /// Forgets the thread's timers and marks the record free, as `new` made it (the next
+    /// thread to claim it sets the rest). Called by its thread once the timers are
+    /// deleted: as it exits, or at the end of its freeze (then from the handler, or the
+    /// trampoline, with every signal blocked). Async-signal-safe.
     pub(crate) fn release(&self) {
+        self.running.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.no_freeze.store(0, Ordering::Relaxed);
+        self.depth.store(0, Ordering::Relaxed);
+        self.pending.store(false, Ordering::Relaxed);
+        self.redirect_slot.store(0, Ordering::Relaxed);
+        self.handling.store(false, Ordering::Relaxed);
+        self.nudges.store(0, Ordering::Relaxed);
+        self.tainted.store(false, Ordering::Relaxed);
+        self.settled.store(false, Ordering::Relaxed);
+        self.outside.store(false, Ordering::Relaxed);
         self.kill_target
             .store(std::ptr::null_mut(), Ordering::Relaxed);
         self.kill_force.store(false, Ordering::Relaxed);
@@ -538,6 +574,12 @@ impl Record {
     /// A task starts on the slot's runner.
     #[inline]
     pub(crate) fn begin_task(&self) {
+        if self.tainted.load(Ordering::Relaxed) {
+            // A task before this one blocked the pool's signal and returned (one load on
+            // the common path; the monitor's sweep sets it).
+            self.tainted.store(false, Ordering::Relaxed);
+            crate::sys::unblock_signal(self.preempt().signal);
+        }
         self.start_ns
             .store(async_safe::monotonic_ns(), Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
