@@ -260,6 +260,7 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     state.record = Some(record);
     record.index.store(index_in_table, Ordering::Relaxed);
     record.tid.store(sys::gettid(), Ordering::Relaxed);
+    record.reset_fate(sys::gettid());
     record.pthread.store(sys::pthread_self(), Ordering::Relaxed);
     // The guard area: std checks both sides of the reported stack start, since glibc
     // versions differ on whether the guard is inside the reported stack.

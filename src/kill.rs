@@ -132,6 +132,8 @@ struct Watch {
     /// When the freeze was first asked for, and last asked for.
     first_ask: Option<u64>,
     last_ask: u64,
+    /// Times in a row the thread was found with the pool's signal blocked.
+    blocked_seen: u8,
     /// The thread's `kill_acks` when it was last asked.
     acks: u32,
     refused: bool,
@@ -194,6 +196,7 @@ impl Kills {
                 task,
                 first_ask: None,
                 last_ask: 0,
+                blocked_seen: 0,
                 acks: 0,
                 refused: false,
             });
@@ -254,6 +257,11 @@ impl Kills {
         let Some(tid) = control.tid() else {
             return;
         };
+        // Only a closure that is running: a task resolved before its closure starts (a
+        // cancel while queued) never waits for the monitor, and must not be raced.
+        if !control.entered() {
+            return;
+        }
         let cpu_now = sys::thread_cpu_ns_of(tid);
         let cpu_ns = match (cpu_now, control.cpu_start_ns()) {
             (Some(now), Some(start)) => Some(now.saturating_sub(start)),
@@ -265,9 +273,12 @@ impl Kills {
         let reason = control.killed().map_or(KillReason::Cancelled, |(r, _)| r);
         self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
         watch.task.publish_abandoned(cpu_ns);
+        // From here the thread, if its closure returns, waits (`Record::await_fate`)
+        // until this is done: nothing below races with it moving on.
         {
             let mut lost = self.lost.lock();
-            if !record.decide_fate(FATE_ABANDONED) {
+            if !record.decide_fate_of(tid, FATE_ABANDONED) {
+                // A freeze under way on the thread: it stops there, and counts itself.
                 return;
             }
             lost.push(Lost {
@@ -298,6 +309,7 @@ impl Kills {
             }
             Holder::Neither => {}
         }
+        record.abandoned_fully();
     }
 
     /// Step 7.4 for every abandoned thread whose slot is not with a standby yet; true if
@@ -356,13 +368,15 @@ impl Kills {
     }
 
     /// The monitor's sweep found a runner that has run its task for a while with the
-    /// pool's signal blocked (the handler can never hand it off): takes its slot from
-    /// outside; the thread carries its task on, demoted, as if handed off. Unless the
-    /// task has a budget, whose kill abandons it (`check`).
-    pub(crate) fn hand_off_blocked(&self, index: usize, tid: i32) {
+    /// pool's signal blocked (the handler can never hand it off), or blocked in a system
+    /// call (no CPU time, so no tick): takes its slot from outside; the thread carries
+    /// its task on, demoted, as if handed off. (A budget's kill still applies.)
+    pub(crate) fn hand_off_blocked(&self, index: usize, tid: i32, signal_blocked: bool) {
         let record = &RECORDS[index];
         if record.begin_outside_handoff() == Holder::Slot {
-            self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+            if signal_blocked {
+                self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+            }
             self.outside.lock().push((index, tid));
             self.finish_outside_handoffs();
         }
@@ -457,13 +471,16 @@ impl Kills {
         // taken for one that blocked it.)
         if watch.first_ask.is_some() {
             let unseen = record.kill_acks.load(Ordering::Relaxed) == watch.acks;
-            if unseen
+            let blocked = unseen
                 && record.redirect_slot.load(Ordering::Relaxed) == 0
                 && now.saturating_sub(watch.last_ask) >= nanos(UNSEEN_RETRY)
                 && !record.in_handler()
                 && !record.is_freezing()
-                && sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal))
-            {
+                && sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal));
+            // Twice in a row, a request apart: a thread caught between the kernel setting
+            // up its signal frame and the handler's first store looks the same once.
+            watch.blocked_seen = if blocked { watch.blocked_seen + 1 } else { 0 };
+            if watch.blocked_seen >= 2 {
                 self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
                 self.abandon(watch, thread, count_out);
                 return due;
@@ -586,7 +603,13 @@ impl Kills {
     pub(crate) fn snapshot(&self) -> KillSnapshot {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let lost = self.lost.lock();
+        // Copied out: no syscall under the lock the monitor takes on every pass.
+        let lost: Vec<(usize, i32, u64)> = self
+            .lost
+            .lock()
+            .iter()
+            .map(|l| (l.record, l.tid, l.cpu_at))
+            .collect();
         KillSnapshot {
             by_reason: c.by_reason.each_ref().map(read),
             deferred: read(&c.deferred),
@@ -598,13 +621,13 @@ impl Kills {
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
             abandoned_threads: lost
                 .iter()
-                .filter(|l| !RECORDS[l.record].settled.load(Ordering::Relaxed))
+                .filter(|&&(record, _, _)| !RECORDS[record].settled.load(Ordering::Relaxed))
                 .count() as u64,
             abandoned_cpu_ns: read(&c.abandoned_cpu_exited)
                 + lost
                     .iter()
-                    .filter_map(|l| {
-                        sys::thread_cpu_ns_of(l.tid).map(|t| t.saturating_sub(l.cpu_at))
+                    .filter_map(|&(_, tid, at)| {
+                        sys::thread_cpu_ns_of(tid).map(|t| t.saturating_sub(at))
                     })
                     .sum::<u64>(),
             signal_blocked: read(&c.signal_blocked),

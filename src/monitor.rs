@@ -44,7 +44,8 @@ const BUSY: Duration = Duration::from_millis(20);
 /// `/proc/self/task/<tid>` says of each:
 ///
 /// - a runner that has run one task for a while with the pool's signal blocked (its
-///   handler can never hand it off) has its slot taken from outside (`kill.rs`);
+///   handler can never hand it off), or blocked in a system call (no CPU time, so no
+///   tick), has its slot taken from outside (`kill.rs`);
 /// - a thread whose CPU affinity, scheduling policy or name a task changed gets the
 ///   pool's back, from here (the kernel lets a thread of the process set them);
 /// - a runner found between tasks with the pool's signal blocked unblocks it itself
@@ -71,7 +72,7 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         if status.blocks(preempt.signal) && !record.in_handler() {
             match record.busy_since() {
                 Some(start) if now.saturating_sub(start) >= busy => {
-                    kills.hand_off_blocked(index, tid);
+                    kills.hand_off_blocked(index, tid, true);
                     continue;
                 }
                 Some(_) => {}
@@ -80,6 +81,16 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         }
         // (Looked at again just before each change: a handoff in between demotes the
         // thread and widens its affinity on purpose.)
+        // Blocked in a system call (a read, a lock a frozen task holds) for a while: it
+        // uses no CPU time, so no tick of the CPU-time clock comes to hand it off.
+        if status.sleeping() {
+            if let Some(start) = record.busy_since() {
+                if now.saturating_sub(start) >= busy {
+                    kills.hand_off_blocked(index, tid, false);
+                    continue;
+                }
+            }
+        }
         if let Some(cpus) = &shared.threads.affinity[slot] {
             if !status.allows_exactly(cpus) && record.serving_slot().is_some() {
                 sys::set_thread_affinity(tid, &sys::cpu_set(cpus));

@@ -65,6 +65,10 @@ const MAX_ACQUIRE_RANGES: usize = 256;
 static ACQUIRE_RANGES: [[AtomicUsize; 2]; MAX_ACQUIRE_RANGES] =
     [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_ACQUIRE_RANGES];
 static ACQUIRE_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Whether each acquisition range is where the wait happens (a futex wait, a contended
+/// lock), which must come first, innermost.
+static ACQUIRE_RANGE_ENTRY: [AtomicBool; MAX_ACQUIRE_RANGES] =
+    [const { AtomicBool::new(false) }; MAX_ACQUIRE_RANGES];
 /// The loader's (adds, subs) when the ranges were last read, packed.
 static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
@@ -141,14 +145,17 @@ pub(crate) fn lock_holder(start: usize, ip: usize) -> Holder {
     }
 }
 
-/// True if `ip` is in one of std's lock-acquisition slow paths. Async-signal-safe.
-pub(crate) fn is_acquiring(ip: usize) -> bool {
+/// `Some(entry)` if `ip` is in one of std's lock-acquisition slow paths: whether it is
+/// where the wait happens (a futex wait, a contended lock) or around it (the reentrant
+/// lock). Async-signal-safe.
+pub(crate) fn acquiring(ip: usize) -> Option<bool> {
     let count = ACQUIRE_RANGE_COUNT
         .load(Ordering::Acquire)
         .min(MAX_ACQUIRE_RANGES);
     ACQUIRE_RANGES[..count]
         .iter()
-        .any(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
+        .position(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
+        .map(|i| ACQUIRE_RANGE_ENTRY[i].load(Ordering::Relaxed))
 }
 
 /// Builds both tables (once for the holders), or refreshes the ranges if the set of loaded
@@ -190,11 +197,13 @@ pub(crate) fn refresh() {
         if let Ok(elf) = std::fs::read(path) {
             for (lo, hi, kind) in named_functions(&elf) {
                 let (lo, hi) = (object.base + lo, object.base + hi);
-                if kind == Named::Acquire {
+                if matches!(kind, Named::Acquire | Named::AcquireEntry) {
                     let count = ACQUIRE_RANGE_COUNT.load(Ordering::Relaxed);
                     if count < MAX_ACQUIRE_RANGES {
                         ACQUIRE_RANGES[count][0].store(lo, Ordering::Relaxed);
                         ACQUIRE_RANGES[count][1].store(hi, Ordering::Relaxed);
+                        ACQUIRE_RANGE_ENTRY[count]
+                            .store(kind == Named::AcquireEntry, Ordering::Relaxed);
                         ACQUIRE_RANGE_COUNT.store(count + 1, Ordering::Release);
                     }
                     continue;
@@ -288,7 +297,7 @@ fn probe_holders() {
 /// `unsetenv` (std's environment lock), and the panic entry points (the hook lock).
 #[cfg(test)]
 fn is_holder_name(name: &str) -> bool {
-    classify(name).is_some_and(|k| k != Named::Acquire)
+    classify(name).is_some_and(|k| matches!(k, Named::HolderAcquires | Named::HolderHolds))
 }
 
 /// What a function's mangled name makes it to the gate.
@@ -298,20 +307,33 @@ enum Named {
     HolderAcquires,
     /// A panic entry point: may hold the hook lock.
     HolderHolds,
-    /// One of std's lock-acquisition slow paths.
+    /// Where std's lock-acquisition slow paths wait: a futex wait, a contended lock.
+    AcquireEntry,
+    /// The reentrant lock's acquisition around them (stdio's locks).
     Acquire,
 }
 
 fn classify(name: &str) -> Option<Named> {
     let std = name.starts_with("_ZN3std") || name.starts_with("_RN") && name.contains("_3std");
     let stdio = name.contains("std..io..stdio") || name.contains("2io5stdio");
-    if stdio
-        || std
-            && (name.contains("6getenv") || name.contains("6setenv") || name.contains("8unsetenv"))
-    {
+    // The environment: `getenv`/`setenv`/`unsetenv`, and `env::vars` (std's
+    // `sys::env::..::env`), each of which takes the environment lock itself.
+    let env = name.contains("6getenv")
+        || name.contains("6setenv")
+        || name.contains("8unsetenv")
+        || name.contains("3sys3env");
+    if stdio || std && env {
         return Some(Named::HolderAcquires);
     }
-    if std && (name.contains("14rust_panic_with_hook") || name.contains("12default_hook")) {
+    // The panic entry points (the hook lock), and process spawning, which holds the
+    // environment's read lock around `fork`/`posix_spawn` in frames of its own.
+    let spawn = name.contains("7process")
+        && (name.contains("5spawn")
+            || name.contains("11posix_spawn")
+            || name.contains("7do_exec")
+            || name.contains("7do_fork"));
+    if std && (name.contains("14rust_panic_with_hook") || name.contains("12default_hook") || spawn)
+    {
         return Some(Named::HolderHolds);
     }
     let sync = name.contains("4sync");
@@ -319,10 +341,12 @@ fn classify(name: &str) -> Option<Named> {
         && (sync
             && (name.contains("14lock_contended")
                 || name.contains("14read_contended")
-                || name.contains("15write_contended")
-                || name.contains("14reentrant_lock"))
+                || name.contains("15write_contended"))
             || name.contains("5futex10futex_wait"))
     {
+        return Some(Named::AcquireEntry);
+    }
+    if std && sync && name.contains("14reentrant_lock") {
         return Some(Named::Acquire);
     }
     None
@@ -407,11 +431,15 @@ mod tests {
         assert_eq!(lock_holder(f, f), Holder::No);
         assert_eq!(
             classify("_ZN3std3sys4sync5mutex5futex5Mutex14lock_contended17h0123456789abcdefE"),
-            Some(Named::Acquire)
+            Some(Named::AcquireEntry)
         );
         assert_eq!(
             classify("_ZN3std3sys3pal4unix5futex10futex_wait17h0123456789abcdefE"),
-            Some(Named::Acquire)
+            Some(Named::AcquireEntry)
+        );
+        assert_eq!(
+            classify("_ZN3std3sys3env4unix3env17h0123456789abcdefE"),
+            Some(Named::HolderAcquires)
         );
         assert_eq!(
             classify("_ZN3std9panicking12default_hook17h0123456789abcdefE"),

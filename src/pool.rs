@@ -351,6 +351,8 @@ impl Shared {
     }
 
     fn stats(&self) -> Stats {
+        // Called from task code too: no freeze while it holds the monitor's locks.
+        let _no_freeze = crate::handler::FreezeGuard::new();
         let preempt: Vec<PreemptSnapshot> = (0..self.slots.len())
             .map(|i| {
                 self.preempt

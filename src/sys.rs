@@ -191,12 +191,19 @@ pub(crate) fn signal_blocked(signal: i32) -> bool {
 /// What `/proc/self/task/<tid>/status` says of a thread of this process.
 pub(crate) struct ThreadStatus {
     name: String,
+    /// The `State:` letter (`R`, `S`, `D`, …).
+    state: u8,
     blocked: u64,
     /// `Cpus_allowed`, as 32-bit words, least significant first.
     cpus: Vec<u32>,
 }
 
 impl ThreadStatus {
+    /// True if the thread is asleep in the kernel (`S` or `D`): blocked in a system call.
+    pub(crate) fn sleeping(&self) -> bool {
+        matches!(self.state, b'S' | b'D')
+    }
+
     /// True if `signal` is blocked.
     pub(crate) fn blocks(&self, signal: i32) -> bool {
         signal > 0 && signal <= 64 && self.blocked & (1 << (signal - 1)) != 0
@@ -229,6 +236,7 @@ pub(crate) fn thread_status(tid: i32) -> Option<ThreadStatus> {
             .map(str::trim)
     };
     let name = field("Name:")?.to_string();
+    let state = field("State:")?.bytes().next()?;
     let blocked = u64::from_str_radix(field("SigBlk:")?, 16).ok()?;
     // "ffffffff,ffffffff": most significant word first.
     let cpus = field("Cpus_allowed:")?
@@ -237,6 +245,7 @@ pub(crate) fn thread_status(tid: i32) -> Option<ThreadStatus> {
         .collect::<Option<Vec<u32>>>()?;
     Some(ThreadStatus {
         name,
+        state,
         blocked,
         cpus,
     })
@@ -261,23 +270,6 @@ pub(crate) fn set_thread_normal_policy(tid: i32) {
 /// effort.
 pub(crate) fn set_thread_name(tid: i32, name: &str) {
     let _ = std::fs::write(format!("/proc/self/task/{tid}/comm"), name.as_bytes());
-}
-
-/// A full memory barrier on every running thread of this process (`membarrier(2)`,
-/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`; registered on first use, falling back to the
-/// slower `MEMBARRIER_CMD_GLOBAL`). False if the kernel offers neither: the caller must
-/// then not rely on one.
-pub(crate) fn membarrier() -> bool {
-    const GLOBAL: i32 = 1;
-    const PRIVATE_EXPEDITED: i32 = 1 << 3;
-    const REGISTER_PRIVATE_EXPEDITED: i32 = 1 << 4;
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // SAFETY: `membarrier` takes two integers and touches no memory of ours.
-    let call = |cmd: i32| unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32) == 0 };
-    if *REGISTERED.get_or_init(|| call(REGISTER_PRIVATE_EXPEDITED)) && call(PRIVATE_EXPEDITED) {
-        return true;
-    }
-    call(GLOBAL)
 }
 
 /// Puts thread `tid` of this process under `SCHED_IDLE` (lowering another thread's
@@ -750,16 +742,20 @@ pub(crate) mod async_safe {
             [0, 0]
         };
         const SYSCALL: [u8; 2] = [0x0f, 0x05];
-        // Blocked in a system call, whichever: the kernel rewinds the PC onto the `syscall`
+        // Blocked in a system call: the kernel rewinds the PC onto the `syscall`
         // instruction (with the call's number back in rax) to restart it after the
-        // handler, or leaves it just past it with `-EINTR` in rax. (A thread interrupted
-        // just *before* a `syscall` looks the same, and is as harmless: the frames around
-        // it decide, see `handler/freeze.rs`.)
-        let wait = if here == SYSCALL && ax == libc::SYS_futex {
-            Wait::Futex
-        } else if (here == SYSCALL && ax >= 0)
-            || (before == SYSCALL && ax == -i64::from(libc::EINTR))
-        {
+        // handler, or leaves it just past it with `-EINTR` in rax. A thread interrupted
+        // just *before* a `syscall` looks the same, so the number decides too: only the
+        // calls that wait for something outside the thread (input, a peer, a child, a
+        // lock word, time), which a thin libc wrapper makes holding nothing of libc's.
+        // (`clone`, `madvise` and the like are made by libc with its locks held: never.)
+        // The frames around it decide the rest (`handler/freeze.rs`).
+        let si = uc.uc_mcontext.gregs[libc::REG_RSI as usize];
+        let wait = if here == SYSCALL {
+            waiting(ax, si)
+        } else if before == SYSCALL && ax == -i64::from(libc::EINTR) {
+            // Returning from one that was interrupted: which one is not known any more,
+            // so only the tightest frame rule applies.
             Wait::Other
         } else {
             Wait::None
@@ -768,15 +764,74 @@ pub(crate) mod async_safe {
     }
 
     /// What kind of waiting syscall a thread was interrupted in.
-    #[derive(Clone, Copy, PartialEq, Eq)]
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub(crate) enum Wait {
         /// Not in one.
         None,
-        /// `futex`: a lock or a condition; only lock-free when called straight from Rust
-        /// (std's locks and parking), not from inside libc (its private locks).
+        /// A `futex` wait: a lock or a condition; only lock-free when called straight
+        /// from Rust (std's locks and parking), not from inside libc (its private locks).
         Futex,
-        /// Any other system call: reading, accepting, sleeping, polling, waiting.
+        /// A sleep (`nanosleep`, `clock_nanosleep`, and its restart): glibc's wrapper
+        /// is two frames deep.
+        Sleep,
+        /// Waiting for input, a peer, a child or a signal: a one-frame wrapper.
         Other,
+    }
+
+    /// Which kind of wait system call `nr` is (with `arg1`, its second argument, for
+    /// `futex`'s operation), or [`Wait::None`] for one that is not a wait.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn waiting(nr: i64, arg1: i64) -> Wait {
+        const FUTEX_CMD_MASK: i64 = 0x7f;
+        match nr {
+            libc::SYS_futex => match (arg1 & FUTEX_CMD_MASK) as i32 {
+                libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => Wait::Futex,
+                _ => Wait::None,
+            },
+            libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_restart_syscall => {
+                Wait::Sleep
+            }
+            libc::SYS_read
+            | libc::SYS_readv
+            | libc::SYS_pread64
+            | libc::SYS_preadv
+            | libc::SYS_preadv2
+            | libc::SYS_write
+            | libc::SYS_writev
+            | libc::SYS_pwrite64
+            | libc::SYS_recvfrom
+            | libc::SYS_recvmsg
+            | libc::SYS_recvmmsg
+            | libc::SYS_sendto
+            | libc::SYS_sendmsg
+            | libc::SYS_sendmmsg
+            | libc::SYS_accept
+            | libc::SYS_accept4
+            | libc::SYS_connect
+            | libc::SYS_open
+            | libc::SYS_openat
+            | libc::SYS_poll
+            | libc::SYS_ppoll
+            | libc::SYS_select
+            | libc::SYS_pselect6
+            | libc::SYS_epoll_wait
+            | libc::SYS_epoll_pwait
+            | libc::SYS_epoll_pwait2
+            | libc::SYS_wait4
+            | libc::SYS_waitid
+            | libc::SYS_pause
+            | libc::SYS_rt_sigsuspend
+            | libc::SYS_rt_sigtimedwait
+            | libc::SYS_flock
+            | libc::SYS_msgrcv
+            | libc::SYS_msgsnd
+            | libc::SYS_semop
+            | libc::SYS_semtimedop
+            | libc::SYS_mq_timedreceive
+            | libc::SYS_mq_timedsend
+            | libc::SYS_io_getevents => Wait::Other,
+            _ => Wait::None,
+        }
     }
 
     /// On other architectures only the program counter is read, and a thread blocked in
@@ -904,6 +959,16 @@ pub(crate) mod async_safe {
         let ours = info.code == libc::SI_TIMER
             || (info.code == libc::SI_QUEUE && info.id_or_pid == getpid());
         ours.then_some(info.value as u64)
+    }
+
+    /// True for a delivery queued by `sigqueue`-like calls (`SI_QUEUE`): a nudge.
+    ///
+    /// # Safety
+    ///
+    /// `info` is the `siginfo_t` the kernel passed to an `SA_SIGINFO` handler.
+    pub(crate) unsafe fn queued(info: *const libc::siginfo_t) -> bool {
+        // SAFETY: the caller's contract; see `pool_token`.
+        unsafe { (*info.cast::<QueuedInfo>()).code == libc::SI_QUEUE }
     }
 
     /// True for a delivery whose `siginfo` the kernel could not queue (a signal below

@@ -206,6 +206,9 @@ pub(crate) struct Control {
     counters: AtomicPtr<SlotCounters>,
     /// The kernel id of the thread running the task, set when it starts (0: not yet).
     tid: std::sync::atomic::AtomicI32,
+    /// The closure has been called (its thread waits for the monitor if the monitor
+    /// decides its outcome; see `kill.rs`, abandon).
+    entered: std::sync::atomic::AtomicBool,
     pub(crate) budget: Budget,
 }
 
@@ -223,6 +226,7 @@ impl Control {
             kills: AtomicPtr::new(ptr::null_mut()),
             counters: AtomicPtr::new(ptr::null_mut()),
             tid: std::sync::atomic::AtomicI32::new(0),
+            entered: std::sync::atomic::AtomicBool::new(false),
             budget,
         }
     }
@@ -272,6 +276,11 @@ impl Control {
                 self.cpu_at_kill.store(ns, Ordering::Relaxed);
             }
         }
+    }
+
+    /// True once the closure has been called.
+    pub(crate) fn entered(&self) -> bool {
+        self.entered.load(Ordering::SeqCst)
     }
 
     /// The kernel id of the thread running the task, once it has started on a pool
@@ -467,6 +476,7 @@ where
         if let Some(record) = env.record {
             record.enter_user(&running);
         }
+        control.entered.store(true, Ordering::SeqCst);
         let result = panic::catch_unwind(AssertUnwindSafe(func));
         if let Some(record) = env.record {
             record.leave_user(&running);

@@ -70,6 +70,7 @@ pub(crate) fn before_unwind() {
     if let Some(record) = this_record() {
         let _guard = FreezeGuard::new();
         undo_redirect(record);
+        record.cancel_unwinding.store(true, Ordering::Relaxed);
     }
 }
 
@@ -254,7 +255,12 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
         now >= until
     };
     let panicking = std::thread::panicking();
-    if panicking && !overflow && !forced() {
+    // A task unwinding from its cancel has seen it, and is running its destructors
+    // (releasing what it holds, poisoning its mutexes): it is never frozen in them, only
+    // abandoned if it is still at it when the bound is reached. Another panic's unwind
+    // may be frozen in, past the maximum deferral.
+    let cancel_unwinding = record.cancel_unwinding.load(Ordering::Relaxed);
+    if panicking && !overflow && (cancel_unwinding || !forced()) {
         return Gate::Defer(Defer::Panicking);
     }
     // Never redirect a return while unwinding: the unwinder reads return addresses.
@@ -281,13 +287,14 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
         // std's locks and parking call `syscall(SYS_futex)` straight from Rust: one libc
         // frame. A futex wait deeper in libc is one of its private locks (malloc's), whose
         // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
-        wrapper_frames: if wait == Wait::Futex { 1 } else { 2 },
+        wrapper_frames: if wait == Wait::Sleep { 2 } else { 1 },
         frames: 0,
         // Every frame down to the closure's, however deep the recursion went: a cap would
         // defer a deep runaway for ever (the stack's size bounds the walk).
         max_frames: u32::MAX,
         defer: None,
         holder_cfa: 0,
+        last_cfa: 0,
         holder_ret: 0,
         want_ret: false,
         reached_boundary: false,
@@ -297,8 +304,27 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
             Acquiring::Ended
         },
     };
+    // A return redirected to the trampoline earlier (the task is still inside that frame)
+    // is put back for the walk: the trampoline has no unwind info, and the unwinder would
+    // apply its neighbour's to the frame and read garbage. This thread's own stack, and
+    // the frame cannot return while the handler runs, so it is restored after.
+    let redirected = record.redirect_slot.load(Ordering::Relaxed);
+    if redirected != 0 {
+        // SAFETY: `redirected` is the return slot of a frame still on this thread's stack
+        // (see `redirect`), and `redirect_ret` what it held.
+        unsafe {
+            ptr::write_volatile(
+                redirected as *mut usize,
+                record.redirect_ret.load(Ordering::Relaxed),
+            )
+        };
+    }
     // SAFETY: `each` matches the callback type and only touches `walk`.
     unsafe { unwind::_Unwind_Backtrace(each, (&mut walk as *mut Walk).cast()) };
+    if redirected != 0 {
+        // SAFETY: as above.
+        unsafe { ptr::write_volatile(redirected as *mut usize, trampoline_address()) };
+    }
     if let Some(why) = walk.defer {
         return Gate::Defer(why);
     }
@@ -355,6 +381,8 @@ struct Walk {
     /// The CFA of the outermost lock-holding frame, and the return address stored just
     /// below it (the next frame's IP).
     holder_cfa: usize,
+    /// The CFA of the last task frame seen (each must be above the one before).
+    last_cfa: usize,
     holder_ret: usize,
     want_ret: bool,
     reached_boundary: bool,
@@ -406,6 +434,13 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.reached_boundary = true;
         return unwind::NORMAL_STOP;
     }
+    // The stack only grows down: a walk whose frames stop going up (bad unwind info, a
+    // loop) could go on for ever with no frame cap. It defers.
+    if cfa <= walk.last_cfa {
+        walk.defer = Some(Defer::Unwalkable);
+        return unwind::NORMAL_STOP;
+    }
+    walk.last_cfa = cfa;
     let library = places::library(ip);
     let in_library = library.is_some();
     if walk.lib_prefix && !in_library {
@@ -437,14 +472,19 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
     // A thread blocked in a futex wait inside std's lock slow path is waiting for that
     // lock: the stdio or environment functions right around it are the ones taking it,
     // and hold nothing yet. The first other frame ends that run; a holder past it holds.
-    walk.acquiring = match walk.acquiring {
-        Acquiring::Maybe | Acquiring::Slow if !in_library && places::is_acquiring(ip) => {
-            Acquiring::Slow
-        }
-        Acquiring::Slow | Acquiring::Taker if holder == places::Holder::Acquires => {
+    let acquiring = if in_library {
+        None
+    } else {
+        places::acquiring(ip)
+    };
+    walk.acquiring = match (walk.acquiring, acquiring) {
+        // The run starts where the wait is (a futex wait, a contended lock), and may go
+        // on through the reentrant lock around it.
+        (Acquiring::Maybe, Some(true)) | (Acquiring::Slow, Some(_)) => Acquiring::Slow,
+        (Acquiring::Slow | Acquiring::Taker, _) if holder == places::Holder::Acquires => {
             Acquiring::Taker
         }
-        Acquiring::Maybe if in_library => Acquiring::Maybe,
+        (Acquiring::Maybe, _) if in_library => Acquiring::Maybe,
         _ => Acquiring::Ended,
     };
     if holder != places::Holder::No && walk.acquiring != Acquiring::Taker {
@@ -526,8 +566,12 @@ extern "C" fn freeze_from_trampoline() -> ! {
     // and abandon it.
     if !record.claim_freeze() {
         // The monitor gave up on the freeze before the frame returned: the thread is
-        // outside the pool already, and stops here for good.
+        // outside the pool already, and stops here for good (settled, as in `settle`).
+        // The redirect's frozen place goes back: no freeze is counted for it.
         async_safe::block_all_signals();
+        record.preempt().kills.unreserve_frozen();
+        drop_timers(record);
+        record.settled.store(true, Ordering::SeqCst);
         async_safe::block_forever();
     }
     async_safe::block_all_signals();
@@ -551,6 +595,11 @@ pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
     let Some(running) = (unsafe { running.as_ref() }) else {
         return;
     };
+    // Only while every task on the thread is resolved: the closure may have returned into
+    // one that joined it inline, whose own join is still to come.
+    if !running.chain().all(|r| r.task.is_done()) {
+        return;
+    }
     // SAFETY: `context` is the handler's third argument.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
     if matches!(gate(record, running, pc, wait, false), Gate::Now) {
@@ -606,6 +655,7 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
             reserve.give_back();
         }
         preempt.kills.unreserve_frozen();
+        record.settled.store(true, Ordering::SeqCst);
         async_safe::block_forever();
     }
     // Only this thread sets `IN_TASK` (between tasks), and only the monitor abandoning it

@@ -207,13 +207,22 @@ pub(crate) struct Record {
     /// The thread's stack size, for the frozen-bytes count.
     pub(crate) stack_bytes: AtomicUsize,
     /// How the thread's kill ended it, once one did: [`FATE_NONE`], [`FATE_FROZEN`] (the
-    /// freeze, on the thread) or [`FATE_ABANDONED`] (the monitor, from outside). One
-    /// compare-exchange from `FATE_NONE` decides, so a thread is never both.
-    fate: AtomicU8,
+    /// freeze, on the thread) or [`FATE_ABANDONED`] (the monitor, from outside), below
+    /// the thread's id (`tid << 8 | fate`). One compare-exchange from `FATE_NONE` with
+    /// the thread's id decides, so a thread is never both, and a decision meant for a
+    /// thread that has gone (its record reused) fails. Set with the id when a thread
+    /// claims the record; kept when it releases it.
+    fate: AtomicU64,
+    /// The monitor has finished abandoning the thread (counted it out, taken its slot):
+    /// the thread, whose task the monitor decided, waits for this before it moves on.
+    abandon_done: AtomicBool,
     /// An outside handoff of the slot is pending (see `begin_outside_handoff`).
     outside: AtomicBool,
     /// The handler is running on this thread (with the pool's signal blocked).
     handling: AtomicBool,
+    /// The running task is unwinding from its cancel (`checkpoint`); cleared when its
+    /// closure ends.
+    pub(crate) cancel_unwinding: AtomicBool,
     /// An abandoned thread that has since stopped for good at a safe point.
     pub(crate) settled: AtomicBool,
     /// The monitor found the pool's signal blocked on this runner between tasks: it
@@ -282,27 +291,59 @@ impl Record {
             guard_lo: AtomicUsize::new(0),
             guard_hi: AtomicUsize::new(0),
             stack_bytes: AtomicUsize::new(0),
-            fate: AtomicU8::new(FATE_NONE),
+            fate: AtomicU64::new(0),
+            abandon_done: AtomicBool::new(false),
             outside: AtomicBool::new(false),
             nudges: AtomicU32::new(0),
             handling: AtomicBool::new(false),
+            cancel_unwinding: AtomicBool::new(false),
             settled: AtomicBool::new(false),
             tainted: AtomicBool::new(false),
         }
     }
 
-    /// Decides the thread's fate, from `FATE_NONE` only; true if this call decided it.
+    /// A thread claims this record: its fate is undecided.
+    pub(crate) fn reset_fate(&self, tid: i32) {
+        self.abandon_done.store(false, Ordering::SeqCst);
+        self.fate.store(
+            u64::from(tid as u32) << 8 | u64::from(FATE_NONE),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Decides the fate of thread `tid`, if this record is still its own and its fate
+    /// undecided; true if this call decided it. Async-signal-safe.
+    pub(crate) fn decide_fate_of(&self, tid: i32, fate: u8) -> bool {
+        let undecided = u64::from(tid as u32) << 8 | u64::from(FATE_NONE);
+        self.fate
+            .compare_exchange(
+                undecided,
+                undecided | u64::from(fate),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// [`decide_fate_of`](Record::decide_fate_of) on the record's own thread.
     /// Async-signal-safe.
     pub(crate) fn decide_fate(&self, fate: u8) -> bool {
-        self.fate
-            .compare_exchange(FATE_NONE, fate, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        self.decide_fate_of(self.tid.load(Ordering::Relaxed), fate)
+    }
+
+    fn fate(&self) -> u8 {
+        self.fate.load(Ordering::SeqCst) as u8
+    }
+
+    /// True while no kill has decided the thread's fate.
+    pub(crate) fn fate_undecided(&self) -> bool {
+        self.fate() == FATE_NONE
     }
 
     /// The freeze's claim on the thread (on the thread itself, from the handler or the
     /// trampoline): true if its fate is, or now becomes, frozen. Async-signal-safe.
     pub(crate) fn claim_freeze(&self) -> bool {
-        self.decide_fate(FATE_FROZEN) || self.fate.load(Ordering::SeqCst) == FATE_FROZEN
+        self.decide_fate(FATE_FROZEN) || self.fate() == FATE_FROZEN
     }
 
     /// True while the handler runs on this record's thread.
@@ -332,19 +373,19 @@ impl Record {
 
     /// True once a freeze has claimed this thread.
     pub(crate) fn is_freezing(&self) -> bool {
-        self.fate.load(Ordering::SeqCst) == FATE_FROZEN
+        self.fate() == FATE_FROZEN
     }
 
     /// True once the monitor has abandoned this thread.
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.fate.load(Ordering::SeqCst) == FATE_ABANDONED
+        self.fate() == FATE_ABANDONED
     }
 
     /// Called by the thread when its task's outcome was decided by someone else while the
     /// closure ran (the monitor abandoned it): waits until the monitor has marked the
     /// thread, which it does right after deciding. Normal context.
     pub(crate) fn await_fate(&self) {
-        while self.fate.load(Ordering::SeqCst) == FATE_NONE {
+        while !self.abandon_done.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
     }
@@ -359,11 +400,11 @@ impl Record {
     ///    ends its task as a carrier. If it was a carrier already, there is no slot to
     ///    give, and step 3 only counts it out of the slot's carriers.
     /// 2. A runtime section it entered before step 1 may still be pushing to the slot's
-    ///    deque: `depth` is written with compiler fences only (it is meant for the
-    ///    thread's own handler), so a process-wide memory barrier (`membarrier`) first
-    ///    makes its store visible here; `depth == 0` then means no section is in
-    ///    progress. (The asymmetric Dekker pattern: the thread stores `depth` then loads
-    ///    the state; this side writes the state, barriers every thread, loads `depth`.)
+    ///    deque. The thread enters one with a SeqCst increment of `depth` then a SeqCst
+    ///    load of the state; this side writes the state (SeqCst) then loads `depth`
+    ///    (SeqCst): a Dekker pair, so either the thread sees `CARRIED` and backs out, or
+    ///    this side sees its `depth`. `depth == 0` (its decrement is a Release, this load
+    ///    acquires it) then means no section is in progress and its pushes are visible.
     /// 3. A standby is taken and granted, as the handler's handoff does.
     ///
     /// Steps 2–3 may have to wait (a section in progress, no standby parked): the slot
@@ -374,16 +415,22 @@ impl Record {
     /// its own until then.
     #[must_use]
     pub(crate) fn begin_outside_handoff(&self) -> Holder {
+        // Raised first: a thread that sees `CARRIED` must also see that a handoff is on
+        // its way, and wait for it before it moves on.
+        self.outside.store(true, Ordering::SeqCst);
         match self
             .state
             .compare_exchange(IN_TASK, CARRIED, Ordering::SeqCst, Ordering::SeqCst)
         {
-            Ok(_) => {
-                self.outside.store(true, Ordering::SeqCst);
-                Holder::Slot
+            Ok(_) => Holder::Slot,
+            Err(state) => {
+                self.outside.store(false, Ordering::SeqCst);
+                if state == CARRIED {
+                    Holder::Carrier
+                } else {
+                    Holder::Neither
+                }
             }
-            Err(CARRIED) => Holder::Carrier,
-            Err(_) => Holder::Neither,
         }
     }
 
@@ -393,7 +440,7 @@ impl Record {
         if !self.outside.load(Ordering::SeqCst) {
             return None;
         }
-        if !crate::sys::membarrier() || self.depth.load(Ordering::SeqCst) > 0 {
+        if self.depth.load(Ordering::SeqCst) > 0 {
             return Some(Outside::Pending);
         }
         let reserve = self.reserve();
@@ -406,6 +453,11 @@ impl Record {
         reserve.grant();
         self.preempt().ring();
         Some(Outside::Done)
+    }
+
+    /// The monitor has finished abandoning this thread (see `abandon_done`).
+    pub(crate) fn abandoned_fully(&self) {
+        self.abandon_done.store(true, Ordering::SeqCst);
     }
 
     /// The abandoned thread retiring waits for the monitor to finish its outside handoff
@@ -433,6 +485,7 @@ impl Record {
         // it alive; a record in use belongs to such a thread.
         self.in_use.load(Ordering::Acquire)
             && self.tid.load(Ordering::Relaxed) != 0
+            && self.fate_undecided()
             && unsafe { preempt.as_ref() }.is_some_and(|p| std::ptr::eq(p.kills, kills))
     }
 
@@ -481,6 +534,7 @@ impl Record {
         self.running
             .store(running.outer as *mut Running<'static>, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
+        self.cancel_unwinding.store(false, Ordering::Relaxed);
         // A redirect still pending in this closure's frames (below its `Running`) belongs
         // to a frame that is gone: an unwind took it without running its return. Forget
         // it, and give its frozen place back.
@@ -549,6 +603,7 @@ impl Record {
         self.pending.store(false, Ordering::Relaxed);
         self.redirect_slot.store(0, Ordering::Relaxed);
         self.handling.store(false, Ordering::Relaxed);
+        self.cancel_unwinding.store(false, Ordering::Relaxed);
         self.nudges.store(0, Ordering::Relaxed);
         self.tainted.store(false, Ordering::Relaxed);
         self.settled.store(false, Ordering::Relaxed);
@@ -558,7 +613,6 @@ impl Record {
         self.kill_force.store(false, Ordering::Relaxed);
         self.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
         self.state.store(FREE, Ordering::Relaxed);
-        self.fate.store(FATE_NONE, Ordering::SeqCst);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
@@ -633,20 +687,17 @@ impl Record {
         }
     }
 
-    /// True while this thread holds its slot (between tasks, or inside one that has not
-    /// been handed off).
-    pub(crate) fn holds_slot(&self) -> bool {
-        matches!(self.state.load(Ordering::Relaxed), IDLE | IN_TASK)
-    }
-
     /// Enters a runtime section: no handoff until the matching [`leave_runtime`]. Returns
     /// false (and enters nothing) if the slot was already handed off.
     ///
     /// [`leave_runtime`]: Record::leave_runtime
     pub(crate) fn enter_runtime(&self) -> bool {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        // SeqCst, both: against the monitor taking the slot from outside (it writes the
+        // state, then reads `depth`; see `begin_outside_handoff`). On x86_64 the RMW is
+        // a locked instruction and the load a plain one either way.
+        self.depth.fetch_add(1, Ordering::SeqCst);
         compiler_fence(Ordering::SeqCst);
-        if self.holds_slot() {
+        if matches!(self.state.load(Ordering::SeqCst), IDLE | IN_TASK) {
             return true;
         }
         compiler_fence(Ordering::SeqCst);
@@ -657,7 +708,9 @@ impl Record {
     /// Leaves a runtime section; hands the slot off now if an overrun was seen inside it.
     pub(crate) fn leave_runtime(&self) {
         compiler_fence(Ordering::SeqCst);
-        let depth = self.depth.fetch_sub(1, Ordering::Relaxed) - 1;
+        // Release: the section's pushes to the deque happen-before a monitor that reads
+        // `depth == 0` and then grants the slot from outside.
+        let depth = self.depth.fetch_sub(1, Ordering::Release) - 1;
         compiler_fence(Ordering::SeqCst);
         if depth == 0 && self.pending.swap(false, Ordering::Relaxed) {
             on_tick(self);
@@ -761,7 +814,10 @@ pub(crate) extern "C" fn on_signal(
     let token = unsafe { async_safe::pool_token(info) };
     let ours = match token.and_then(record_of) {
         Some(record) => {
-            record.take_nudge();
+            // SAFETY: as above.
+            if unsafe { async_safe::queued(info) } {
+                record.take_nudge();
+            }
             Some(record)
         }
         // SAFETY: as above.
@@ -800,7 +856,7 @@ fn on_delivery(record: &Record, context: *mut libc::c_void) {
     let direct = || {
         async_safe::installed_handler(record.preempt().signal) == on_signal as *const () as usize
     };
-    if record.fate.load(Ordering::Relaxed) == FATE_ABANDONED {
+    if record.fate() == FATE_ABANDONED {
         // Outside the pool now: no handoff, no freeze of its task (already resolved).
         // But if it reaches a point the gate accepts, it stops there for good instead of
         // burning idle CPU (it keeps its ticks until then).
