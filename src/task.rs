@@ -354,6 +354,12 @@ pub fn checkpoint() {
     }
 }
 
+/// Where [`cancel_here`] starts: the freeze gate never freezes a thread with it on the
+/// stack (between the cancel and the unwind). Async-signal-safe.
+pub(crate) fn cancel_entry() -> usize {
+    cancel_here as *const () as usize
+}
+
 #[cold]
 #[inline(never)]
 fn cancel_here() {

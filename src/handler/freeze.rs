@@ -177,15 +177,16 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     // SAFETY: `context` is the handler's third argument.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
     let blocked = wait != Wait::None;
-    // The grace period is wall-clock time. But a demoted carrier on a busy core may not
-    // have run at all since the cancel: it first gets a little CPU time (`GRACE_RUN`) to
-    // reach a checkpoint. (A thread that is not running cannot be frozen anyway: the
-    // handler runs when it does.) A thread blocked in a wait cannot reach a checkpoint:
-    // it goes at once.
+    // The grace period is wall-clock time, and CPU time too: a demoted carrier on a busy
+    // core may not have run at all since the cancel was set, and its CPU time on such a
+    // core goes largely to the interrupts and signals it takes, so it gets its whole
+    // grace period of CPU time to reach a checkpoint. (A thread that is not running
+    // cannot be frozen anyway: the handler runs when it does. One starved past the bound
+    // is abandoned.) A thread blocked in a wait cannot reach a checkpoint: it goes at
+    // once.
     if !blocked {
         if let Some(at_cpu) = control.cpu_at_kill() {
-            let run = grace.min(GRACE_RUN_NS);
-            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(run) {
+            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace) {
                 kills.deferred(Defer::Grace);
                 return;
             }
@@ -215,10 +216,6 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         }
     }
 }
-
-/// The CPU time a cancelled task gets to reach a checkpoint before it may be frozen
-/// (at most its grace period).
-const GRACE_RUN_NS: u64 = 200_000;
 
 enum Gate {
     Defer(Defer),
@@ -330,6 +327,11 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
     }
     if !walk.reached_boundary {
         return Gate::Defer(Defer::Unwalkable);
+    }
+    // Not one frame of the task's: the closure has returned or unwound, and the thread is
+    // in the runtime code that publishes its outcome (`running` is cleared just after).
+    if walk.frames == 0 {
+        return Gate::Defer(Defer::Runtime);
     }
     // The outermost lock holder first: by the time it returns, so have the library
     // frames inside it.
@@ -468,7 +470,20 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.inner_libs = false;
     }
     // SAFETY: as above.
-    let holder = places::lock_holder(unsafe { unwind::_Unwind_GetRegionStart(ctx) }, ip);
+    let start = unsafe { unwind::_Unwind_GetRegionStart(ctx) };
+    // On its way from the cancel to the unwinder (`panicking` is not set yet): it has
+    // seen its cancel, and is about to run its destructors.
+    if start == crate::task::cancel_entry() {
+        walk.defer = Some(Defer::NoFreeze);
+        return unwind::NORMAL_STOP;
+    }
+    // Finishing a caught unwind (std no longer counts the thread as panicking): the
+    // closure's destructors have run, and the runtime is about to publish.
+    if places::in_unwind_cleanup(ip) {
+        walk.defer = Some(Defer::Panicking);
+        return unwind::NORMAL_STOP;
+    }
+    let holder = places::lock_holder(start, ip);
     // A thread blocked in a futex wait inside std's lock slow path is waiting for that
     // lock: the stdio or environment functions right around it are the ones taking it,
     // and hold nothing yet. The first other frame ends that run; a holder past it holds.
