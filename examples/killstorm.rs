@@ -112,7 +112,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             row.outcomes[how] += 1;
                             row.latencies.push(k.expired_at().elapsed().as_micros());
                         }
-                        Ok(_) => row.other += 1,
+                        Ok(other) => {
+                            eprintln!(
+                                "a {} runaway was not killed: {other:?} ({} ms after its spawn)",
+                                kind.name(),
+                                spawned.elapsed().as_millis()
+                            );
+                            row.other += 1;
+                        }
                     }
                 }
             })

@@ -237,20 +237,24 @@ impl Builder {
     /// The most threads this pool freezes (default [`DEFAULT_MAX_FROZEN`]). A frozen thread
     /// keeps its stack reserved and what its task owned until the process exits. Past the
     /// cap, a hard kill is refused and counted in [`Stats::kills_refused`](crate::Stats):
-    /// the task keeps running at `SCHED_IDLE` (idle CPU only) with its cancel flag set,
-    /// and its handle resolves when it returns.
+    /// the task keeps running with its cancel flag set, and is abandoned
+    /// ([`KillHow::Abandoned`](crate::KillHow)) if it has not returned within its grace
+    /// period plus [`max_freeze_deferral`](Builder::max_freeze_deferral).
     pub fn max_frozen(mut self, threads: usize) -> Builder {
         self.max_frozen = threads;
         self
     }
 
-    /// How long a freeze waits for a panicking thread to finish unwinding before it
-    /// freezes it in its destructors anyway (default [`DEFAULT_MAX_FREEZE_DEFERRAL`]):
-    /// CPU time while the thread runs (a demoted thread on a busy core gets little), but
-    /// at most ten times as long in wall-clock time; wall-clock time while it waits.
-    /// Deferrals for other reasons never end this way: a thread inside a system library
-    /// (malloc) or holding a lock the gate can see is never frozen there; its task keeps
-    /// running demoted until it leaves, and the monitor retries every 250 µs.
+    /// How long, after its grace period, a kill may wait for a safe point to freeze the
+    /// task's thread (default [`DEFAULT_MAX_FREEZE_DEFERRAL`]), in wall-clock time. The
+    /// monitor asks again every 250 µs meanwhile. Past it, a panicking thread (one whose
+    /// destructors never end) may be frozen in its destructors, and 20 ms later a kill
+    /// that still found no safe point (a thread inside a lock-holding std frame, in a
+    /// no-freeze section, with the pool's signal blocked, or starved of CPU) is
+    /// abandoned: its handle resolves with [`KillHow::Abandoned`](crate::KillHow) and the
+    /// thread runs on outside the pool. So every budgeted join resolves within budget +
+    /// grace + this + 20 ms. A task unwinding from its own cancel is never frozen in its
+    /// destructors.
     pub fn max_freeze_deferral(mut self, deferral: Duration) -> Builder {
         self.max_freeze_deferral = deferral;
         self

@@ -94,6 +94,8 @@ pub(crate) struct KillCounters {
 pub(crate) struct Kills {
     /// The monitor sleeps on this word; handoffs, watches and freezes ring it.
     pub(crate) bell: Futex,
+    /// The standby maker sleeps on this one (`monitor.rs`); rung with the other.
+    pub(crate) standby_bell: Futex,
     watches: Mutex<Vec<Watch>>,
     /// When the monitor next wakes for the watches (`CLOCK_MONOTONIC` ns).
     next_due: AtomicU64,
@@ -109,8 +111,8 @@ pub(crate) struct Kills {
     /// Threads abandoned and still running.
     lost: Mutex<Vec<Lost>>,
     /// Runners (not abandoned) whose slot the monitor is taking from outside because
-    /// they blocked the pool's signal: record index and thread id.
-    outside: Mutex<Vec<(usize, i32)>>,
+    /// they blocked the pool's signal or a syscall: record indices.
+    outside: Mutex<Vec<usize>>,
     /// Another handler has replaced the pool's and does not chain to it.
     handler_replaced: AtomicBool,
     /// [`check_handler`](Kills::check_handler)'s probe in flight: the handler's run count
@@ -143,6 +145,7 @@ impl Kills {
     pub(crate) fn leak(signal: i32, max_frozen: usize, max_deferral: Duration) -> &'static Kills {
         Box::leak(Box::new(Kills {
             bell: Futex::new(0),
+            standby_bell: Futex::new(0),
             watches: Mutex::new(Vec::new()),
             next_due: AtomicU64::new(u64::MAX),
             signal,
@@ -163,6 +166,8 @@ impl Kills {
     pub(crate) fn ring(&self) {
         self.bell.fetch_add(1, Ordering::Release);
         self.bell.wake_one();
+        self.standby_bell.fetch_add(1, Ordering::Release);
+        self.standby_bell.wake_one();
     }
 
     /// Step 1: watch `task` (once) and wake the monitor if it is due before its next wake.
@@ -281,6 +286,9 @@ impl Kills {
                 // A freeze under way on the thread: it stops there, and counts itself.
                 return;
             }
+            record
+                .abandoned_cpu_at
+                .store(cpu_now.unwrap_or(0), Ordering::Relaxed);
             lost.push(Lost {
                 record: thread,
                 tid,
@@ -296,7 +304,7 @@ impl Kills {
             }
             Holder::Carrier => {
                 let mut outside = self.outside.lock();
-                if let Some(i) = outside.iter().position(|&(index, _)| index == thread) {
+                if let Some(i) = outside.iter().position(|&index| index == thread) {
                     // Its slot is being taken from outside already (it blocked the
                     // signal): the lost list finishes that, and counts it out of the
                     // carriers once it is granted.
@@ -317,24 +325,20 @@ impl Kills {
     fn finish_outside_handoffs(&self) -> bool {
         let mut pending = false;
         // A runner that blocked the pool's signal becomes a carrier like any other.
-        self.outside.lock().retain(|&(index, tid)| {
+        self.outside.lock().retain(|&index| {
             let record = &RECORDS[index];
             match record.continue_outside_handoff() {
                 Some(Outside::Pending) => {
                     pending = true;
                     true
                 }
-                Some(Outside::Done) => {
-                    sys::demote_thread(tid);
-                    if let Some(cpus) = record.carrier_cpus() {
-                        sys::set_thread_affinity(tid, &cpus);
-                    }
-                    false
-                }
+                Some(Outside::Done) => false,
                 None => false,
             }
         });
-        let lost = self.lost.lock();
+        let mut lost = self.lost.lock();
+        // Threads that have exited (or whose record another thread has since claimed).
+        lost.retain(|entry| !exited(&RECORDS[entry.record], entry.tid));
         for entry in lost.iter() {
             let record = &RECORDS[entry.record];
             match record.continue_outside_handoff() {
@@ -342,10 +346,6 @@ impl Kills {
                 Some(Outside::Done) => {
                     // Outside the pool: not a carrier of its slot any more.
                     record.slot_reserve().carrier_done();
-                    sys::demote_thread(entry.tid);
-                    if let Some(cpus) = record.carrier_cpus() {
-                        sys::set_thread_affinity(entry.tid, &cpus);
-                    }
                 }
                 None => {}
             }
@@ -355,29 +355,30 @@ impl Kills {
 
     /// An abandoned thread's closure has returned: it leaves the lost list (its CPU time
     /// since the abandon is added to the total) and exits. Normal context, on that thread.
+    ///
+    /// No lock: the thread is demoted, and a lock it held while the kernel gave it no CPU
+    /// time would stall the monitor. The monitor drops its entry once the record is no
+    /// longer its (`finish_outside_handoffs`).
     pub(crate) fn abandoned_thread_exits(&self, record: &Record) {
-        let mut lost = self.lost.lock();
-        let tid = record.tid.load(Ordering::Relaxed);
-        if let Some(i) = lost.iter().position(|l| l.tid == tid) {
-            let entry = lost.swap_remove(i);
-            let used = async_safe::thread_cpu_ns().saturating_sub(entry.cpu_at);
-            self.counters
-                .abandoned_cpu_exited
-                .fetch_add(used, Ordering::Relaxed);
-        }
+        let at = record.abandoned_cpu_at.load(Ordering::Relaxed);
+        let used = async_safe::thread_cpu_ns().saturating_sub(at);
+        self.counters
+            .abandoned_cpu_exited
+            .fetch_add(used, Ordering::Relaxed);
+        record.abandoned_exited.store(true, Ordering::SeqCst);
     }
 
     /// The monitor's sweep found a runner that has run its task for a while with the
     /// pool's signal blocked (the handler can never hand it off), or blocked in a system
     /// call (no CPU time, so no tick): takes its slot from outside; the thread carries
     /// its task on, demoted, as if handed off. (A budget's kill still applies.)
-    pub(crate) fn hand_off_blocked(&self, index: usize, tid: i32, signal_blocked: bool) {
+    pub(crate) fn hand_off_blocked(&self, index: usize, signal_blocked: bool) {
         let record = &RECORDS[index];
         if record.begin_outside_handoff() == Holder::Slot {
             if signal_blocked {
                 self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
             }
-            self.outside.lock().push((index, tid));
+            self.outside.lock().push(index);
             self.finish_outside_handoffs();
         }
     }
@@ -463,7 +464,8 @@ impl Kills {
         // only waits for CPU time to publish.)
         if now >= abandon_at && !record.is_freezing() {
             self.abandon(watch, thread, count_out);
-            return due;
+            // Resolved, or not yet abandonable (its closure not entered yet): look again.
+            return due.min(now + nanos(FREEZE_RETRY));
         }
         // A thread that has not looked at a request for a while may have blocked the
         // pool's signal: then its handler never runs, and no freeze can ever happen.
@@ -621,11 +623,15 @@ impl Kills {
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
             abandoned_threads: lost
                 .iter()
-                .filter(|&&(record, _, _)| !RECORDS[record].settled.load(Ordering::Relaxed))
+                .filter(|&&(record, tid, _)| {
+                    let r = &RECORDS[record];
+                    !r.settled.load(Ordering::Relaxed) && !exited(r, tid)
+                })
                 .count() as u64,
             abandoned_cpu_ns: read(&c.abandoned_cpu_exited)
                 + lost
                     .iter()
+                    .filter(|&&(record, tid, _)| !exited(&RECORDS[record], tid))
                     .filter_map(|&(_, tid, at)| {
                         sys::thread_cpu_ns_of(tid).map(|t| t.saturating_sub(at))
                     })
@@ -652,6 +658,11 @@ pub(crate) struct KillSnapshot {
     pub(crate) refused: u64,
     pub(crate) frozen_threads: u64,
     pub(crate) frozen_stack_bytes: u64,
+}
+
+/// True once abandoned thread `tid`, of `record`, has exited (its CPU time is counted).
+fn exited(record: &Record, tid: i32) -> bool {
+    record.abandoned_exited.load(Ordering::SeqCst) || record.tid.load(Ordering::Relaxed) != tid
 }
 
 fn extract_done(watches: &mut Vec<Watch>) -> Vec<Watch> {

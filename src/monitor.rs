@@ -1,22 +1,33 @@
-//! The monitor: one small thread per preemptible pool, like Go's sysmon. It keeps every
-//! slot's reserve stocked with parked standbys, so a handoff never waits for
-//! `pthread_create`, and joins pool threads that have exited.
+//! The monitor: one small thread per preemptible pool, like Go's sysmon, and the standby
+//! maker it starts beside it.
 //!
-//! 1. Read the bell (a handoff, a closing slot, or a failed start rings it).
+//! The standby maker keeps every slot's reserve stocked with parked standbys, so a
+//! handoff never waits for `pthread_create`:
+//!
+//! 1. Read its bell (a handoff, a freeze, a closing slot, or a failed start rings it).
 //! 2. For each open slot, start standbys until parked plus starting reaches the target.
 //!    Standbys are created here, by a thread at normal priority: threads inherit their
 //!    creator's scheduling policy, and a demoted carrier must never create one.
-//! 3. Join pool threads that have exited (carriers that retired).
-//! 4. Enforce budgets (`kill.rs`): cancel tasks whose budget ran out, ask for freezes
-//!    when grace periods end. Every 100 ms, re-read the loaded libraries for the freeze
-//!    gate (`places.rs`).
-//! 5. Every slot closed (shutdown has ended all runners) and no budget left to enforce:
-//!    exit. Otherwise sleep on the bell while it still reads what step 1 read, until the
-//!    next budget is due, or until a timeout.
+//! 3. Every slot closed (shutdown has ended all runners): exit. Otherwise sleep on the
+//!    bell while it still reads what step 1 read.
 //!
 //! When the OS refuses a thread, or a started standby cannot set itself up (no timer, no
-//! record, no alternate stack), the monitor starts nothing for a while, backing
-//! off from 10 ms to 1 s, rather than spin creating threads that fail.
+//! record, no alternate stack), it starts nothing for a while, backing off from 10 ms to
+//! 1 s, rather than spin creating threads that fail. It is a thread of its own because
+//! `pthread_create` in a process with thousands of (frozen) threads on busy cores was
+//! measured taking up to 2 s here, and the monitor's kills must not wait behind it.
+//!
+//! The monitor:
+//!
+//! 1. Read the bell.
+//! 2. Enforce budgets (`kill.rs`): cancel tasks whose budget ran out, ask for freezes
+//!    when grace periods end, abandon kills that found no safe point in time.
+//! 3. Every 100 ms: join pool threads that have exited (carriers that retired), re-read
+//!    the loaded libraries for the freeze gate (`places.rs`), look for a handler that
+//!    replaced the pool's, and sweep the runners ([`sweep`]).
+//! 4. Every slot closed and no budget left to enforce: exit. Otherwise sleep on the bell
+//!    while it still reads what step 1 read, until the next budget is due, or until the
+//!    next 100 ms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +83,7 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         if status.blocks(preempt.signal) && !record.in_handler() {
             match record.busy_since() {
                 Some(start) if now.saturating_sub(start) >= busy => {
-                    kills.hand_off_blocked(index, tid, true);
+                    kills.hand_off_blocked(index, true);
                     continue;
                 }
                 Some(_) => {}
@@ -86,7 +97,7 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         if status.sleeping() {
             if let Some(start) = record.busy_since() {
                 if now.saturating_sub(start) >= busy {
-                    kills.hand_off_blocked(index, tid, false);
+                    kills.hand_off_blocked(index, false);
                     continue;
                 }
             }
@@ -110,56 +121,54 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let Some(preempt) = &shared.preempt else {
         return;
     };
-    let failures = || -> u64 { preempt.reserves.iter().map(|r| r.setup_failures()).sum() };
-    let mut seen_failures = failures();
-    let mut backoff = RETRY;
-    let mut retry_at: Option<Instant> = None;
+    // The standby maker; if no thread can be had for it, this thread makes standbys
+    // between its passes.
+    let mut maker = Some(Maker::new());
+    {
+        let for_maker = shared.clone();
+        shared.thread_started();
+        let started = std::thread::Builder::new()
+            .name(format!("{}-standby", shared.threads.name))
+            .spawn(move || {
+                let _exit = ExitGuard(for_maker.clone());
+                let mut maker = Maker::new();
+                let Some(preempt) = &for_maker.preempt else {
+                    return;
+                };
+                loop {
+                    let bell = preempt.kills.standby_bell.load(Ordering::Acquire);
+                    let (open, timeout) = maker.pass(&for_maker, preempt);
+                    if !open {
+                        return;
+                    }
+                    preempt.kills.standby_bell.wait(bell, Some(timeout));
+                }
+            });
+        match started {
+            Ok(handle) => {
+                shared.keep_handle(handle);
+                maker = None;
+            }
+            Err(_) => shared.thread_exited(),
+        }
+    }
     let mut next_refresh = Instant::now();
     loop {
         let bell = preempt.bell().load(Ordering::Acquire);
         let now = Instant::now();
-        // A standby that failed to set up rang the bell: back off before trying again.
-        let failures_now = failures();
-        if failures_now != seen_failures {
-            seen_failures = failures_now;
-            retry_at = Some(now + backoff);
-            backoff = (backoff * 2).min(IDLE);
+        let mut timeout = IDLE;
+        if let Some(maker) = &mut maker {
+            timeout = maker.pass(&shared, preempt).1;
         }
-        let may_start = retry_at.is_none_or(|at| now >= at);
-        if may_start && retry_at.is_some() {
-            retry_at = None;
-        }
-        let mut open = false;
-        for (index, reserve) in preempt.reserves.iter().enumerate() {
-            if reserve.is_closed() {
-                continue;
-            }
-            open = true;
-            while may_start
-                && retry_at.is_none()
-                && reserve.ready() + reserve.starting() < preempt.standbys
-            {
-                reserve.start_one();
-                if carrier::spawn(&shared, index, Role::Standby, None).is_err() {
-                    reserve.start_failed();
-                    retry_at = Some(now + backoff);
-                    backoff = (backoff * 2).min(IDLE);
-                }
-            }
-        }
-        // Healthy again (every open slot stocked): the next failure starts a fresh backoff.
-        if preempt
-            .reserves
-            .iter()
-            .all(|r| r.is_closed() || r.ready() >= preempt.standbys)
-        {
-            backoff = RETRY;
-        }
-        shared.join_exited();
-        // Budgets, cancels and freezes (`kill.rs`); a library loaded since the last look
-        // joins the freeze gate's ranges.
+        let open = preempt.reserves.iter().any(|r| !r.is_closed());
+        // Budgets, cancels, freezes and abandons (`kill.rs`).
         let due = preempt.kills.enforce(&|| shared.thread_frozen());
         if now >= next_refresh {
+            // Every REFRESH, not every pass: after a storm of kills the handles of
+            // thousands of frozen threads are kept (they never finish), and a pass may
+            // come every 250 µs while freezes are deferred.
+            shared.join_exited();
+            // A library loaded since the last look joins the freeze gate's ranges.
             places::refresh();
             preempt.kills.check_handler();
             sweep(&shared, preempt);
@@ -169,7 +178,6 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if !open && due == u64::MAX {
             return;
         }
-        let mut timeout = retry_at.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
         // The libraries and the signal handler are looked at every REFRESH.
         timeout = timeout.min(next_refresh.saturating_duration_since(Instant::now()));
         if due != u64::MAX {
@@ -179,5 +187,78 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if !timeout.is_zero() {
             preempt.bell().wait(bell, Some(timeout));
         }
+    }
+}
+
+/// Counts a thread the monitor started out of the pool when it ends.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.thread_exited();
+    }
+}
+
+/// The standby maker's state: its backoff after failures.
+struct Maker {
+    seen_failures: Option<u64>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Maker {
+    fn new() -> Maker {
+        Maker {
+            seen_failures: None,
+            backoff: RETRY,
+            retry_at: None,
+        }
+    }
+
+    /// Steps 1–2 of the standby maker: whether any slot is open, and how long to sleep.
+    fn pass(
+        &mut self,
+        shared: &Arc<Shared>,
+        preempt: &crate::handler::Preempt,
+    ) -> (bool, Duration) {
+        let now = Instant::now();
+        // A standby that failed to set up rang the bell: back off before trying again.
+        let failures: u64 = preempt.reserves.iter().map(|r| r.setup_failures()).sum();
+        if self.seen_failures.is_some_and(|seen| seen != failures) {
+            self.retry_at = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(IDLE);
+        }
+        self.seen_failures = Some(failures);
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+        }
+        let mut open = false;
+        for (index, reserve) in preempt.reserves.iter().enumerate() {
+            if reserve.is_closed() {
+                continue;
+            }
+            open = true;
+            while self.retry_at.is_none() && reserve.ready() + reserve.starting() < preempt.standbys
+            {
+                reserve.start_one();
+                if carrier::spawn(shared, index, Role::Standby, None).is_err() {
+                    reserve.start_failed();
+                    self.retry_at = Some(now + self.backoff);
+                    self.backoff = (self.backoff * 2).min(IDLE);
+                }
+            }
+        }
+        // Healthy again (every open slot stocked): the next failure starts a fresh backoff.
+        if preempt
+            .reserves
+            .iter()
+            .all(|r| r.is_closed() || r.ready() >= preempt.standbys)
+        {
+            self.backoff = RETRY;
+        }
+        let timeout = self
+            .retry_at
+            .map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
+        (open, timeout)
     }
 }

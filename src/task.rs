@@ -623,7 +623,13 @@ impl Task {
                     Ordering::SeqCst,
                 );
                 if budgeted {
+                    // A runtime section: a handoff here would demote this thread while it
+                    // holds the monitor's registry lock, and stall the monitor.
+                    let section = record.enter_runtime();
                     kills.watch(Task(self.0.clone()));
+                    if section {
+                        record.leave_runtime();
+                    }
                 }
             }
             self.0.run_claimed(env);

@@ -225,6 +225,10 @@ pub(crate) struct Record {
     pub(crate) cancel_unwinding: AtomicBool,
     /// An abandoned thread that has since stopped for good at a safe point.
     pub(crate) settled: AtomicBool,
+    /// An abandoned thread: its CPU clock when it was abandoned, and whether its closure
+    /// has since returned and it is on its way out.
+    pub(crate) abandoned_cpu_at: AtomicU64,
+    pub(crate) abandoned_exited: AtomicBool,
     /// The monitor found the pool's signal blocked on this runner between tasks: it
     /// unblocks it before its next task.
     tainted: AtomicBool,
@@ -298,6 +302,8 @@ impl Record {
             handling: AtomicBool::new(false),
             cancel_unwinding: AtomicBool::new(false),
             settled: AtomicBool::new(false),
+            abandoned_cpu_at: AtomicU64::new(0),
+            abandoned_exited: AtomicBool::new(false),
             tainted: AtomicBool::new(false),
         }
     }
@@ -305,6 +311,8 @@ impl Record {
     /// A thread claims this record: its fate is undecided.
     pub(crate) fn reset_fate(&self, tid: i32) {
         self.abandon_done.store(false, Ordering::SeqCst);
+        self.abandoned_exited.store(false, Ordering::SeqCst);
+        self.settled.store(false, Ordering::SeqCst);
         self.fate.store(
             u64::from(tid as u32) << 8 | u64::from(FATE_NONE),
             Ordering::SeqCst,
@@ -447,6 +455,14 @@ impl Record {
         if !reserve.take_standby() {
             self.preempt().ring();
             return Some(Outside::Pending);
+        }
+        // Demoted (and let onto every core of the pool, like any carrier) before the flag
+        // drops: the thread waits for it before it may move on and get its priority back
+        // (a demotion arriving after that would leave a runner at idle priority).
+        let tid = self.tid.load(Ordering::Relaxed);
+        crate::sys::demote_thread(tid);
+        if let Some(cpus) = self.carrier_cpus() {
+            crate::sys::set_thread_affinity(tid, &cpus);
         }
         self.outside.store(false, Ordering::SeqCst);
         reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);

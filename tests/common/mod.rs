@@ -82,6 +82,11 @@ pub fn in_child(test: &str, body: impl FnOnce()) {
 pub fn child_output(test: &str, var: &str) -> std::process::Output {
     use std::io::Read;
     use std::process::{Command, Stdio};
+    // One child at a time per test binary: each runs a pool on every core, and a dozen of
+    // them at once on two cores starve their own demoted threads past the kill's bound
+    // (their kills then end abandoned, which is right, but not what these tests check).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(var, test)
