@@ -507,9 +507,12 @@ impl Kills {
         // maximum deferral, a panicking thread still unwinding may be frozen in its
         // destructors (the handler reads `kill_force`), before the abandon comes; it is
         // asked again at once, and often, whether it looked at the last request or not.
+        // (Forced a little before the deferral ends, so that the freeze has the monitor's
+        // period on either side of it to land before the abandon.)
+        let force_after = self.max_deferral_ns.saturating_sub(nanos(ABANDON_SLACK));
         let forced = watch
             .first_ask
-            .is_some_and(|first| now.saturating_sub(first) >= self.max_deferral_ns);
+            .is_some_and(|first| now.saturating_sub(first) >= force_after);
         let newly_forced = forced && !record.kill_force.swap(true, Ordering::Relaxed);
         let wait = if seen || watch.first_ask.is_none() || forced {
             FREEZE_RETRY

@@ -38,7 +38,9 @@ use std::cell::Cell;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32 as StdAtomicU32, AtomicU64 as StdAtomicU64};
+use std::sync::atomic::{
+    AtomicPtr, AtomicU32 as StdAtomicU32, AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -329,6 +331,36 @@ thread_local! {
     static CURRENT: Cell<*const Control> = const { Cell::new(ptr::null()) };
 }
 
+/// Calls the task's closure one frame below a marked one, so the freeze gate can tell the
+/// closure's frames from the runtime's around it (`Running::closure_frame`): whatever the
+/// unwinder reports as a frame's CFA (its stack pointer or its canonical frame address),
+/// `invoke`'s is at or below the marker, and this function's and its callers' above.
+#[inline(never)]
+fn call_user<F: FnOnce() -> T, T>(frame: &StdAtomicUsize, func: F) -> T {
+    let marker = 0u8;
+    frame.store(
+        std::hint::black_box(&marker) as *const u8 as usize,
+        Ordering::Relaxed,
+    );
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    invoke(func)
+}
+
+#[inline(never)]
+fn invoke<F: FnOnce() -> T, T>(func: F) -> T {
+    func()
+}
+
+/// Clears `Running::closure_frame` when the closure returns or unwinds.
+struct ClosureFrame<'a>(&'a StdAtomicUsize);
+
+impl Drop for ClosureFrame<'_> {
+    fn drop(&mut self) {
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The payload a cancelled task unwinds with: private, so no one else raises it.
 struct CancelUnwind;
 
@@ -478,12 +510,17 @@ where
             pool: env.pool,
             outer,
             no_freeze_base,
+            closure_frame: StdAtomicUsize::new(0),
         };
         if let Some(record) = env.record {
             record.enter_user(&running);
         }
         control.entered.store(true, Ordering::SeqCst);
-        let result = panic::catch_unwind(AssertUnwindSafe(func));
+        let frame = &running.closure_frame;
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _closed = ClosureFrame(frame);
+            call_user(frame, func)
+        }));
         if let Some(record) = env.record {
             record.leave_user(&running);
         }

@@ -177,16 +177,14 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     // SAFETY: `context` is the handler's third argument.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
     let blocked = wait != Wait::None;
-    // The grace period is wall-clock time, and CPU time too: a demoted carrier on a busy
-    // core may not have run at all since the cancel was set, and its CPU time on such a
-    // core goes largely to the interrupts and signals it takes, so it gets its whole
-    // grace period of CPU time to reach a checkpoint. (A thread that is not running
-    // cannot be frozen anyway: the handler runs when it does. One starved past the bound
-    // is abandoned.) A thread blocked in a wait cannot reach a checkpoint: it goes at
-    // once.
+    // The grace period is wall-clock time. But a demoted carrier on a busy core may not
+    // have run at all since the cancel was set: it first gets a little CPU time
+    // (`GRACE_RUN`) to reach a checkpoint. (A thread that is not running cannot be frozen
+    // anyway: the handler runs when it does. One starved past the bound is abandoned.) A
+    // thread blocked in a wait cannot reach a checkpoint: it goes at once.
     if !blocked {
         if let Some(at_cpu) = control.cpu_at_kill() {
-            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace) {
+            if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace.min(GRACE_RUN_NS)) {
                 kills.deferred(Defer::Grace);
                 return;
             }
@@ -216,6 +214,10 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         }
     }
 }
+
+/// The CPU time a cancelled task gets to reach a checkpoint before it may be frozen
+/// (at most its grace period).
+const GRACE_RUN_NS: u64 = 200_000;
 
 enum Gate {
     Defer(Defer),
@@ -268,13 +270,19 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
     if lib_pc && !blocked && !may_redirect {
         return Gate::Defer(Defer::Library);
     }
+    // Between the runtime's frames around the closure and the closure's: outside its
+    // closure (just starting, or returned and publishing) the task is the runtime's.
+    let (Some(inner_boundary), Some(boundary)) = (
+        running.closure_frame(),
+        running.chain().last().and_then(|r| r.closure_frame()),
+    ) else {
+        return Gate::Defer(Defer::Runtime);
+    };
     let mut walk = Walk {
         pc,
         // Every task frame, those of the tasks this one runs inside included.
-        boundary: running
-            .chain()
-            .last()
-            .map_or(0, |r| r as *const Running<'_> as usize),
+        boundary,
+        inner_boundary,
         started: false,
         skipped: 0,
         inner_libs: blocked,
@@ -328,11 +336,6 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
     if !walk.reached_boundary {
         return Gate::Defer(Defer::Unwalkable);
     }
-    // Not one frame of the task's: the closure has returned or unwound, and the thread is
-    // in the runtime code that publishes its outcome (`running` is cleared just after).
-    if walk.frames == 0 {
-        return Gate::Defer(Defer::Runtime);
-    }
     // The outermost lock holder first: by the time it returns, so have the library
     // frames inside it.
     if walk.want_ret || walk.holder_cfa != 0 {
@@ -363,6 +366,8 @@ struct Walk {
     pc: usize,
     /// Frames whose CFA is above this belong to the runtime, not the task.
     boundary: usize,
+    /// The same for the innermost task: the interrupted frame must be below it.
+    inner_boundary: usize,
     /// The walk has reached the interrupted frame (the first ones are the handler's).
     started: bool,
     skipped: u32,
@@ -434,6 +439,12 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
     }
     if cfa > walk.boundary {
         walk.reached_boundary = true;
+        return unwind::NORMAL_STOP;
+    }
+    // The interrupted frame is the runtime's (around the innermost closure, which has
+    // not started or has returned): not the task's to freeze in.
+    if walk.frames == 0 && cfa > walk.inner_boundary {
+        walk.defer = Some(Defer::Runtime);
         return unwind::NORMAL_STOP;
     }
     // The stack only grows down: a walk whose frames stop going up (bad unwind info, a

@@ -130,9 +130,21 @@ pub(crate) struct Running<'a> {
     /// The thread's no-freeze counter when the closure started: the runtime code around
     /// an inline join holds it up by one, and the joined closure may still be frozen.
     pub(crate) no_freeze_base: u32,
+    /// An address in the frame that calls the closure (`task.rs`, `call_user`), while the
+    /// closure is on the stack; 0 before and after. Frames below it are the task's; the
+    /// ones above are the runtime's, around the closure.
+    pub(crate) closure_frame: AtomicUsize,
 }
 
 impl Running<'_> {
+    /// [`closure_frame`](Running::closure_frame), while the closure runs.
+    pub(crate) fn closure_frame(&self) -> Option<usize> {
+        match self.closure_frame.load(Ordering::Relaxed) {
+            0 => None,
+            frame => Some(frame),
+        }
+    }
+
     /// This task and the ones it runs inside, innermost first.
     pub(crate) fn chain(&self) -> impl Iterator<Item = &Running<'_>> {
         let mut next: *const Running<'_> = self;
