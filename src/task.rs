@@ -199,6 +199,12 @@ pub(crate) struct Control {
     started_ns: StdAtomicU64,
     /// The thread's CPU clock when the monitor first saw the kill (`NO_CPU`: not yet).
     cpu_at_kill: StdAtomicU64,
+    /// Calls to [`checkpoint`] so far (written by the task's thread only), and their
+    /// number when the monitor first saw the kill: a task that checkpoints and has not
+    /// passed one since has not seen its cancel yet (it has not run), and is not frozen
+    /// for it (`handler/freeze.rs`).
+    checkpoints: StdAtomicU32,
+    checkpoints_at_kill: StdAtomicU32,
     /// The monitor's registry of the pool running the task, set when it starts (pools
     /// leak theirs, so a handle may reach it after the pool is gone).
     kills: AtomicPtr<Kills>,
@@ -225,6 +231,8 @@ impl Control {
             cpu_start_ns: StdAtomicU64::new(NO_CPU),
             started_ns: StdAtomicU64::new(0),
             cpu_at_kill: StdAtomicU64::new(NO_CPU),
+            checkpoints: StdAtomicU32::new(0),
+            checkpoints_at_kill: StdAtomicU32::new(0),
             kills: AtomicPtr::new(ptr::null_mut()),
             counters: AtomicPtr::new(ptr::null_mut()),
             tid: std::sync::atomic::AtomicI32::new(0),
@@ -271,13 +279,25 @@ impl Control {
         }
     }
 
-    /// Notes the running thread's CPU clock at the kill, the first time (monitor).
+    /// Notes the running thread's CPU clock and checkpoint count at the kill, the first
+    /// time (monitor).
     pub(crate) fn note_cpu_at_kill(&self, read: impl FnOnce() -> Option<u64>) {
         if self.cpu_at_kill.load(Ordering::Relaxed) == NO_CPU {
+            self.checkpoints_at_kill
+                .store(self.checkpoints.load(Ordering::Relaxed), Ordering::Relaxed);
             if let Some(ns) = read() {
                 self.cpu_at_kill.store(ns, Ordering::Relaxed);
             }
         }
+    }
+
+    /// True for a task that calls [`checkpoint`] and has not passed one since the
+    /// monitor saw its kill: it has not had the chance to see its cancel. Async-signal-safe.
+    pub(crate) fn cancel_unseen(&self) -> bool {
+        let at_kill = self.checkpoints_at_kill.load(Ordering::Relaxed);
+        self.cpu_at_kill.load(Ordering::Relaxed) != NO_CPU
+            && at_kill != 0
+            && self.checkpoints.load(Ordering::Relaxed) == at_kill
     }
 
     /// True once the closure has been called.
@@ -366,7 +386,7 @@ struct CancelUnwind;
 
 /// A cooperative cancellation point, for long-running task code.
 ///
-/// Cheap: one thread-local read and one load. If the running task has been cancelled (its
+/// Cheap: one thread-local read, a load and a store. If the running task has been cancelled (its
 /// budget ran out, or [`JoinHandle::cancel`] was called), it unwinds from here with a
 /// private payload, so destructors run and the mutexes the task holds are poisoned; its
 /// handle resolves with [`Killed`] and [`KillHow::Cancelled`]. Outside a task of a pool,
@@ -381,7 +401,14 @@ pub fn checkpoint() {
     // SAFETY: `CURRENT` points at the control of the task running on this thread, set by
     // `run_claimed` before it calls the closure and cleared after; the task cell outlives
     // that call.
-    if unsafe { (*control).is_cancelled() } {
+    let control = unsafe { &*control };
+    // Counted (only this thread writes it: a plain load and store), so the freeze gate
+    // can tell a task that checkpoints but has not run since its cancel.
+    let n = control.checkpoints.load(Ordering::Relaxed);
+    control
+        .checkpoints
+        .store(n.wrapping_add(1) | 1, Ordering::Relaxed);
+    if control.is_cancelled() {
         cancel_here();
     }
 }

@@ -183,6 +183,14 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     // anyway: the handler runs when it does. One starved past the bound is abandoned.) A
     // thread blocked in a wait cannot reach a checkpoint: it goes at once.
     if !blocked {
+        // A task that calls `checkpoint` and has not passed one since its cancel has not
+        // run since (its next one unwinds): it is not frozen before it has had the chance,
+        // however much CPU time interrupts and signals took in its name. (One that never
+        // gets it is abandoned at the bound.)
+        if control.cancel_unseen() {
+            kills.deferred(Defer::Grace);
+            return;
+        }
         if let Some(at_cpu) = control.cpu_at_kill() {
             if async_safe::thread_cpu_ns() < at_cpu.saturating_add(grace.min(GRACE_RUN_NS)) {
                 kills.deferred(Defer::Grace);
