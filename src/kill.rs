@@ -29,8 +29,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use crate::budget::KillReason;
 use crate::handler::{Holder, Outside, Record, FATE_ABANDONED, RECORDS};
 use crate::loom::Futex;
@@ -40,6 +38,22 @@ use crate::task::{drop_quietly, Task};
 /// The "one monitor period" of rule 1: how late past grace plus the maximum deferral an
 /// abandon may come.
 const ABANDON_SLACK: Duration = Duration::from_millis(20);
+
+/// A mutex for the monitor's state: std's (a futex word of its own), not parking_lot's,
+/// whose contended path goes through one parking table for the whole process, shared
+/// with task code that may be frozen inside it. Poisoning is ignored: every section
+/// leaves its state consistent before anything in it can panic.
+pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    pub(crate) const fn new(value: T) -> Mutex<T> {
+        Mutex(std::sync::Mutex::new(value))
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// How often the monitor asks again while a freeze is deferred.
 pub(crate) const FREEZE_RETRY: Duration = Duration::from_micros(250);

@@ -65,10 +65,19 @@ const BUSY: Duration = Duration::from_millis(20);
 /// A task that changes one of these and returns may leave it to the tasks that follow on
 /// that runner until the next sweep (at most `REFRESH`): checking after every task would
 /// cost a syscall per task.
-fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
+///
+/// A runner is handed off only when two sweeps in a row found it so, in the same task
+/// (`suspects`: record index → the task's start): a thread caught inside the handler, or
+/// a task that has just replaced another, is not taken for one that blocks.
+fn sweep(
+    shared: &Shared,
+    preempt: &crate::handler::Preempt,
+    suspects: &mut std::collections::HashMap<usize, u64>,
+) {
     let kills = preempt.kills;
     let now = async_safe::monotonic_ns();
     let busy = (BUSY.as_nanos() as u64).max(preempt.quantum_ns.saturating_mul(4));
+    let mut seen = std::collections::HashMap::new();
     for (index, record) in crate::handler::RECORDS.iter().enumerate() {
         if !record.serves(kills) {
             continue;
@@ -80,10 +89,17 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         let Some(status) = sys::thread_status(tid) else {
             continue;
         };
+        let busy_since = record.busy_since();
+        // Long enough in one task, and the same task as the last sweep found.
+        let long =
+            |start: u64| now.saturating_sub(start) >= busy && record.busy_since() == Some(start);
         if status.blocks(preempt.signal) && !record.in_handler() {
-            match record.busy_since() {
-                Some(start) if now.saturating_sub(start) >= busy => {
-                    kills.hand_off_blocked(index, true);
+            match busy_since {
+                Some(start) if long(start) => {
+                    seen.insert(index, start);
+                    if suspects.get(&index) == Some(&start) {
+                        kills.hand_off_blocked(index, true);
+                    }
                     continue;
                 }
                 Some(_) => {}
@@ -95,11 +111,14 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
         // Blocked in a system call (a read, a lock a frozen task holds) for a while: it
         // uses no CPU time, so no tick of the CPU-time clock comes to hand it off.
         if status.sleeping() {
-            if let Some(start) = record.busy_since() {
-                if now.saturating_sub(start) >= busy {
+            if let Some(start) = busy_since.filter(|&start| long(start)) {
+                seen.insert(index, start);
+                let reserve = &preempt.reserves[slot];
+                if suspects.get(&index) == Some(&start) && reserve.carriers() < preempt.max_carriers
+                {
                     kills.hand_off_blocked(index, false);
-                    continue;
                 }
+                continue;
             }
         }
         if let Some(cpus) = &shared.threads.affinity[slot] {
@@ -115,6 +134,7 @@ fn sweep(shared: &Shared, preempt: &crate::handler::Preempt) {
             sys::set_thread_name(tid, &name);
         }
     }
+    *suspects = seen;
 }
 
 pub(crate) fn run(shared: Arc<Shared>) {
@@ -153,6 +173,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
     }
     let mut next_refresh = Instant::now();
+    let mut suspects = std::collections::HashMap::new();
     loop {
         let bell = preempt.bell().load(Ordering::Acquire);
         let now = Instant::now();
@@ -171,7 +192,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             // A library loaded since the last look joins the freeze gate's ranges.
             places::refresh();
             preempt.kills.check_handler();
-            sweep(&shared, preempt);
+            sweep(&shared, preempt, &mut suspects);
             next_refresh = now + REFRESH;
         }
         // Tasks detached by a `shutdown_timeout` still have their budgets enforced.

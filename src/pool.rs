@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::kill::Mutex;
 use crossbeam_deque::Injector;
-use parking_lot::Mutex;
 
 use crate::budget::Budget;
 use crate::builder::Builder;

@@ -275,6 +275,10 @@ pub(crate) fn set_thread_name(tid: i32, name: &str) {
 /// Puts thread `tid` of this process under `SCHED_IDLE` (lowering another thread's
 /// priority needs no privilege). Best effort: a thread that has exited is no error.
 pub(crate) fn demote_thread(tid: i32) {
+    // 0 would be the calling thread.
+    if tid <= 0 {
+        return;
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is valid for the call; a stale tid fails with ESRCH.
     unsafe { libc::syscall(libc::SYS_sched_setscheduler, tid, libc::SCHED_IDLE, &param) };
@@ -282,6 +286,10 @@ pub(crate) fn demote_thread(tid: i32) {
 
 /// Lets thread `tid` of this process run on `cpus`. Best effort, as [`demote_thread`].
 pub(crate) fn set_thread_affinity(tid: i32, cpus: &libc::cpu_set_t) {
+    // 0 would be the calling thread.
+    if tid <= 0 {
+        return;
+    }
     // SAFETY: `cpus` is a valid set for the call; a stale tid fails with ESRCH.
     unsafe {
         libc::syscall(

@@ -363,7 +363,10 @@ fn call_user<F: FnOnce() -> T, T>(frame: &StdAtomicUsize, func: F) -> T {
         Ordering::Relaxed,
     );
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    invoke(func)
+    let value = invoke(func);
+    // Keeps this frame alive across the call (no tail call into `invoke`).
+    std::hint::black_box(&marker);
+    value
 }
 
 #[inline(never)]

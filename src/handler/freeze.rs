@@ -707,6 +707,13 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
             reserve.give_back();
         }
     }
+    // A slot the monitor is taking from outside (the sweep found the thread blocked) is
+    // given to a standby first: the monitor reads this record until then, and counts the
+    // thread as a carrier only once it has granted it.
+    while record.outside.load(Ordering::SeqCst) {
+        preempt.ring();
+        async_safe::sleep_ns(1_000_000);
+    }
     // It was, or just became, a carrier; it will never finish as one.
     reserve.carrier_done();
     // Every task on the thread ends here: the one running and those it runs inside (an

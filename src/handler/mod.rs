@@ -436,15 +436,18 @@ impl Record {
     #[must_use]
     pub(crate) fn begin_outside_handoff(&self) -> Holder {
         // Raised first: a thread that sees `CARRIED` must also see that a handoff is on
-        // its way, and wait for it before it moves on.
-        self.outside.store(true, Ordering::SeqCst);
+        // its way, and wait for it before it moves on. (Already up: one begun earlier, by
+        // the sweep, is still pending, and stays so.)
+        let pending = self.outside.swap(true, Ordering::SeqCst);
         match self
             .state
             .compare_exchange(IN_TASK, CARRIED, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => Holder::Slot,
             Err(state) => {
-                self.outside.store(false, Ordering::SeqCst);
+                if !pending {
+                    self.outside.store(false, Ordering::SeqCst);
+                }
                 if state == CARRIED {
                     Holder::Carrier
                 } else {
@@ -667,7 +670,9 @@ impl Record {
         self.pending.store(false, Ordering::Relaxed);
         // The handler must see the new start time before it sees `IN_TASK`.
         compiler_fence(Ordering::SeqCst);
-        self.state.store(IN_TASK, Ordering::Relaxed);
+        // Release: a slot taken from outside (`begin_outside_handoff`, whose
+        // compare-exchange reads this) comes with this runner's pops from its deque.
+        self.state.store(IN_TASK, Ordering::Release);
         compiler_fence(Ordering::SeqCst);
         // With `Monotonic`, the periodic timer runs while the runner is awake. (With
         // `ThreadCpu` nothing is armed here: a syscall per task is what the design
@@ -689,7 +694,7 @@ impl Record {
         compiler_fence(Ordering::SeqCst);
         let kept = self
             .state
-            .compare_exchange(IN_TASK, IDLE, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(IN_TASK, IDLE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         compiler_fence(Ordering::SeqCst);
         // A load, not a swap, on this per-task path: once the state is `IDLE` the handler
