@@ -148,8 +148,10 @@ struct Watch {
     /// When the freeze was first asked for, and last asked for.
     first_ask: Option<u64>,
     last_ask: u64,
-    /// Times in a row the thread was found with the pool's signal blocked.
+    /// Times in a row the thread was found with the pool's signal blocked, and when it
+    /// was last looked at.
     blocked_seen: u8,
+    blocked_checked: u64,
     /// The thread's `kill_acks` when it was last asked.
     acks: u32,
     refused: bool,
@@ -216,6 +218,7 @@ impl Kills {
                 first_ask: None,
                 last_ask: 0,
                 blocked_seen: 0,
+                blocked_checked: 0,
                 acks: 0,
                 refused: false,
             });
@@ -487,19 +490,25 @@ impl Kills {
         // taken for one that blocked it.)
         if watch.first_ask.is_some() {
             let unseen = record.kill_acks.load(Ordering::Relaxed) == watch.acks;
-            let blocked = unseen
+            if !unseen {
+                watch.blocked_seen = 0;
+            } else if now.saturating_sub(watch.last_ask) >= nanos(FREEZE_RETRY)
+                && now.saturating_sub(watch.blocked_checked) >= nanos(UNSEEN_RETRY)
                 && record.redirect_slot.load(Ordering::Relaxed) == 0
-                && now.saturating_sub(watch.last_ask) >= nanos(UNSEEN_RETRY)
                 && !record.in_handler()
                 && !record.is_freezing()
-                && sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal));
-            // Twice in a row, a request apart: a thread caught between the kernel setting
-            // up its signal frame and the handler's first store looks the same once.
-            watch.blocked_seen = if blocked { watch.blocked_seen + 1 } else { 0 };
-            if watch.blocked_seen >= 2 {
-                self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
-                self.abandon(watch, thread, count_out);
-                return due;
+            {
+                // Twice in a row, a request apart: a thread caught between the kernel
+                // setting up its signal frame and the handler's first store looks the
+                // same once.
+                watch.blocked_checked = now;
+                let blocked = sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal));
+                watch.blocked_seen = if blocked { watch.blocked_seen + 1 } else { 0 };
+                if watch.blocked_seen >= 2 {
+                    self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+                    self.abandon(watch, thread, count_out);
+                    return due.min(now + nanos(FREEZE_RETRY));
+                }
             }
         }
         let due = due.min(abandon_at);
