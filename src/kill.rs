@@ -7,24 +7,32 @@
 //!    registers then. A task cancelled while queued never starts (its runner sees the flag).
 //! 2. The monitor ([`Kills::enforce`]) wakes when the earliest watch is due: a wall
 //!    deadline, the moment a CPU budget would run out if the task ran flat out (it reads
-//!    the thread's CPU clock and sleeps for what is left, so it never polls), or a grace
-//!    period's end.
+//!    the thread's CPU clock and sleeps for what is left, so it never polls), a grace
+//!    period's end, or the bound of step 7.
 //! 3. A budget that has run out sets the task's cancel flag (`Control::kill`; the first
-//!    reason wins). The task's next `checkpoint` unwinds.
+//!    reason wins) with the time it is set: the grace period counts from then, never from
+//!    the deadline. The task's next `checkpoint` unwinds.
 //! 4. Grace over, task not done: ask the thread to freeze (`handler/freeze.rs` step 1),
 //!    and again every [`FREEZE_RETRY`] while the gate defers. The grace period is
 //!    wall-clock time, but a running thread must also have had 200 µs of CPU time since
-//!    the cancel (or its whole grace period, if shorter): a demoted carrier on a busy
-//!    core may not have run at all, and deserves a chance to reach a checkpoint. After the pool's maximum deferral (CPU time while the thread
-//!    runs, but at most ten times as long in wall-clock time; wall-clock time while it
-//!    waits) a panicking thread may be frozen too; never
-//!    one inside a system library or holding a lock the gate can see: those keep
-//!    deferring, and the task keeps running demoted, on idle time only.
+//!    the cancel (or its whole grace period, if shorter), and a task that calls
+//!    `checkpoint` must have passed one since: a demoted carrier on a busy core may not
+//!    have run at all, and deserves its chance to see the cancel. A monitor period before
+//!    the pool's maximum deferral ends, a panicking thread may be frozen in its
+//!    destructors (never one unwinding from its cancel).
 //! 5. At most `max_frozen` threads are frozen per pool: past it, a kill is refused (counted
-//!    in `Stats::kills_refused`), and the task runs on at `SCHED_IDLE` with its cancel
-//!    flag set, until it returns. Each frozen thread keeps its stack reserved (and what its
-//!    task allocated) until the process exits.
+//!    in `Stats::kills_refused`), and the task runs on with its cancel flag set until it
+//!    returns or step 7 comes. Each frozen thread keeps its stack reserved (and what its
+//!    task allocated) until the process exits; its record goes back to the table.
 //! 6. A watch whose task is done is dropped.
+//! 7. **Abandon** ([`Kills::abandon`]): grace + maximum deferral + [`ABANDON_SLACK`] after
+//!    the cancel, or as soon as the thread is seen twice with the pool's signal blocked
+//!    (`/proc`: its handler can never run), a kill that is not done is abandoned: the
+//!    task's outcome is decided and published (`Abandoned`), the thread's fate decided,
+//!    the thread counted out of the pool, its slot taken from outside
+//!    (`Record::begin_outside_handoff`), and only then is the thread let go if its closure
+//!    returns meanwhile (`Record::await_fate`). So every budgeted join resolves within
+//!    budget + grace + maximum deferral + one monitor period, whatever the closure does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

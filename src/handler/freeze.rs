@@ -10,22 +10,29 @@
 //!    control in the thread's record (`kill_target`) and queues the pool's signal to the
 //!    thread. It repeats every `kill::FREEZE_RETRY` until the task is done.
 //! 2. The handler ([`attempt`]) checks that the target is the task whose closure is running
-//!    on the thread (not a later one, not runtime code), then the gate, in order:
+//!    on the thread (not a later one, not runtime code), that a running task has had its
+//!    chance to see the cancel (200 µs of CPU time, and a checkpoint passed if it calls
+//!    `checkpoint`), then the gate, in order:
 //!    - the thread's no-freeze counter is zero (the opt-in allocator wrapper, and our
 //!      panic hook while it runs the embedder's);
 //!    - the interrupted PC is not in a system library (`places.rs`), unless the thread is
-//!      blocked in a waiting syscall there (a sleep, a futex wait on a lock someone else
-//!      holds: nothing is held *by* a thread waiting like that);
-//!    - the thread is not panicking, until the monitor's maximum deferral has passed
-//!      (then a thread running its unwinding destructors may be frozen: std holds no lock
-//!      there, and the hook, which may, runs under the no-freeze counter);
+//!      blocked in a waiting system call there (judged from the context: the PC on the
+//!      `syscall` instruction and a wait's number, `sys::async_safe::waiting`);
+//!    - the thread is not panicking, until a monitor period before the maximum deferral
+//!      ends (then a thread running its unwinding destructors may be frozen: std holds no
+//!      lock there, and the hook, which may, runs under the no-freeze counter), and not
+//!      unwinding from its own cancel at all;
 //!    - a walk of the task's frames (`_Unwind_Backtrace` from the interrupted context to
-//!      the frame that called the closure) finds no frame in a system library, past the
-//!      innermost ones of a blocked syscall;
-//!    - no frame holds the stdout or stderr lock. If one does (the thread is inside
+//!      the frame that called the closure, `Running::closure_frame`, however deep; the
+//!      interrupted frame must be the task's, not the runtime's around it) finds no frame
+//!      in a system library past the one- or two-frame wrapper of a blocked call, none on
+//!      the way from a cancel to the unwinder, none in the panic runtime's cleanup;
+//!    - no frame holds one of std's process-wide locks (stdio, the environment, process
+//!      spawning, the panic hook), unless the thread is blocked *acquiring* a stdio or
+//!      environment lock in the frames that take it. If one does (the thread is inside
 //!      `println!`), the return address of the outermost such frame is redirected to a
 //!      trampoline, so the thread freezes the moment it returns from it, with the lock
-//!      released (x86_64; elsewhere the freeze waits).
+//!      released (x86_64; elsewhere the freeze waits, and the kill ends abandoned).
 //!
 //!    Any check failing defers: the handler returns and the task goes on until the next
 //!    try.
