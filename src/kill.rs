@@ -270,17 +270,23 @@ impl Kills {
     /// Step 7: abandons the watched task (it has not ended, and no safe point to freeze
     /// it came in time). In order:
     ///
+    /// 0. Only a task whose closure has started (one resolved before never waits for the
+    ///    monitor, see 5).
     /// 1. Decide the task's outcome (`task.rs` step 2), count it, publish `Abandoned`:
     ///    its join resolves now. Lost the decision: the task ended first, nothing to do.
-    /// 2. Decide the thread's fate, under the lost list's lock (so the thread, which
-    ///    removes itself under it when it exits, finds its entry): lost to a freeze that
-    ///    is under way on the thread, nothing more to do (it freezes).
+    /// 2. Decide the thread's fate (with its id, so a record another thread has claimed
+    ///    since is never touched), and list it as lost: lost to a freeze that is under
+    ///    way on the thread, nothing more to do (it freezes, and counts itself).
     /// 3. Count the thread out of the pool's live threads (shutdown no longer waits for
     ///    it) and forget the freeze asked of it.
-    /// 4. Take its slot from outside (`Record::hand_off_from_outside`), then demote it to
-    ///    `SCHED_IDLE` from outside. The thread's handler, if it ever runs again, deletes
-    ///    the thread's timers and returns; its closure runs on, and when it returns its
-    ///    value is dropped there and the thread exits.
+    /// 4. Take its slot from outside (`Record::begin_outside_handoff`; finished by
+    ///    [`finish_outside_handoffs`](Kills::finish_outside_handoffs), which demotes the
+    ///    thread to `SCHED_IDLE` first). A carrier already is only counted out of its
+    ///    slot's carriers.
+    /// 5. Mark the thread as fully abandoned: if its closure returned meanwhile, it has
+    ///    been waiting for this (`Record::await_fate`), then drops its value and retires.
+    ///    If its handler runs again, it stops the thread for good at the first point the
+    ///    gate accepts (`freeze.rs`, `settle`).
     fn abandon(&self, watch: &Watch, thread: usize, count_out: &dyn Fn()) {
         let control = watch.task.control();
         let record = &RECORDS[thread];
