@@ -55,6 +55,10 @@ use crate::sys;
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
 const CLAIMED: u32 = 0b100;
+/// The handle was dropped (the task detached): whoever sees the other side's bit last
+/// drops the output, on its own thread, so no task's value is ever dropped by the runtime
+/// elsewhere (the monitor, which holds budgeted tasks, must never run a tenant's `Drop`).
+const DETACHED: u32 = 0b1_0000;
 /// Some thread has taken the right to write the output (step 2): the claim's winner when
 /// the closure returns or unwinds, the freeze, or the monitor abandoning the task.
 const DECIDED: u32 = 0b1000;
@@ -120,7 +124,15 @@ impl<T> JoinState<T> {
     /// when `result` is a [`JoinError::Killed`] (the freeze publishes with it from the
     /// signal handler): the cell holds `None` until now, so the store drops nothing, and
     /// the rest is atomics and a futex wake.
-    fn complete(&self, result: Result<T, JoinError>, cpu_ns: Option<u64>) {
+    ///
+    /// Returns the output back if the handle was dropped before: the caller drops it, on
+    /// its own thread (see [`DETACHED`]).
+    #[must_use = "a detached task's output comes back, for the caller to drop"]
+    fn complete(
+        &self,
+        result: Result<T, JoinError>,
+        cpu_ns: Option<u64>,
+    ) -> Option<Result<T, JoinError>> {
         if let Some(ns) = cpu_ns {
             self.cpu_ns.store(ns, Ordering::Relaxed);
         }
@@ -128,9 +140,30 @@ impl<T> JoinState<T> {
         // only after seeing `COMPLETE`, which is set below.
         self.output
             .with_mut(|out| unsafe { ptr::write(out, Some(result)) });
-        let prev = self.word.fetch_or(COMPLETE, Ordering::Release);
+        // AcqRel: Release publishes the output; Acquire orders the take below after the
+        // handle's detach.
+        let prev = self.word.fetch_or(COMPLETE, Ordering::AcqRel);
         if prev & WAITING != 0 {
             self.word.wake_all();
+        }
+        if prev & DETACHED != 0 {
+            // SAFETY: the handle is gone and saw no `COMPLETE` (the two read-modify-writes
+            // are ordered on one word): nothing else will touch the cell.
+            return self.output.with_mut(|out| unsafe { (*out).take() });
+        }
+        None
+    }
+
+    /// The handle is dropped: if the task is complete, its output is dropped here (the
+    /// caller's thread); otherwise whoever completes it drops it.
+    fn detach(&self) {
+        let prev = self.word.fetch_or(DETACHED, Ordering::AcqRel);
+        if prev & COMPLETE != 0 {
+            // SAFETY: complete (Acquire above), and this is the only handle, being dropped:
+            // the completer saw no `DETACHED` and never touches the cell again. (After a
+            // join the cell is empty already.)
+            let output = self.output.with_mut(|out| unsafe { (*out).take() });
+            drop_quietly(output);
         }
     }
 
@@ -527,7 +560,7 @@ where
             if let Some(kills) = env.kills {
                 kills.cancelled(killed.reason);
             }
-            self.join.complete(Err(JoinError::Killed(killed)), None);
+            drop_quietly(self.join.complete(Err(JoinError::Killed(killed)), None));
             return;
         }
         let outer_control = CURRENT.with(|c| c.replace(control));
@@ -586,7 +619,7 @@ where
             }
             Err(_) => env.counters.record_outcome(true),
         }
-        self.join.complete(result, cpu_ns);
+        drop_quietly(self.join.complete(result, cpu_ns));
     }
 
     fn control(&self) -> &Control {
@@ -610,7 +643,8 @@ where
         if let Some(counters) = unsafe { control.counters.load(Ordering::Relaxed).as_ref() } {
             counters.record_kill(KillHow::Abandoned);
         }
-        self.join.complete(Err(JoinError::Killed(killed)), cpu_ns);
+        // A detached task's outcome comes back: a `Killed`, which owns nothing.
+        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
     }
 
     fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason) {
@@ -619,7 +653,9 @@ where
         let cpu_ns = control.cpu_used_ns();
         let killed = control.killed_outcome(KillHow::Frozen, cpu_ns);
         counters.record_kill(KillHow::Frozen);
-        self.join.complete(Err(JoinError::Killed(killed)), cpu_ns);
+        // A detached task's outcome comes back: a `Killed`, which owns nothing (and the
+        // signal handler drops nothing).
+        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
     }
 
     fn reject_claimed(&self) {
@@ -627,7 +663,7 @@ where
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
         if self.join.decide() {
-            self.join.complete(Err(JoinError::Shutdown), None);
+            drop_quietly(self.join.complete(Err(JoinError::Shutdown), None));
         }
     }
 }
@@ -954,6 +990,12 @@ impl<T> JoinHandle<T> {
     /// will then return at once.
     pub fn is_finished(&self) -> bool {
         self.task.state().is_complete()
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        self.task.state().detach();
     }
 }
 

@@ -1122,3 +1122,49 @@ fn a_task_blocked_in_command_output_is_frozen() {
         process_still_usable(&pool, StdoutState::Usable);
     });
 }
+
+/// A value whose `Drop` never returns.
+struct Sticky;
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+#[test]
+fn a_detached_budgeted_task_whose_value_never_drops_stalls_no_kill() {
+    child(
+        "a_detached_budgeted_task_whose_value_never_drops_stalls_no_kill",
+        || {
+            let pool = pool(2);
+            // Detached at once: the value is dropped by whoever completes the task (its
+            // runner), never by the monitor, which holds budgeted tasks and must stay free
+            // to enforce every other budget.
+            for _ in 0..4 {
+                drop(pool.spawn_with(cpu_budget(), || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    Sticky
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let h = pool.spawn_with(cpu_budget(), || spin_forever());
+            expect_how(
+                join_or_hang(h, "a runaway after stuck drops"),
+                KillHow::Frozen,
+                "a runaway after stuck drops",
+            );
+            let good = pool.spawn(|| 7);
+            assert_eq!(
+                join_or_hang(good, "a good task after stuck drops").unwrap(),
+                7
+            );
+            // Their threads are still in `Drop`, and `shutdown()` waits for pool threads
+            // running code that is not budgeted: a bounded shutdown reports them.
+            assert!(pool.shutdown_timeout(Duration::from_secs(1)).is_err());
+            std::mem::forget(pool);
+        },
+    );
+}
