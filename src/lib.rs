@@ -143,5 +143,5 @@ pub mod __loom {
     pub use crate::runner::{serve, Serve, Served};
     pub use crate::sleep::Sleep;
     pub use crate::stats::SlotCounters;
-    pub use crate::task::{inline_task, new as new_task, Task};
+    pub use crate::task::{abandon, inline_task, new as new_task, Task};
 }

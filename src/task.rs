@@ -887,6 +887,17 @@ where
     }
 }
 
+/// The monitor's abandon of a task, as `kill.rs` does it (for the loom tests): decide,
+/// then publish. False if the task was decided already.
+#[cfg(loom)]
+pub fn abandon(task: &Task) -> bool {
+    if !task.decide() {
+        return false;
+    }
+    task.publish_abandoned(None);
+    true
+}
+
 /// The second reference a joiner would run inline (for the loom tests).
 #[cfg(loom)]
 pub fn inline_task<T>(handle: &JoinHandle<T>) -> Option<Task> {

@@ -131,3 +131,59 @@ fn a_result_nobody_joins_is_dropped_exactly_once() {
         assert_eq!(drops.load(Ordering::Relaxed), 1);
     });
 }
+
+/// Counts its drops.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_detached_value_is_dropped_exactly_once_whoever_goes_last() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        let (task, handle) = new_task(move || Counted(d), 0);
+        let runner = thread::spawn(move || {
+            task.run(&SlotCounters::default());
+        });
+        // Detached while the task may or may not have completed: the value is dropped by
+        // the runner or by this drop, once.
+        drop(handle);
+        runner.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn an_abandon_racing_the_task_resolves_the_handle_once_and_drops_the_value_once() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        let (task, handle) = new_task(move || Counted(d), 0);
+        let monitor_side = inline_task(&handle).expect("a queued task");
+        let runner = thread::spawn(move || {
+            task.run(&SlotCounters::default());
+        });
+        let monitor = thread::spawn(move || microsched::__loom::abandon(&monitor_side));
+        let abandoned = monitor.join().unwrap();
+        match handle.join() {
+            Ok(value) => {
+                assert!(!abandoned);
+                drop(value);
+            }
+            Err(err) => {
+                assert!(abandoned, "{err:?}");
+                assert_eq!(
+                    err.killed().map(|k| k.how()),
+                    Some(microsched::KillHow::Abandoned)
+                );
+            }
+        }
+        runner.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
