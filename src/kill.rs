@@ -384,8 +384,10 @@ impl Kills {
         pending
     }
 
-    /// An abandoned thread's closure has returned: it leaves the lost list (its CPU time
-    /// since the abandon is added to the total) and exits. Normal context, on that thread.
+    /// An abandoned thread's closure has returned, or the thread has stopped for good at a
+    /// safe point (`freeze.rs`, `stop_abandoned`): it leaves the lost list (its CPU time
+    /// since the abandon is added to the total). On that thread; async-signal-safe
+    /// (atomics and a clock read).
     ///
     /// No lock: the thread is demoted, and a lock it held while the kernel gave it no CPU
     /// time would stall the monitor. The monitor drops its entry once the record is no

@@ -607,13 +607,9 @@ extern "C" fn freeze_from_trampoline() -> ! {
     // and abandon it.
     if !record.claim_freeze() {
         // The monitor gave up on the freeze before the frame returned: the thread is
-        // outside the pool already, and stops here for good (settled, as in `settle`).
-        // The redirect's frozen place goes back: no freeze is counted for it.
-        async_safe::block_all_signals();
-        record.preempt().kills.unreserve_frozen();
-        drop_timers(record);
-        record.settled.store(true, Ordering::SeqCst);
-        async_safe::block_forever();
+        // outside the pool already, and stops here for good, in the frozen place the
+        // redirect took (as in `settle`).
+        stop_abandoned(record);
     }
     async_safe::block_all_signals();
     record.redirect_slot.store(0, Ordering::Relaxed);
@@ -643,12 +639,34 @@ pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
     }
     // SAFETY: `context` is the handler's third argument.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
-    if matches!(gate(record, running, pc, wait, false), Gate::Now) {
-        async_safe::block_all_signals();
-        drop_timers(record);
-        record.settled.store(true, Ordering::SeqCst);
-        async_safe::block_forever();
+    // A frozen place, like any freeze (past the cap it runs on).
+    if matches!(gate(record, running, pc, wait, false), Gate::Now)
+        && record.preempt().kills.reserve_frozen()
+    {
+        stop_abandoned(record);
     }
+}
+
+/// An abandoned thread stops for good (it holds a frozen place): counted as a frozen
+/// thread (so shutdown detaches it), its CPU time since the abandon counted as the
+/// abandoned threads' that exited, and its record given back once the monitor is done
+/// with it (a pending outside handoff). Async-signal-safe; never returns.
+fn stop_abandoned(record: &Record) -> ! {
+    async_safe::block_all_signals();
+    drop_timers(record);
+    while record.outside.load(Ordering::SeqCst) {
+        record.preempt().ring();
+        async_safe::sleep_ns(1_000_000);
+    }
+    let kills = record.preempt().kills;
+    kills.abandoned_thread_exits(record);
+    kills.frozen_thread(
+        record.stack_bytes.load(Ordering::Relaxed),
+        record.pthread.load(Ordering::Relaxed),
+    );
+    record.settled.store(true, Ordering::SeqCst);
+    record.release();
+    async_safe::block_forever()
 }
 
 /// Deletes the thread's own timers (the freeze, and an abandoned thread's first tick).
@@ -691,13 +709,12 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
     let reserve = record.reserve();
     if !claimed {
         // The monitor abandoned the thread meanwhile (from outside: the slot and the
-        // thread's count are dealt with). Stop here for good all the same.
+        // thread's count are dealt with). Stop here for good all the same, in the frozen
+        // place the caller took.
         if reserved {
             reserve.give_back();
         }
-        preempt.kills.unreserve_frozen();
-        record.settled.store(true, Ordering::SeqCst);
-        async_safe::block_forever();
+        stop_abandoned(record);
     }
     // Only this thread sets `IN_TASK` (between tasks), and only the monitor abandoning it
     // takes it away from outside, which the fate above rules out: so `reserved` means the
