@@ -156,10 +156,6 @@ struct Watch {
     /// When the freeze was first asked for, and last asked for.
     first_ask: Option<u64>,
     last_ask: u64,
-    /// Times in a row the thread was found with the pool's signal blocked, and when it
-    /// was last looked at.
-    blocked_seen: u8,
-    blocked_checked: u64,
     /// The thread's `kill_acks` when it was last asked.
     acks: u32,
     refused: bool,
@@ -225,8 +221,6 @@ impl Kills {
                 task,
                 first_ask: None,
                 last_ask: 0,
-                blocked_seen: 0,
-                blocked_checked: 0,
                 acks: 0,
                 refused: false,
             });
@@ -500,32 +494,21 @@ impl Kills {
             // Resolved, or not yet abandonable (its closure not entered yet): look again.
             return due.min(now + nanos(FREEZE_RETRY));
         }
-        // A thread that has not looked at a request for a while may have blocked the
-        // pool's signal: then its handler never runs, and no freeze can ever happen.
-        // (The handler blocks the signal while it runs, too: a thread inside it is not
-        // taken for one that blocked it.)
-        if watch.first_ask.is_some() {
-            let unseen = record.kill_acks.load(Ordering::Relaxed) == watch.acks;
-            if !unseen {
-                watch.blocked_seen = 0;
-            } else if now.saturating_sub(watch.last_ask) >= nanos(FREEZE_RETRY)
-                && now.saturating_sub(watch.blocked_checked) >= nanos(UNSEEN_RETRY)
-                && record.redirect_slot.load(Ordering::Relaxed) == 0
-                && !record.in_handler()
-                && !record.is_freezing()
-            {
-                // Twice in a row, a request apart: a thread caught between the kernel
-                // setting up its signal frame and the handler's first store looks the
-                // same once.
-                watch.blocked_checked = now;
-                let blocked = sys::thread_status(tid).is_some_and(|s| s.blocks(self.signal));
-                watch.blocked_seen = if blocked { watch.blocked_seen + 1 } else { 0 };
-                if watch.blocked_seen >= 2 {
-                    self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
-                    self.abandon(watch, thread, count_out);
-                    return due.min(now + nanos(FREEZE_RETRY));
-                }
-            }
+        // A thread that does not look at its requests may have blocked the pool's signal:
+        // then its handler never runs, and no freeze can ever happen. The standby maker
+        // looks in `/proc` every 20 ms (`monitor.rs`; not here: `/proc` reads wait for the
+        // process's memory-map lock); two sightings in a row, with the latest request not
+        // looked at, and a thread caught once between the kernel setting up its signal
+        // frame and the handler's first store is not taken for one that blocked it.
+        if watch.first_ask.is_some()
+            && record.kill_acks.load(Ordering::Relaxed) == watch.acks
+            && record.signal_blocked_seen() >= 2
+            && record.redirect_slot.load(Ordering::Relaxed) == 0
+            && !record.is_freezing()
+        {
+            self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+            self.abandon(watch, thread, count_out);
+            return due.min(now + nanos(FREEZE_RETRY));
         }
         let due = due.min(abandon_at);
         if watch.refused || record.redirect_slot.load(Ordering::Relaxed) != 0 {

@@ -155,12 +155,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 let Some(preempt) = &for_maker.preempt else {
                     return;
                 };
+                let mut chores = Chores::new();
                 loop {
                     let bell = preempt.kills.standby_bell.load(Ordering::Acquire);
                     let (open, timeout) = maker.pass(&for_maker, preempt);
                     if !open {
                         return;
                     }
+                    let timeout = timeout.min(chores.run(&for_maker, preempt));
                     preempt.kills.standby_bell.wait(bell, Some(timeout));
                 }
             });
@@ -173,13 +175,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
     }
     let mut next_refresh = Instant::now();
-    let mut suspects = std::collections::HashMap::new();
+    let mut chores = Chores::new();
     loop {
         let bell = preempt.bell().load(Ordering::Acquire);
         let now = Instant::now();
         let mut timeout = IDLE;
         if let Some(maker) = &mut maker {
             timeout = maker.pass(&shared, preempt).1;
+            timeout = timeout.min(chores.run(&shared, preempt));
         }
         let open = preempt.reserves.iter().any(|r| !r.is_closed());
         // Budgets, cancels, freezes and abandons (`kill.rs`).
@@ -188,11 +191,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
             // Every REFRESH, not every pass: after a storm of kills the handles of
             // thousands of frozen threads are kept (they never finish), and a pass may
             // come every 250 µs while freezes are deferred.
-            shared.join_exited();
             // A library loaded since the last look joins the freeze gate's ranges.
             places::refresh();
             preempt.kills.check_handler();
-            sweep(&shared, preempt, &mut suspects);
             next_refresh = now + REFRESH;
         }
         // Tasks detached by a `shutdown_timeout` still have their budgets enforced.
@@ -208,6 +209,64 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if !timeout.is_zero() {
             preempt.bell().wait(bell, Some(timeout));
         }
+    }
+}
+
+/// The chores that read `/proc` or unmap stacks, done by the standby maker (or by the
+/// monitor if it has none): `/proc` reads and `munmap` wait for the process's memory-map
+/// lock, which thousands of threads being created, faulting and exiting keep busy (up to
+/// 400 ms was measured here in a storm of kills), and the monitor's kills must not wait
+/// behind them.
+struct Chores {
+    next_sweep: Instant,
+    next_look: Instant,
+    suspects: std::collections::HashMap<usize, u64>,
+}
+
+impl Chores {
+    fn new() -> Chores {
+        let now = Instant::now();
+        Chores {
+            next_sweep: now,
+            next_look: now,
+            suspects: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Every 100 ms: join exited pool threads, sweep the runners. Every 20 ms: look for
+    /// kill targets that blocked the pool's signal. Returns how long until the next.
+    fn run(&mut self, shared: &Shared, preempt: &crate::handler::Preempt) -> Duration {
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            shared.join_exited();
+            sweep(shared, preempt, &mut self.suspects);
+            self.next_sweep = now + REFRESH;
+        }
+        if now >= self.next_look {
+            look_for_blocked_signals(preempt);
+            self.next_look = now + LOOK;
+        }
+        self.next_sweep
+            .min(self.next_look)
+            .saturating_duration_since(Instant::now())
+    }
+}
+
+/// How often threads asked to freeze are looked at for a blocked signal.
+const LOOK: Duration = Duration::from_millis(20);
+
+/// A thread asked to freeze that has the pool's signal blocked (and is not inside the
+/// handler, which blocks it too) is seen once more (`Record::sigblocked_seen`); the
+/// monitor abandons its task at the second sighting in a row (`kill.rs`).
+fn look_for_blocked_signals(preempt: &crate::handler::Preempt) {
+    for record in crate::handler::RECORDS.iter() {
+        if !record.serves(preempt.kills) || !record.freeze_asked() {
+            continue;
+        }
+        let tid = record.tid.load(Ordering::Relaxed);
+        let blocked = sys::thread_status(tid).is_some_and(|s| s.blocks(preempt.signal))
+            && !record.in_handler();
+        record.saw_signal_blocked(blocked);
     }
 }
 

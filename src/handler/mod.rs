@@ -232,6 +232,9 @@ pub(crate) struct Record {
     outside: AtomicBool,
     /// The handler is running on this thread (with the pool's signal blocked).
     handling: AtomicBool,
+    /// Times in a row the standby maker found this thread, asked to freeze, with the
+    /// pool's signal blocked (`monitor.rs`).
+    sigblocked_seen: AtomicU8,
     /// The running task is unwinding from its cancel (`checkpoint`); cleared when its
     /// closure ends.
     pub(crate) cancel_unwinding: AtomicBool,
@@ -312,6 +315,7 @@ impl Record {
             outside: AtomicBool::new(false),
             nudges: AtomicU32::new(0),
             handling: AtomicBool::new(false),
+            sigblocked_seen: AtomicU8::new(0),
             cancel_unwinding: AtomicBool::new(false),
             settled: AtomicBool::new(false),
             abandoned_cpu_at: AtomicU64::new(0),
@@ -364,6 +368,23 @@ impl Record {
     /// trampoline): true if its fate is, or now becomes, frozen. Async-signal-safe.
     pub(crate) fn claim_freeze(&self) -> bool {
         self.decide_fate(FATE_FROZEN) || self.fate() == FATE_FROZEN
+    }
+
+    /// True while the monitor asks this thread to freeze a task.
+    pub(crate) fn freeze_asked(&self) -> bool {
+        !self.kill_target.load(Ordering::Relaxed).is_null()
+    }
+
+    /// One more sighting (or none) of the pool's signal blocked on this thread.
+    pub(crate) fn saw_signal_blocked(&self, blocked: bool) {
+        let seen = self.sigblocked_seen.load(Ordering::Relaxed);
+        let seen = if blocked { seen.saturating_add(1) } else { 0 };
+        self.sigblocked_seen.store(seen, Ordering::Relaxed);
+    }
+
+    /// Sightings in a row of the pool's signal blocked on this thread.
+    pub(crate) fn signal_blocked_seen(&self) -> u8 {
+        self.sigblocked_seen.load(Ordering::Relaxed)
     }
 
     /// True while the handler runs on this record's thread.
@@ -634,6 +655,7 @@ impl Record {
         self.pending.store(false, Ordering::Relaxed);
         self.redirect_slot.store(0, Ordering::Relaxed);
         self.handling.store(false, Ordering::Relaxed);
+        self.sigblocked_seen.store(0, Ordering::Relaxed);
         self.cancel_unwinding.store(false, Ordering::Relaxed);
         self.nudges.store(0, Ordering::Relaxed);
         self.tainted.store(false, Ordering::Relaxed);
