@@ -9,7 +9,7 @@
 //!    Standbys are created here, by a thread at normal priority: threads inherit their
 //!    creator's scheduling policy, and a demoted carrier must never create one.
 //! 3. Every slot closed (shutdown has ended all runners): exit. Otherwise sleep on the
-//!    bell while it still reads what step 1 read.
+//!    bell while it still reads what step 1 read, or until its next chore.
 //!
 //! When the OS refuses a thread, or a started standby cannot set itself up (no timer, no
 //! record, no alternate stack), it starts nothing for a while, backing off from 10 ms to
@@ -22,9 +22,13 @@
 //! 1. Read the bell.
 //! 2. Enforce budgets (`kill.rs`): cancel tasks whose budget ran out, ask for freezes
 //!    when grace periods end, abandon kills that found no safe point in time.
-//! 3. Every 100 ms: join pool threads that have exited (carriers that retired), re-read
-//!    the loaded libraries for the freeze gate (`places.rs`), look for a handler that
-//!    replaced the pool's, and sweep the runners ([`sweep`]).
+//! 3. Every 100 ms: re-read the loaded libraries for the freeze gate (`places.rs`), and
+//!    look for a handler that replaced the pool's.
+//!
+//! The standby maker also does the chores that wait for the process's memory-map lock
+//! ([`Chores`]): every 100 ms it joins pool threads that have exited and sweeps the
+//! runners ([`sweep`]); every 20 ms it looks at threads asked to freeze for a blocked
+//! signal.
 //! 4. Every slot closed and no budget left to enforce: exit. Otherwise sleep on the bell
 //!    while it still reads what step 1 read, until the next budget is due, or until the
 //!    next 100 ms.
