@@ -147,8 +147,6 @@ struct Lost {
     record: usize,
     tid: i32,
     pthread: usize,
-    /// Its CPU clock when it was abandoned.
-    cpu_at: u64,
 }
 
 struct Watch {
@@ -318,7 +316,6 @@ impl Kills {
                 record: thread,
                 tid,
                 pthread: record.pthread.load(Ordering::Relaxed),
-                cpu_at: cpu_now.unwrap_or(0),
             });
         }
         count_out();
@@ -630,12 +627,19 @@ impl Kills {
     pub(crate) fn snapshot(&self) -> KillSnapshot {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // Copied out: no syscall under the lock the monitor takes on every pass.
-        let lost: Vec<(usize, i32, u64)> = self
+        // Copied out: no syscall under the lock the monitor takes on every pass. Threads
+        // that have exited are counted in `abandoned_cpu_exited` already.
+        let running: Vec<(i32, u64)> = self
             .lost
             .lock()
             .iter()
-            .map(|l| (l.record, l.tid, l.cpu_at))
+            .filter(|l| !exited(&RECORDS[l.record], l.tid))
+            .map(|l| {
+                (
+                    l.tid,
+                    RECORDS[l.record].abandoned_cpu_at.load(Ordering::Relaxed),
+                )
+            })
             .collect();
         KillSnapshot {
             by_reason: c.by_reason.each_ref().map(read),
@@ -646,18 +650,11 @@ impl Kills {
             refused: read(&c.refused),
             frozen_threads: self.frozen_count.load(Ordering::Relaxed) as u64,
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
-            abandoned_threads: lost
-                .iter()
-                .filter(|&&(record, tid, _)| {
-                    let r = &RECORDS[record];
-                    !r.settled.load(Ordering::Relaxed) && !exited(r, tid)
-                })
-                .count() as u64,
+            abandoned_threads: running.len() as u64,
             abandoned_cpu_ns: read(&c.abandoned_cpu_exited)
-                + lost
+                + running
                     .iter()
-                    .filter(|&&(record, tid, _)| !exited(&RECORDS[record], tid))
-                    .filter_map(|&(_, tid, at)| {
+                    .filter_map(|&(tid, at)| {
                         sys::thread_cpu_ns_of(tid).map(|t| t.saturating_sub(at))
                     })
                     .sum::<u64>(),

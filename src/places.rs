@@ -32,57 +32,88 @@ use std::sync::Mutex;
 
 use crate::sys::{self, unwind};
 
-const MAX_RANGES: usize = 128;
 const MAX_HOLDERS: usize = 64;
 
-static RANGES: [[AtomicUsize; 2]; MAX_RANGES] =
-    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_RANGES];
-static RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Whether a return out of each range may be redirected to the freeze: libc's functions
-/// (malloc, memcpy, syscall wrappers) return to their caller normally and hold nothing
-/// after; the loader's and the unwinder's (libgcc_s, libstdc++) may not return at all, or
-/// are read by an unwind in progress.
-static RANGE_REDIRECTABLE: [AtomicBool; MAX_RANGES] =
-    [const { AtomicBool::new(false) }; MAX_RANGES];
+/// A table of address ranges, each with a flag, written by one writer at a time (under
+/// `WRITER`) and read by the signal handler with loads only: an entry is written before
+/// the count that publishes it (Release, read with Acquire). It only grows.
+struct Ranges<const N: usize> {
+    bounds: [[AtomicUsize; 2]; N],
+    flags: [AtomicBool; N],
+    count: AtomicUsize,
+}
+
+impl<const N: usize> Ranges<N> {
+    const fn new() -> Self {
+        Ranges {
+            bounds: [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; N],
+            flags: [const { AtomicBool::new(false) }; N],
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn published(&self) -> usize {
+        self.count.load(Ordering::Acquire).min(N)
+    }
+
+    /// Adds `[lo, hi)` with `flag`, unless the table is full. Under `WRITER`.
+    fn push(&self, lo: usize, hi: usize, flag: bool) {
+        let count = self.count.load(Ordering::Relaxed);
+        if count >= N {
+            return;
+        }
+        self.bounds[count][0].store(lo, Ordering::Relaxed);
+        self.bounds[count][1].store(hi, Ordering::Relaxed);
+        self.flags[count].store(flag, Ordering::Relaxed);
+        self.count.store(count + 1, Ordering::Release);
+    }
+
+    /// True if `[lo, hi)` is in the table already. Under `WRITER`.
+    fn contains(&self, lo: usize, hi: usize) -> bool {
+        self.bounds[..self.published()]
+            .iter()
+            .any(|[l, h]| l.load(Ordering::Relaxed) == lo && h.load(Ordering::Relaxed) == hi)
+    }
+
+    /// The flag of the range `ip` is in, if any. Async-signal-safe.
+    fn find(&self, ip: usize) -> Option<bool> {
+        self.bounds[..self.published()]
+            .iter()
+            .position(|[lo, hi]| {
+                ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed)
+            })
+            .map(|i| self.flags[i].load(Ordering::Relaxed))
+    }
+}
+
+/// The gated libraries' text, flagged with whether a return out of each range may be
+/// redirected to the freeze: libc's functions (malloc, memcpy, syscall wrappers) return
+/// to their caller normally and hold nothing after; the loader's and the unwinder's
+/// (libgcc_s, libstdc++) may not return at all, or are read by an unwind in progress.
+static LIBRARIES: Ranges<128> = Ranges::new();
 static HOLDERS: [AtomicUsize; MAX_HOLDERS] = [const { AtomicUsize::new(0) }; MAX_HOLDERS];
 static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Lock-holding std functions found by name in the executable's symbol table, as address
-/// ranges.
-const MAX_HOLDER_RANGES: usize = 8192;
-static HOLDER_RANGES: [[AtomicUsize; 2]; MAX_HOLDER_RANGES] =
-    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_HOLDER_RANGES];
-static HOLDER_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Whether each holder range is a stdio or environment function (one that takes its lock
-/// itself, so a thread blocked *acquiring* that lock inside it holds nothing yet), as
-/// opposed to a panic entry point (which may hold the hook or backtrace lock while it
-/// takes the stderr lock).
-static HOLDER_RANGE_ACQUIRES: [AtomicBool; MAX_HOLDER_RANGES] =
-    [const { AtomicBool::new(false) }; MAX_HOLDER_RANGES];
+/// Lock-holding std functions found by name in the symbol tables, flagged with whether
+/// each is a stdio or environment function (one that takes its lock itself, so a thread
+/// blocked *acquiring* that lock inside it holds nothing yet), as opposed to a panic
+/// entry point or process spawning (which may hold a lock taken in an outer frame).
+static NAMED_HOLDERS: Ranges<8192> = Ranges::new();
 /// std's lock-acquisition slow paths (a contended mutex, rwlock or reentrant lock, and
 /// the futex wait they park in), by name: a thread blocked in a futex wait under these
-/// is waiting for a lock, not holding it.
-const MAX_ACQUIRE_RANGES: usize = 256;
-static ACQUIRE_RANGES: [[AtomicUsize; 2]; MAX_ACQUIRE_RANGES] =
-    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_ACQUIRE_RANGES];
-static ACQUIRE_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Whether each acquisition range is where the wait happens (a futex wait, a contended
-/// lock), which must come first, innermost.
-static ACQUIRE_RANGE_ENTRY: [AtomicBool; MAX_ACQUIRE_RANGES] =
-    [const { AtomicBool::new(false) }; MAX_ACQUIRE_RANGES];
+/// is waiting for a lock, not holding it. Flagged with whether the range is where the
+/// wait happens (a futex wait, a contended lock), which must come first, innermost.
+static ACQUIRING: Ranges<256> = Ranges::new();
 /// The panic runtime's cleanup after a caught unwind (`catch_unwind`'s `do_catch`,
 /// `__rust_panic_cleanup`): a thread inside them is finishing an unwind, though std no
 /// longer counts it as panicking.
-const MAX_CLEANUP_RANGES: usize = 64;
-static CLEANUP_RANGES: [[AtomicUsize; 2]; MAX_CLEANUP_RANGES] =
-    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_CLEANUP_RANGES];
-static CLEANUP_RANGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+static CLEANUP: Ranges<64> = Ranges::new();
 /// The loader's (adds, subs) when the ranges were last read, packed.
 static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
 static WRITER: Mutex<()> = Mutex::new(());
 
 /// Library names (file name prefixes) whose text is gated, and whether a return out of
-/// each may be redirected to the freeze (see `RANGE_REDIRECTABLE`).
+/// each may be redirected to the freeze (see `LIBRARIES`).
 const GATED: &[(&str, bool)] = &[
     ("libc.so", true),
     ("libc-", true),
@@ -106,11 +137,7 @@ pub(crate) fn in_library(pc: usize) -> bool {
 /// `Some(redirectable)` if `pc` is in the text of a gated library: whether a return out of
 /// it may be redirected to the freeze. Async-signal-safe.
 pub(crate) fn library(pc: usize) -> Option<bool> {
-    let count = RANGE_COUNT.load(Ordering::Acquire).min(MAX_RANGES);
-    RANGES[..count]
-        .iter()
-        .position(|[lo, hi]| pc >= lo.load(Ordering::Relaxed) && pc < hi.load(Ordering::Relaxed))
-        .map(|i| RANGE_REDIRECTABLE[i].load(Ordering::Relaxed))
+    LIBRARIES.find(pc)
 }
 
 /// What a frame is to the gate.
@@ -139,40 +166,23 @@ pub(crate) fn lock_holder(start: usize, ip: usize) -> Holder {
         // Found by the stdio probe.
         return Holder::Acquires;
     }
-    let count = HOLDER_RANGE_COUNT
-        .load(Ordering::Acquire)
-        .min(MAX_HOLDER_RANGES);
-    match HOLDER_RANGES[..count]
-        .iter()
-        .position(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
-    {
+    match NAMED_HOLDERS.find(ip) {
         None => Holder::No,
-        Some(i) if HOLDER_RANGE_ACQUIRES[i].load(Ordering::Relaxed) => Holder::Acquires,
-        Some(_) => Holder::Holds,
+        Some(true) => Holder::Acquires,
+        Some(false) => Holder::Holds,
     }
 }
 
 /// True if `ip` is in the panic runtime's cleanup of a caught unwind. Async-signal-safe.
 pub(crate) fn in_unwind_cleanup(ip: usize) -> bool {
-    let count = CLEANUP_RANGE_COUNT
-        .load(Ordering::Acquire)
-        .min(MAX_CLEANUP_RANGES);
-    CLEANUP_RANGES[..count]
-        .iter()
-        .any(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
+    CLEANUP.find(ip).is_some()
 }
 
 /// `Some(entry)` if `ip` is in one of std's lock-acquisition slow paths: whether it is
 /// where the wait happens (a futex wait, a contended lock) or around it (the reentrant
 /// lock). Async-signal-safe.
 pub(crate) fn acquiring(ip: usize) -> Option<bool> {
-    let count = ACQUIRE_RANGE_COUNT
-        .load(Ordering::Acquire)
-        .min(MAX_ACQUIRE_RANGES);
-    ACQUIRE_RANGES[..count]
-        .iter()
-        .position(|[lo, hi]| ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed))
-        .map(|i| ACQUIRE_RANGE_ENTRY[i].load(Ordering::Relaxed))
+    ACQUIRING.find(ip)
 }
 
 /// Builds both tables (once for the holders), or refreshes the ranges if the set of loaded
@@ -214,52 +224,22 @@ pub(crate) fn refresh() {
         if let Ok(elf) = std::fs::read(path) {
             for (lo, hi, kind) in named_functions(&elf) {
                 let (lo, hi) = (object.base + lo, object.base + hi);
-                if kind == Named::Cleanup {
-                    let count = CLEANUP_RANGE_COUNT.load(Ordering::Relaxed);
-                    if count < MAX_CLEANUP_RANGES {
-                        CLEANUP_RANGES[count][0].store(lo, Ordering::Relaxed);
-                        CLEANUP_RANGES[count][1].store(hi, Ordering::Relaxed);
-                        CLEANUP_RANGE_COUNT.store(count + 1, Ordering::Release);
-                    }
-                    continue;
+                match kind {
+                    Named::Cleanup => CLEANUP.push(lo, hi, false),
+                    Named::AcquireEntry => ACQUIRING.push(lo, hi, true),
+                    Named::Acquire => ACQUIRING.push(lo, hi, false),
+                    Named::HolderAcquires => NAMED_HOLDERS.push(lo, hi, true),
+                    Named::HolderHolds => NAMED_HOLDERS.push(lo, hi, false),
                 }
-                if matches!(kind, Named::Acquire | Named::AcquireEntry) {
-                    let count = ACQUIRE_RANGE_COUNT.load(Ordering::Relaxed);
-                    if count < MAX_ACQUIRE_RANGES {
-                        ACQUIRE_RANGES[count][0].store(lo, Ordering::Relaxed);
-                        ACQUIRE_RANGES[count][1].store(hi, Ordering::Relaxed);
-                        ACQUIRE_RANGE_ENTRY[count]
-                            .store(kind == Named::AcquireEntry, Ordering::Relaxed);
-                        ACQUIRE_RANGE_COUNT.store(count + 1, Ordering::Release);
-                    }
-                    continue;
-                }
-                let count = HOLDER_RANGE_COUNT.load(Ordering::Relaxed);
-                if count == MAX_HOLDER_RANGES {
-                    continue;
-                }
-                HOLDER_RANGES[count][0].store(lo, Ordering::Relaxed);
-                HOLDER_RANGES[count][1].store(hi, Ordering::Relaxed);
-                HOLDER_RANGE_ACQUIRES[count]
-                    .store(kind == Named::HolderAcquires, Ordering::Relaxed);
-                HOLDER_RANGE_COUNT.store(count + 1, Ordering::Release);
             }
         }
     }
 }
 
 fn add_range(lo: usize, hi: usize, redirectable: bool) {
-    let count = RANGE_COUNT.load(Ordering::Relaxed);
-    let known = RANGES[..count]
-        .iter()
-        .any(|[l, h]| l.load(Ordering::Relaxed) == lo && h.load(Ordering::Relaxed) == hi);
-    if known || count == MAX_RANGES {
-        return;
+    if !LIBRARIES.contains(lo, hi) {
+        LIBRARIES.push(lo, hi, redirectable);
     }
-    RANGES[count][0].store(lo, Ordering::Relaxed);
-    RANGES[count][1].store(hi, Ordering::Relaxed);
-    RANGE_REDIRECTABLE[count].store(redirectable, Ordering::Relaxed);
-    RANGE_COUNT.store(count + 1, Ordering::Release);
 }
 
 /// Function starts on the stack while [`Probe::fmt`] runs, from the last probe.
@@ -481,12 +461,12 @@ mod tests {
         );
         // Self-checking lists: a toolchain that renamed these would disarm the gate's
         // rules for them silently; this fails instead.
-        assert!(ACQUIRE_RANGE_COUNT.load(Ordering::Relaxed) >= 1);
-        assert!(CLEANUP_RANGE_COUNT.load(Ordering::Relaxed) >= 1);
+        assert!(ACQUIRING.published() >= 1);
+        assert!(CLEANUP.published() >= 1);
         assert!(in_unwind_cleanup(
-            CLEANUP_RANGES[0][0].load(Ordering::Relaxed)
+            CLEANUP.bounds[0][0].load(Ordering::Relaxed)
         ));
-        assert!(HOLDER_RANGE_COUNT.load(Ordering::Relaxed) >= 10);
+        assert!(NAMED_HOLDERS.published() >= 10);
         assert!(is_holder_name(
             "_ZN3std2io5stdio6_print17h0123456789abcdefE"
         ));

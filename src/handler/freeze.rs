@@ -4,7 +4,7 @@
 //! as nothing registers frames with `__register_frame`, which Rust does not). The two
 //! functions that run in normal context say so.
 //!
-//! # Protocol (DESIGN.md §1 rules 3 and 5)
+//! # Protocol (the crate docs' "Soundness": a hard kill freezes, only where it is safe)
 //!
 //! 1. The monitor wants a task frozen (its grace period is over): it stores the task's
 //!    control in the thread's record (`kill_target`) and queues the pool's signal to the
@@ -308,16 +308,17 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
         // frame. A futex wait deeper in libc is one of its private locks (malloc's), whose
         // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
         wrapper_frames: if wait == Wait::Sleep { 2 } else { 1 },
+        // Every frame down to the closure's, however deep the recursion went, with no cap
+        // (one would defer a deep runaway for ever): frames only go up the stack, whose
+        // size bounds the walk.
         frames: 0,
-        // Every frame down to the closure's, however deep the recursion went: a cap would
-        // defer a deep runaway for ever (the stack's size bounds the walk).
-        max_frames: u32::MAX,
         defer: None,
         holder_cfa: 0,
         last_cfa: 0,
         holder_ret: 0,
         want_ret: false,
         reached_boundary: false,
+        panicking,
         acquiring: if wait == Wait::Futex {
             Acquiring::Maybe
         } else {
@@ -398,7 +399,6 @@ struct Walk {
     lib_exit_cfa: usize,
     lib_exit_ret: usize,
     frames: u32,
-    max_frames: u32,
     defer: Option<Defer>,
     /// The CFA of the outermost lock-holding frame, and the return address stored just
     /// below it (the next frame's IP).
@@ -409,6 +409,8 @@ struct Walk {
     want_ret: bool,
     reached_boundary: bool,
     acquiring: Acquiring,
+    /// The thread is unwinding.
+    panicking: bool,
 }
 
 /// Where the walk is in the frames of a thread blocked acquiring one of std's locks.
@@ -498,8 +500,9 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
     // SAFETY: as above.
     let start = unsafe { unwind::_Unwind_GetRegionStart(ctx) };
     // On its way from the cancel to the unwinder (`panicking` is not set yet): it has
-    // seen its cancel, and is about to run its destructors.
-    if start == crate::task::cancel_entry() {
+    // seen its cancel, and is about to run its destructors. (A thread already panicking
+    // only passes through: `cancel_here` returns at once then.)
+    if start == crate::task::cancel_entry() && !walk.panicking {
         walk.defer = Some(Defer::NoFreeze);
         return unwind::NORMAL_STOP;
     }
@@ -534,10 +537,6 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.want_ret = true;
     }
     walk.frames += 1;
-    if walk.frames > walk.max_frames {
-        walk.defer = Some(Defer::Unwalkable);
-        return unwind::NORMAL_STOP;
-    }
     unwind::NO_REASON
 }
 
@@ -664,7 +663,6 @@ fn stop_abandoned(record: &Record) -> ! {
         record.stack_bytes.load(Ordering::Relaxed),
         record.pthread.load(Ordering::Relaxed),
     );
-    record.settled.store(true, Ordering::SeqCst);
     record.release();
     async_safe::block_forever()
 }

@@ -16,7 +16,8 @@
 //! It must not allocate, lock (std or parking_lot), panic, format, touch a lazily
 //! initialised thread-local, or unwind; it saves and restores `errno`. It never switches
 //! the thread to other code: a handoff only changes *who holds the slot*, and the
-//! interrupted task resumes on this thread when the handler returns (DESIGN.md §1).
+//! interrupted task resumes on this thread when the handler returns (the crate docs'
+//! "Soundness").
 //!
 //! # Records
 //!
@@ -238,8 +239,6 @@ pub(crate) struct Record {
     /// The running task is unwinding from its cancel (`checkpoint`); cleared when its
     /// closure ends.
     pub(crate) cancel_unwinding: AtomicBool,
-    /// An abandoned thread that has since stopped for good at a safe point.
-    pub(crate) settled: AtomicBool,
     /// An abandoned thread: its CPU clock when it was abandoned, and whether its closure
     /// has since returned and it is on its way out.
     pub(crate) abandoned_cpu_at: AtomicU64,
@@ -317,7 +316,6 @@ impl Record {
             handling: AtomicBool::new(false),
             sigblocked_seen: AtomicU8::new(0),
             cancel_unwinding: AtomicBool::new(false),
-            settled: AtomicBool::new(false),
             abandoned_cpu_at: AtomicU64::new(0),
             abandoned_exited: AtomicBool::new(false),
             tainted: AtomicBool::new(false),
@@ -328,7 +326,6 @@ impl Record {
     pub(crate) fn reset_fate(&self, tid: i32) {
         self.abandon_done.store(false, Ordering::SeqCst);
         self.abandoned_exited.store(false, Ordering::SeqCst);
-        self.settled.store(false, Ordering::SeqCst);
         self.fate.store(
             u64::from(tid as u32) << 8 | u64::from(FATE_NONE),
             Ordering::SeqCst,
@@ -532,13 +529,17 @@ impl Record {
 
     /// True if this record's thread serves the pool whose kill registry is `kills`.
     pub(crate) fn serves(&self, kills: &crate::kill::Kills) -> bool {
+        if !self.in_use.load(Ordering::Acquire)
+            || self.tid.load(Ordering::Relaxed) == 0
+            || !self.fate_undecided()
+        {
+            return false;
+        }
         let preempt = self.preempt.load(Ordering::Relaxed);
         // SAFETY: non-null `preempt` points at the `Preempt` of a pool whose threads keep
         // it alive; a record in use belongs to such a thread.
-        self.in_use.load(Ordering::Acquire)
-            && self.tid.load(Ordering::Relaxed) != 0
-            && self.fate_undecided()
-            && unsafe { preempt.as_ref() }.is_some_and(|p| std::ptr::eq(p.kills, kills))
+        let preempt = unsafe { preempt.as_ref() };
+        preempt.is_some_and(|p| std::ptr::eq(p.kills, kills))
     }
 
     /// One nudge seen; false if none was outstanding. Async-signal-safe.
@@ -659,7 +660,6 @@ impl Record {
         self.cancel_unwinding.store(false, Ordering::Relaxed);
         self.nudges.store(0, Ordering::Relaxed);
         self.tainted.store(false, Ordering::Relaxed);
-        self.settled.store(false, Ordering::Relaxed);
         self.outside.store(false, Ordering::Relaxed);
         self.kill_target
             .store(std::ptr::null_mut(), Ordering::Relaxed);
