@@ -68,9 +68,13 @@
 //! thread instead (it blocks forever with its signals masked; its stack and thread-locals
 //! stay mapped, what it owned is leaked, the locks it held stay held), and only where the
 //! gate finds no process-wide lock held: not inside libc, the loader, libgcc_s,
-//! libstdc++ or the vDSO, not inside std's stdout/stderr lock, not in a runtime section,
-//! not while unwinding (for a while). The design and its rules are in `DESIGN.md` of the
-//! project.
+//! libstdc++ or the vDSO, not inside one of std's process-wide locks (stdio, the
+//! environment, the panic hook), not in a runtime section, not while unwinding (for a
+//! while). Where no such point comes in time, the kill ends *abandoned*: the handle
+//! resolves, and the thread, given up by the pool and demoted, runs on until its closure
+//! returns or it reaches a safe point. So every budgeted join resolves within budget +
+//! grace + [`Builder::max_freeze_deferral`] + 20 ms, whatever the closure does. The
+//! README's "Budgets and kills" section tables what each kind of runaway gets.
 //!
 //! # Platform
 //!

@@ -64,7 +64,7 @@ const DETACHED: u32 = 0b1_0000;
 const DECIDED: u32 = 0b1000;
 
 /// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs
-/// ~7 µs of latency on the machines this was tuned on (MEASURED.md), so a task that is
+/// ~7 µs of latency on the machines this was tuned on, so a task that is
 /// about to finish is cheaper to wait for awake; past a few µs, sleeping frees the core
 /// for the runner, which may share it. Measured with `cargo bench --bench dispatch`.
 const JOIN_SPIN: Duration = if cfg!(loom) {

@@ -1,7 +1,7 @@
 //! Keep this test forever: it is what catches anyone who adds same-thread task switching.
 //!
 //! Thread-local state (`RefCell`, `Cell`, `Rc` counts) is only sound if a thread never
-//! switches between two tasks asynchronously (DESIGN.md §1 rule 1). Here tasks hammer
+//! switches between two tasks asynchronously (the crate docs' "Soundness"). Here tasks hammer
 //! thread-locals while preemption ticks land inside them at least 10,000 times and slots
 //! are handed off at least 1,000 times; a second task entering the same thread's state
 //! mid-update would show as a violation.
