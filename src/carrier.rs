@@ -270,6 +270,8 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
         .guard_lo
         .store(low.saturating_sub(guard), Ordering::Relaxed);
     record.guard_hi.store(low + guard, Ordering::Relaxed);
+    record.stack_lo.store(low, Ordering::Relaxed);
+    record.stack_hi.store(low + size, Ordering::Relaxed);
     record
         .stack_bytes
         .store(size + guard + ALT_STACK, Ordering::Relaxed);

@@ -771,6 +771,24 @@ pub(crate) mod async_safe {
         (pc, wait)
     }
 
+    /// The stack pointer of the context a signal interrupted.
+    ///
+    /// # Safety
+    ///
+    /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
+    pub(crate) unsafe fn interrupted_sp(context: *mut libc::c_void) -> usize {
+        // SAFETY: the caller's contract.
+        let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
+        #[cfg(target_arch = "x86_64")]
+        {
+            uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            uc.uc_mcontext.sp as usize
+        }
+    }
+
     /// What kind of waiting syscall a thread was interrupted in.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub(crate) enum Wait {

@@ -462,7 +462,11 @@ fn cancel_here() {
     if std::thread::panicking() {
         return;
     }
-    // A freeze on its way (a redirected return address) must not be unwound through.
+    // Held until the unwind leaves this frame (its landing pad drops it): by then the
+    // thread counts as panicking, and as unwinding from its cancel, so no freeze comes
+    // between the cancel and the unwind.
+    let _no_freeze = crate::handler::FreezeGuard::new();
+    // A freeze on its way (a redirected return address) is called off.
     crate::handler::before_unwind();
     panic::resume_unwind(Box::new(CancelUnwind));
 }

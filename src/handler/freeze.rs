@@ -46,7 +46,7 @@ use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, Ordering};
 
-use super::{chain, Record, Running, CARRIED, IN_TASK, RECORDS};
+use super::{chain, Record, Running, CARRIED, IN_TASK, MAX_THREADS, RECORDS};
 use crate::budget::KillReason;
 use crate::kill::Defer;
 use crate::places;
@@ -137,17 +137,56 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
-/// Puts a redirected return address back (normal context, the thread's own stack).
+/// Puts a redirected return address back if its frame is still live (normal context, the
+/// thread's own stack), or forgets a redirect whose frame an unwind took.
 fn undo_redirect(record: &Record) {
+    let here = &record as *const &Record as usize;
     let slot = record.redirect_slot.swap(0, Ordering::Relaxed);
     if slot != 0 {
-        let ret = record.redirect_ret.load(Ordering::Relaxed);
-        // SAFETY: `slot` is the return-address slot of a frame still on this thread's
-        // stack (a redirect is undone before that frame can return or unwind), and `ret`
-        // is what it held.
-        unsafe { ptr::write_volatile(slot as *mut usize, ret) };
+        if redirect_live(record, slot, here) {
+            let ret = record.redirect_ret.load(Ordering::Relaxed);
+            // SAFETY: `slot` is the return-address slot of a frame still on this thread's
+            // stack (above the current frame, and still holding the stub's address), and
+            // `ret` is what it held.
+            unsafe { ptr::write_volatile(slot as *mut usize, ret) };
+        }
         record.preempt().kills.unreserve_frozen();
     }
+}
+
+/// True if the redirected return slot `slot` still belongs to a live frame of the
+/// thread's stack, whose stack pointer is `sp` now: above it, and still holding the
+/// stub's address. An unwind that went through the redirected frame (the stubs'
+/// unwind info lets it) leaves the slot below the stack pointer, and the next call
+/// overwrites it. Async-signal-safe (reads the thread's own stack).
+fn redirect_live(record: &Record, slot: usize, sp: usize) -> bool {
+    let (lo, hi) = record.stack_range();
+    slot >= sp
+        && slot >= lo
+        && slot + 8 <= hi
+        // SAFETY: inside the thread's own stack, which stays mapped; aligned.
+        && unsafe { ptr::read_volatile(slot as *const usize) }
+            == trampoline_address(record.index.load(Ordering::Relaxed))
+}
+
+/// In the handler: true if a redirect is on its way (the frame has not returned yet), and
+/// forgets one an unwind took.
+fn redirect_pending(record: &Record, sp: usize) -> bool {
+    let slot = record.redirect_slot.load(Ordering::Relaxed);
+    if slot == 0 {
+        return false;
+    }
+    if redirect_live(record, slot, sp) {
+        return true;
+    }
+    if record
+        .redirect_slot
+        .compare_exchange(slot, 0, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        record.preempt().kills.unreserve_frozen();
+    }
+    false
 }
 
 /// Step 2, from the handler: freezes the thread now (never returns), redirects a
@@ -169,7 +208,11 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         return;
     };
     let control = targeted.task.control();
-    if record.redirect_slot.load(Ordering::Relaxed) != 0 {
+    // SAFETY: `context` is the handler's third argument.
+    let sp = unsafe { async_safe::interrupted_sp(context) };
+    // SAFETY: as above.
+    let (pc, wait) = unsafe { async_safe::interrupted(context) };
+    if redirect_pending(record, sp) || in_trampoline(pc) {
         return;
     }
     // Only a task whose own kill is due: the target may be stale, its memory reused by
@@ -181,8 +224,6 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     if async_safe::monotonic_ns() < at.saturating_add(grace) {
         return;
     }
-    // SAFETY: `context` is the handler's third argument.
-    let (pc, wait) = unsafe { async_safe::interrupted(context) };
     let blocked = wait != Wait::None;
     // The grace period is wall-clock time. But a demoted carrier on a busy core may not
     // have run at all since the cancel was set: it first gets a little CPU time
@@ -325,27 +366,8 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
             Acquiring::Ended
         },
     };
-    // A return redirected to the trampoline earlier (the task is still inside that frame)
-    // is put back for the walk: the trampoline has no unwind info, and the unwinder would
-    // apply its neighbour's to the frame and read garbage. This thread's own stack, and
-    // the frame cannot return while the handler runs, so it is restored after.
-    let redirected = record.redirect_slot.load(Ordering::Relaxed);
-    if redirected != 0 {
-        // SAFETY: `redirected` is the return slot of a frame still on this thread's stack
-        // (see `redirect`), and `redirect_ret` what it held.
-        unsafe {
-            ptr::write_volatile(
-                redirected as *mut usize,
-                record.redirect_ret.load(Ordering::Relaxed),
-            )
-        };
-    }
     // SAFETY: `each` matches the callback type and only touches `walk`.
     unsafe { unwind::_Unwind_Backtrace(each, (&mut walk as *mut Walk).cast()) };
-    if redirected != 0 {
-        // SAFETY: as above.
-        unsafe { ptr::write_volatile(redirected as *mut usize, trampoline_address()) };
-    }
     if let Some(why) = walk.defer {
         return Gate::Defer(why);
     }
@@ -554,53 +576,164 @@ fn redirect(record: &Record, slot: usize, ret: usize) {
         }
         record.redirect_ret.store(ret, Ordering::Relaxed);
         record.redirect_slot.store(slot, Ordering::Relaxed);
-        ptr::write_volatile(slot as *mut usize, trampoline_address());
+        ptr::write_volatile(
+            slot as *mut usize,
+            trampoline_address(record.index.load(Ordering::Relaxed)),
+        );
     }
     record.preempt().kills.redirected();
 }
 
+// The trampolines: one stub per record (`MAX_THREADS` of them, 32 bytes each), and the
+// body they share. A redirected return goes to the stub of the thread's record, one byte
+// into it.
+//
+// The stubs are unwind-transparent: their unwind info describes the frame a return into
+// them stands for, so an unwind started by anyone (`resume_unwind`, a panic under a hook
+// that is not ours, a foreign exception, a backtrace) goes through a redirected frame
+// exactly as through the original. In a stub, the stack pointer is the one the
+// redirected frame returned with, and the return address is the record's
+// `redirect_ret`, computed by a DWARF expression (`DW_CFA_val_expression`): the stub's
+// start is the return address the unwinder found (register 16, the one it stands for)
+// rounded down to 32 bytes, and the stub holds, at offset 16, the distance from there to
+// its record's `redirect_ret` (a link-time constant: no relocation at load time). The
+// unwinder looks a return address up one byte before it, so each stub's unwind info
+// starts with a `nop` before its entry. The shared body has none: nothing unwinds
+// through it (the thread freezes, or goes back to the real return address).
 #[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .text.microsched_freeze_trampoline,\"ax\",@progbits",
-    ".globl microsched_freeze_trampoline",
-    ".hidden microsched_freeze_trampoline",
-    ".type microsched_freeze_trampoline,@function",
-    "microsched_freeze_trampoline:",
-    // Reached by `ret` from the lock holder, with its caller's stack pointer. Align the
-    // stack for a call and never come back.
-    "and rsp, -16",
+    ".p2align 5",
+    ".globl microsched_trampolines",
+    ".hidden microsched_trampolines",
+    "microsched_trampolines:",
+    ".set microsched_k, 0",
+    ".rept {n}",
+    ".p2align 5",
+    ".cfi_startproc",
+    // The CFA is 8 above the stack pointer the frame returned with, and the stack
+    // pointer is given as a value (CFA - 8, DW_CFA_val_offset): the CFA must differ from
+    // the one the unwinder reports for the frame the stub stands for (its callee's, the
+    // stack pointer itself), which identifies the frame that catches; with a CFA equal
+    // to it, libgcc took the stub for the catching frame and aborted.
+    ".cfi_def_cfa %rsp, 8",
+    ".cfi_escape 0x14, 0x07, 0x01",
+    // DW_CFA_val_expression, register 16 (the return address), 11 bytes:
+    // DW_OP_breg16 0; DW_OP_const1s -32; DW_OP_and; DW_OP_plus_uconst 16; DW_OP_dup;
+    // DW_OP_deref; DW_OP_plus; DW_OP_deref.
+    ".cfi_escape 0x16, 0x10, 0x0b, 0x80, 0x00, 0x09, 0xe0, 0x1a, 0x23, 0x10, 0x12, 0x06, 0x22, 0x06",
+    "nop",
+    "pushq $microsched_k",
+    ".cfi_adjust_cfa_offset 8",
+    "jmp microsched_trampoline_body",
+    ".cfi_endproc",
+    ".p2align 4",
+    ".quad {records} + microsched_k * {size} + {ret} - .",
+    ".set microsched_k, microsched_k + 1",
+    ".endr",
+    ".p2align 4",
+    ".type microsched_trampoline_body,@function",
+    "microsched_trampoline_body:",
+    // (%rsp): the record's index; %rsp + 8: the stack pointer the redirected frame
+    // returned with. The return values (rax, rdx, xmm0, xmm1) are kept for the way back.
+    "pushq %rbp",
+    "movq %rsp, %rbp",
+    "andq $-16, %rsp",
+    "subq $48, %rsp",
+    "movq %rax, (%rsp)",
+    "movq %rdx, 8(%rsp)",
+    "movdqu %xmm0, 16(%rsp)",
+    "movdqu %xmm1, 32(%rsp)",
+    "movq 8(%rbp), %rdi",
+    "leaq 16(%rbp), %rsi",
     "call {entry}",
-    "ud2",
-    ".size microsched_freeze_trampoline, .-microsched_freeze_trampoline",
+    // Not frozen: on to the real return address, as if returned to it.
+    "movq %rax, %r11",
+    "movq (%rsp), %rax",
+    "movq 8(%rsp), %rdx",
+    "movdqu 16(%rsp), %xmm0",
+    "movdqu 32(%rsp), %xmm1",
+    "movq %rbp, %rsp",
+    "popq %rbp",
+    "leaq 8(%rsp), %rsp",
+    "jmp *%r11",
+    ".size microsched_trampoline_body, .-microsched_trampoline_body",
     ".popsection",
-    entry = sym freeze_from_trampoline,
+    n = const MAX_THREADS,
+    records = sym RECORDS,
+    size = const std::mem::size_of::<Record>(),
+    ret = const std::mem::offset_of!(Record, redirect_ret),
+    entry = sym trampoline_entry,
+    options(att_syntax),
 );
 
 #[cfg(target_arch = "x86_64")]
 extern "C" {
-    fn microsched_freeze_trampoline();
+    static microsched_trampolines: [u8; 0];
 }
 
-fn trampoline_address() -> usize {
+/// The size of one stub.
+const STUB: usize = 32;
+
+/// Where record `index`'s redirected returns go (its stub's entry).
+fn trampoline_address(index: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        microsched_freeze_trampoline as *const () as usize
+        let base = std::ptr::addr_of!(microsched_trampolines) as usize;
+        base + index * STUB + 1
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = index;
         0
     }
 }
 
-/// Where a redirected lock holder returns to. **Normal context**: the thread has just left
-/// the stdio lock, inside its task's closure. It blocks its signals first, so the handler
-/// never runs on it again, waits for a standby if it still holds its slot, and freezes.
-extern "C" fn freeze_from_trampoline() -> ! {
-    let Some(record) = this_record() else {
-        // Only pool threads are ever redirected.
+/// True if `pc` is in the trampolines (the stubs or their body): a thread there is on its
+/// way to its freeze. Async-signal-safe.
+pub(super) fn in_trampoline(pc: usize) -> bool {
+    let start = trampoline_address(0).wrapping_sub(1);
+    cfg!(target_arch = "x86_64") && pc >= start && pc < start + MAX_THREADS * STUB + 256
+}
+
+/// Where a redirected frame returns to, through its record's stub. **Normal context**: the
+/// thread has just left the frame that held a lock (or was in a library), inside its
+/// task's closure; `sp` is the stack pointer it returned with, `index` the record whose
+/// stub it came through. It blocks its signals first, so the handler never runs on it
+/// again, waits for a standby if it still holds its slot, and freezes. Returns (to the
+/// body, which goes on there) the real return address if no freeze is due after all.
+extern "C" fn trampoline_entry(index: usize, sp: usize) -> usize {
+    let record = this_record().filter(|r| r.index.load(Ordering::Relaxed) == index);
+    let Some(record) = record else {
+        // Another thread's stub, or no pool thread: a return address copied off the
+        // thread that was redirected (a stackful coroutine moved between threads). The
+        // real one is not known here: the thread stops for good rather than run on at a
+        // wrong address.
         async_safe::block_all_signals();
         async_safe::block_forever()
     };
+    let ret = record.redirect_ret.load(Ordering::Relaxed);
+    if record.redirect_slot.load(Ordering::Relaxed) != sp - 8 {
+        // Not the frame redirected last (one whose redirect was undone, or a copy): its
+        // real return address is not known either.
+        async_safe::block_all_signals();
+        async_safe::block_forever()
+    }
+    let target = record.kill_target.load(Ordering::Relaxed);
+    // SAFETY: null or the `Running` of the closure running on this thread (see `attempt`).
+    let running = unsafe { record.running.load(Ordering::Relaxed).as_ref() };
+    let due = running.is_some_and(|r| r.chain().any(|t| ptr::eq(t.task.control(), target)));
+    if !due && record.fate() != super::FATE_ABANDONED {
+        // No task of this thread is to be frozen (its kill is over): go on.
+        if record
+            .redirect_slot
+            .compare_exchange(sp - 8, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            record.preempt().kills.unreserve_frozen();
+        }
+        return ret;
+    }
     // Claimed before the signals are blocked and the redirect is cleared: the monitor
     // would otherwise see a thread with every signal blocked, and no freeze on its way,
     // and abandon it.
@@ -612,8 +745,9 @@ extern "C" fn freeze_from_trampoline() -> ! {
     }
     async_safe::block_all_signals();
     record.redirect_slot.store(0, Ordering::Relaxed);
-    // SAFETY: the redirected frame was inside the closure, which is still running.
-    let running = unsafe { &*record.running.load(Ordering::Relaxed) };
+    let Some(running) = running else {
+        stop_abandoned(record);
+    };
     loop {
         if let Some(reserved) = take_slot_off(record) {
             freeze(record, running, None, reserved);
@@ -699,7 +833,7 @@ fn take_slot_off(record: &Record) -> Option<bool> {
 /// Step 4. The caller has reserved a frozen place and, if the thread holds its slot, a
 /// standby (`reserved`). Never returns.
 fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, reserved: bool) -> ! {
-    // Claimed before the signals are blocked (see `freeze_from_trampoline`).
+    // Claimed before the signals are blocked (see `trampoline_entry`).
     let claimed = record.claim_freeze();
     async_safe::block_all_signals();
     drop_timers(record);
@@ -837,4 +971,80 @@ pub(crate) extern "C" fn on_fault(
     }
     chain(signal, info, context);
     async_safe::set_errno(errno);
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// A record no test thread claims (tests never start `MAX_THREADS` pool threads).
+    const K: usize = MAX_THREADS - 1;
+
+    /// The return-address slot of the frame of `function` on the calling thread's stack,
+    /// and the return address in it.
+    fn return_slot(function: usize) -> (usize, usize) {
+        struct Find {
+            function: usize,
+            found: bool,
+            out: (usize, usize),
+        }
+        extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
+            // SAFETY: `arg` is the `Find` below; `ctx` is the unwinder's context.
+            unsafe {
+                let find = &mut *arg.cast::<Find>();
+                if find.found {
+                    find.out = (unwind::_Unwind_GetCFA(ctx) - 8, unwind::_Unwind_GetIP(ctx));
+                    return unwind::NORMAL_STOP;
+                }
+                find.found = unwind::_Unwind_GetRegionStart(ctx) == find.function;
+            }
+            unwind::NO_REASON
+        }
+        let mut find = Find {
+            function,
+            found: false,
+            out: (0, 0),
+        };
+        // SAFETY: `each` matches the callback type and only touches `find`.
+        unsafe { unwind::_Unwind_Backtrace(each, (&mut find as *mut Find).cast()) };
+        find.out
+    }
+
+    /// Redirects its own return to record `K`'s stub, as the handler would, then unwinds.
+    #[inline(never)]
+    fn redirected_then_unwinds(capture: &mut String) {
+        let (slot, ret) = return_slot(redirected_then_unwinds as *const () as usize);
+        assert_ne!(slot, 0);
+        // SAFETY: `slot` is this frame's return-address slot on this thread's stack.
+        assert_eq!(unsafe { ptr::read_volatile(slot as *const usize) }, ret);
+        RECORDS[K].redirect_ret.store(ret, Ordering::Relaxed);
+        // SAFETY: as above; the stub's unwind info gives `ret` back to any unwinder.
+        unsafe { ptr::write_volatile(slot as *mut usize, trampoline_address(K)) };
+        *capture = std::backtrace::Backtrace::force_capture().to_string();
+        std::panic::resume_unwind(Box::new(7u32));
+    }
+
+    #[inline(never)]
+    fn caller_of_the_redirected_frame(capture: &mut String) -> Option<u32> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            redirected_then_unwinds(capture)
+        }));
+        black_box_value(caught.err().and_then(|p| p.downcast::<u32>().ok()).map(|b| *b))
+    }
+
+    #[inline(never)]
+    fn black_box_value<T>(v: T) -> T {
+        std::hint::black_box(v)
+    }
+
+    #[test]
+    fn an_unwind_goes_through_a_redirected_frame_like_through_the_original() {
+        let mut capture = String::new();
+        assert_eq!(caller_of_the_redirected_frame(&mut capture), Some(7));
+        // A backtrace taken under the redirect sees the real caller too.
+        assert!(
+            capture.contains("caller_of_the_redirected_frame"),
+            "{capture}"
+        );
+    }
 }

@@ -217,6 +217,11 @@ pub(crate) struct Record {
     pub(crate) pthread: AtomicUsize,
     pub(crate) guard_lo: AtomicUsize,
     pub(crate) guard_hi: AtomicUsize,
+    /// The lowest and highest address of the thread's own stack: the handler reads no
+    /// stack memory outside it (a frame outside it is on a stack of a coroutine library,
+    /// and unwalkable).
+    pub(crate) stack_lo: AtomicUsize,
+    pub(crate) stack_hi: AtomicUsize,
     /// The thread's stack size, for the frozen-bytes count.
     pub(crate) stack_bytes: AtomicUsize,
     /// How the thread's kill ended it, once one did: [`FATE_NONE`], [`FATE_FROZEN`] (the
@@ -308,6 +313,8 @@ impl Record {
             pthread: AtomicUsize::new(0),
             guard_lo: AtomicUsize::new(0),
             guard_hi: AtomicUsize::new(0),
+            stack_lo: AtomicUsize::new(0),
+            stack_hi: AtomicUsize::new(0),
             stack_bytes: AtomicUsize::new(0),
             fate: AtomicU64::new(0),
             abandon_done: AtomicBool::new(false),
@@ -622,6 +629,14 @@ impl Record {
             self.kill_force.store(false, Ordering::Relaxed);
             self.kill_force_cpu.store(u64::MAX, Ordering::Relaxed);
         }
+    }
+
+    /// The thread's own stack, `[lo, hi)`. Async-signal-safe.
+    pub(crate) fn stack_range(&self) -> (usize, usize) {
+        (
+            self.stack_lo.load(Ordering::Relaxed),
+            self.stack_hi.load(Ordering::Relaxed),
+        )
     }
 
     /// The pool settings this record's thread serves.

@@ -164,3 +164,4 @@ pub fn constantly_preempted(workers: usize) -> microsched::Pool {
         .build()
         .expect("build a constantly preempted pool")
 }
+pub mod killing;
