@@ -89,8 +89,6 @@ pub(crate) enum Defer {
     NoStandby,
     /// The task has not yet had its grace period of CPU time since the cancel.
     Grace,
-    /// The walk never found the interrupted frame.
-    NoStart,
     /// The return slot did not hold the return address the unwinder reported.
     Mismatch,
 }

@@ -27,7 +27,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::sys::{self, unwind};
@@ -86,6 +86,51 @@ impl<const N: usize> Ranges<N> {
     }
 }
 
+/// A table of address ranges with a flag, sorted and searched by bisection: thousands of
+/// std functions hold a lock, and the handler looks up every frame of a walk. Replaced
+/// whole by its one writer at a time (under `WRITER`), never changed in place: the old
+/// table is leaked (a handler may be reading it), once per object loaded.
+struct SortedRanges {
+    current: AtomicPtr<Vec<(usize, usize, bool)>>,
+}
+
+impl SortedRanges {
+    const fn new() -> Self {
+        SortedRanges {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    fn table(&self) -> &'static [(usize, usize, bool)] {
+        let table = self.current.load(Ordering::Acquire);
+        // SAFETY: null, or a leaked table that is never changed or freed.
+        unsafe { table.as_ref() }.map_or(&[], |t| t.as_slice())
+    }
+
+    /// The flag of the range `ip` is in, if any. Async-signal-safe.
+    fn find(&self, ip: usize) -> Option<bool> {
+        let table = self.table();
+        let after = table.partition_point(|&(lo, _, _)| lo <= ip);
+        let &(_, hi, flag) = table.get(after.checked_sub(1)?)?;
+        (ip < hi).then_some(flag)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Adds `ranges`. Under `WRITER`.
+    fn extend(&self, ranges: impl IntoIterator<Item = (usize, usize, bool)>) {
+        let mut table = self.table().to_vec();
+        table.extend(ranges);
+        table.sort_unstable();
+        table.dedup_by_key(|r| r.0);
+        self.current
+            .store(Box::into_raw(Box::new(table)), Ordering::Release);
+    }
+}
+
 /// The gated libraries' text, flagged with whether a return out of each range may be
 /// redirected to the freeze: libc's functions (malloc, memcpy, syscall wrappers) return
 /// to their caller normally and hold nothing after; the loader's and the unwinder's
@@ -97,7 +142,7 @@ static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// each is a stdio or environment function (one that takes its lock itself, so a thread
 /// blocked *acquiring* that lock inside it holds nothing yet), as opposed to a panic
 /// entry point or process spawning (which may hold a lock taken in an outer frame).
-static NAMED_HOLDERS: Ranges<8192> = Ranges::new();
+static NAMED_HOLDERS: SortedRanges = SortedRanges::new();
 /// std's lock-acquisition slow paths (a contended mutex, rwlock or reentrant lock, and
 /// the futex wait they park in), by name: a thread blocked in a futex wait under these
 /// is waiting for a lock, not holding it. Flagged with whether the range is where the
@@ -111,6 +156,135 @@ static CLEANUP: Ranges<64> = Ranges::new();
 static LOADER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Serialises writers.
 static WRITER: Mutex<()> = Mutex::new(());
+
+/// One executable segment of a loaded object, with its object's unwind tables, for the
+/// handler's own stack walk (`handler/walk.rs`), which never calls the unwinder: its
+/// text `[lo, hi)`, its `.eh_frame_hdr` and `.eh_frame` as `[start, len)` (the latter to
+/// the end of the segment it is in), and whether the object is still loaded.
+pub(crate) struct UnwindObject {
+    text: [AtomicUsize; 2],
+    hdr: [AtomicUsize; 2],
+    eh_frame: [AtomicUsize; 2],
+    live: AtomicBool,
+}
+
+/// A loaded object's unwind tables, as the walk reads them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UnwindTables {
+    pub(crate) text_lo: usize,
+    pub(crate) hdr: (usize, usize),
+    pub(crate) eh_frame: (usize, usize),
+}
+
+const MAX_UNWIND_OBJECTS: usize = 512;
+/// Written like [`Ranges`]: entries before the count that publishes them, never changed
+/// after but for `live`, which goes false when the object is unloaded.
+static UNWIND: [UnwindObject; MAX_UNWIND_OBJECTS] = [const {
+    UnwindObject {
+        text: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        hdr: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        eh_frame: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        live: AtomicBool::new(false),
+    }
+}; MAX_UNWIND_OBJECTS];
+static UNWIND_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The unwind tables of the loaded object whose text holds `pc`. Async-signal-safe.
+pub(crate) fn unwind_tables(pc: usize) -> Option<UnwindTables> {
+    let count = UNWIND_COUNT.load(Ordering::Acquire).min(MAX_UNWIND_OBJECTS);
+    UNWIND[..count]
+        .iter()
+        .find(|o| {
+            o.live.load(Ordering::Relaxed)
+                && pc >= o.text[0].load(Ordering::Relaxed)
+                && pc < o.text[1].load(Ordering::Relaxed)
+        })
+        .map(|o| UnwindTables {
+            text_lo: o.text[0].load(Ordering::Relaxed),
+            hdr: (
+                o.hdr[0].load(Ordering::Relaxed),
+                o.hdr[1].load(Ordering::Relaxed),
+            ),
+            eh_frame: (
+                o.eh_frame[0].load(Ordering::Relaxed),
+                o.eh_frame[1].load(Ordering::Relaxed),
+            ),
+        })
+}
+
+/// Records the unwind tables of every loaded object not recorded yet, and marks those of
+/// objects no longer loaded. Normal context, under `WRITER`.
+fn refresh_unwind_tables(objects: &[sys::LoadedObject]) {
+    let count = UNWIND_COUNT.load(Ordering::Relaxed);
+    for entry in &UNWIND[..count] {
+        let lo = entry.text[0].load(Ordering::Relaxed);
+        let hi = entry.text[1].load(Ordering::Relaxed);
+        let hdr = entry.hdr[0].load(Ordering::Relaxed);
+        let loaded = objects
+            .iter()
+            .any(|o| o.eh_frame_hdr.map(|h| h.0) == Some(hdr) && o.text.contains(&(lo, hi)));
+        if !loaded {
+            entry.live.store(false, Ordering::Relaxed);
+        }
+    }
+    for object in objects {
+        let Some((hdr_lo, hdr_hi)) = object.eh_frame_hdr else {
+            continue;
+        };
+        let Some(eh_frame) = eh_frame_of(object, hdr_lo, hdr_hi) else {
+            continue;
+        };
+        for &(lo, hi) in &object.text {
+            let count = UNWIND_COUNT.load(Ordering::Relaxed);
+            let known = UNWIND[..count].iter().any(|e| {
+                e.live.load(Ordering::Relaxed)
+                    && e.text[0].load(Ordering::Relaxed) == lo
+                    && e.text[1].load(Ordering::Relaxed) == hi
+            });
+            if known || count >= MAX_UNWIND_OBJECTS {
+                continue;
+            }
+            let entry = &UNWIND[count];
+            entry.text[0].store(lo, Ordering::Relaxed);
+            entry.text[1].store(hi, Ordering::Relaxed);
+            entry.hdr[0].store(hdr_lo, Ordering::Relaxed);
+            entry.hdr[1].store(hdr_hi - hdr_lo, Ordering::Relaxed);
+            entry.eh_frame[0].store(eh_frame.0, Ordering::Relaxed);
+            entry.eh_frame[1].store(eh_frame.1, Ordering::Relaxed);
+            entry.live.store(true, Ordering::Relaxed);
+            UNWIND_COUNT.store(count + 1, Ordering::Release);
+        }
+    }
+}
+
+/// Where an object's `.eh_frame` is, `(start, len)`: from its `.eh_frame_hdr`, to the end
+/// of the loaded segment it is in. `None` if the header is not one the walk can use (no
+/// binary search table, or pointers outside the object).
+fn eh_frame_of(object: &sys::LoadedObject, hdr_lo: usize, hdr_hi: usize) -> Option<(usize, usize)> {
+    use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
+    let within = |lo: usize, hi: usize| object.segments.iter().any(|&(s, e)| lo >= s && hi <= e);
+    if hdr_hi <= hdr_lo || !within(hdr_lo, hdr_hi) {
+        return None;
+    }
+    // SAFETY: inside a loaded segment of an object that is loaded (this runs under the
+    // loader's lists just read, and objects are not unloaded while their code runs).
+    let bytes = unsafe { std::slice::from_raw_parts(hdr_lo as *const u8, hdr_hi - hdr_lo) };
+    let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_lo as u64);
+    let hdr = EhFrameHdr::new(bytes, LittleEndian)
+        .parse(&bases, std::mem::size_of::<usize>() as u8)
+        .ok()?;
+    hdr.table()?;
+    let Pointer::Direct(start) = hdr.eh_frame_ptr() else {
+        return None;
+    };
+    let start = usize::try_from(start).ok()?;
+    let end = object
+        .segments
+        .iter()
+        .find(|&&(s, e)| start >= s && start < e)?
+        .1;
+    Some((start, end - start))
+}
 
 /// Library names (file name prefixes) whose text is gated, and whether a return out of
 /// each may be redirected to the freeze (see `LIBRARIES`).
@@ -197,6 +371,7 @@ pub(crate) fn refresh() {
     if LOADER_SEEN.swap(packed, Ordering::Relaxed) == packed {
         return;
     }
+    refresh_unwind_tables(&objects);
     // Objects whose std symbols were read already, by (file, load address).
     static SCANNED: Mutex<Option<HashSet<(String, usize)>>> = Mutex::new(None);
     let mut scanned = SCANNED.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,16 +397,22 @@ pub(crate) fn refresh() {
             object.name.as_str()
         };
         if let Ok(elf) = std::fs::read(path) {
+            let mut holders = Vec::new();
             for (lo, hi, kind) in named_functions(&elf) {
-                let (lo, hi) = (object.base + lo, object.base + hi);
+                let (Some(lo), Some(hi)) =
+                    (object.base.checked_add(lo), object.base.checked_add(hi))
+                else {
+                    continue;
+                };
                 match kind {
                     Named::Cleanup => CLEANUP.push(lo, hi, false),
                     Named::AcquireEntry => ACQUIRING.push(lo, hi, true),
                     Named::Acquire => ACQUIRING.push(lo, hi, false),
-                    Named::HolderAcquires => NAMED_HOLDERS.push(lo, hi, true),
-                    Named::HolderHolds => NAMED_HOLDERS.push(lo, hi, false),
+                    Named::HolderAcquires => holders.push((lo, hi, true)),
+                    Named::HolderHolds => holders.push((lo, hi, false)),
                 }
             }
+            NAMED_HOLDERS.extend(holders);
         }
     }
 }
@@ -297,21 +478,18 @@ fn probe_holders() {
     }
 }
 
-/// True for the mangled name of a std function that holds a process-wide lock while it
-/// runs code the gate might interrupt: everything in `std::io::stdio` (the stdout and
-/// stderr locks, `write_all` paths included), the environment's `getenv`/`setenv`/
-/// `unsetenv` (std's environment lock), and the panic entry points (the hook lock).
+/// True for the name of a std function that may hold a process-wide lock ([`HOLDERS`]).
 #[cfg(test)]
 fn is_holder_name(name: &str) -> bool {
     classify(name).is_some_and(|k| matches!(k, Named::HolderAcquires | Named::HolderHolds))
 }
 
-/// What a function's mangled name makes it to the gate.
+/// What a function's name makes it to the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Named {
     /// Takes a stdio or environment lock itself and holds it while it runs.
     HolderAcquires,
-    /// A panic entry point: may hold the hook lock.
+    /// May hold a process-wide lock, taken there or in an outer frame.
     HolderHolds,
     /// Where std's lock-acquisition slow paths wait: a futex wait, a contended lock.
     AcquireEntry,
@@ -321,47 +499,92 @@ enum Named {
     Cleanup,
 }
 
+/// std's process-wide locks, and the code that holds each: by module, never by single
+/// function where a module will do, so a function std adds or renames there is covered
+/// too. A name matches if the pattern is anywhere in it (demangled, without the hash):
+/// an instantiation of std's generic code over a stdio type (the one-time
+/// initialisation of `STDOUT`, a `ReentrantLock` of a stdio stream) counts as well.
+///
+/// Every pattern is checked against the symbols of the test binary (a toolchain that
+/// renamed one fails the test instead of disarming the gate), and every lock-like
+/// `static` of std's in it must fall under one (`places::tests`).
+const LOCK_HOLDERS: &[(&str, Named)] = &[
+    // `STDOUT`, stderr's and stdin's `INSTANCE` (and their one-time initialisation).
+    ("std::io::stdio::", Named::HolderAcquires),
+    // `ENV_LOCK`, and the public functions over it.
+    ("std::sys::env::", Named::HolderAcquires),
+    ("std::env::", Named::HolderAcquires),
+    // `HOOK`: read while a hook runs, written by `set_hook`/`take_hook`.
+    ("std::panicking::panic_with_hook", Named::HolderHolds),
+    ("std::panicking::rust_panic_with_hook", Named::HolderHolds),
+    ("std::panicking::set_hook", Named::HolderHolds),
+    ("std::panicking::take_hook", Named::HolderHolds),
+    ("std::panicking::update_hook", Named::HolderHolds),
+    // The backtrace lock: taken by the default hook, by capturing or resolving a
+    // `Backtrace`, and by the walk and the symbolizer under them.
+    ("std::panicking::default_hook", Named::HolderHolds),
+    ("std::sys::backtrace::", Named::HolderHolds),
+    ("std::backtrace::", Named::HolderHolds),
+    ("std::backtrace_rs::", Named::HolderHolds),
+    // The thread-info lock (guard pages by thread, for the stack overflow message).
+    ("std::sys::pal::unix::stack_overflow::", Named::HolderHolds),
+    // The exit guard.
+    ("std::sys::exit::", Named::HolderHolds),
+];
+
+/// Patterns of [`LOCK_HOLDERS`] that only some toolchains have (one of each group is enough).
+#[cfg(test)]
+const HOLDER_ALTERNATIVES: &[&[&str]] = &[
+    &[
+        "std::panicking::panic_with_hook",
+        "std::panicking::rust_panic_with_hook",
+    ],
+    &["std::panicking::update_hook"],
+];
+
+/// What the function named `name` (mangled or not) is to the gate.
 fn classify(name: &str) -> Option<Named> {
-    let std = name.starts_with("_ZN3std") || name.starts_with("_RN") && name.contains("_3std");
-    let stdio = name.contains("std..io..stdio") || name.contains("2io5stdio");
-    // The environment: `getenv`/`setenv`/`unsetenv`, and `env::vars` (std's
-    // `sys::env::..::env`), each of which takes the environment lock itself.
-    let env = name.contains("6getenv")
-        || name.contains("6setenv")
-        || name.contains("8unsetenv")
-        || name.contains("3sys3env");
-    if stdio || std && env {
-        return Some(Named::HolderAcquires);
+    let name = format!("{:#}", rustc_demangle::demangle(name));
+    let name = name.as_str();
+    if name.contains("__rust_panic_cleanup")
+        || name.contains("std::panicking::catch_unwind::do_catch")
+        || name.contains("std::panicking::try::do_catch")
+        || name.contains("panic_unwind::") && name.contains("cleanup")
+    {
+        return Some(Named::Cleanup);
     }
-    // The panic entry points (the hook lock), and process spawning, which holds the
-    // environment's read lock around `fork`/`posix_spawn` in frames of its own.
-    let spawn = name.contains("7process")
-        && (name.contains("5spawn")
-            || name.contains("11posix_spawn")
-            || name.contains("7do_exec")
-            || name.contains("7do_fork"));
-    if std && (name.contains("14rust_panic_with_hook") || name.contains("12default_hook") || spawn)
+    // The frames that start a thread's and a panic's short backtraces call the code
+    // they wrap, and hold nothing.
+    if name.contains("__rust_begin_short_backtrace") || name.contains("__rust_end_short_backtrace")
+    {
+        return None;
+    }
+    if let Some(&(_, kind)) = LOCK_HOLDERS
+        .iter()
+        .find(|(pattern, _)| name.contains(pattern))
+    {
+        return Some(kind);
+    }
+    // Process spawning holds the environment's read lock around `fork`/`posix_spawn`
+    // (and while it copies the environment) in frames of its own.
+    if name.contains("std::")
+        && name.contains("::process::")
+        && ["spawn", "do_exec", "do_fork", "capture_env"]
+            .iter()
+            .any(|p| name.contains(p))
     {
         return Some(Named::HolderHolds);
     }
-    let sync = name.contains("4sync");
-    if std
-        && (sync
-            && (name.contains("14lock_contended")
-                || name.contains("14read_contended")
-                || name.contains("15write_contended"))
-            || name.contains("5futex10futex_wait"))
+    if name.contains("std::sys::sync::")
+        && ["lock_contended", "read_contended", "write_contended"]
+            .iter()
+            .any(|p| name.contains(p))
+        || name.contains("std::sys::") && name.contains("futex::futex_wait")
     {
         return Some(Named::AcquireEntry);
     }
-    if std && sync && name.contains("14reentrant_lock") {
+    if name.contains("std::sync::reentrant_lock::") {
         return Some(Named::Acquire);
-    }
-    if name.contains("__rust_panic_cleanup")
-        || std && name.contains("8do_catch")
-        || name.contains("12panic_unwind") && name.contains("7cleanup")
-    {
-        return Some(Named::Cleanup);
     }
     None
 }
@@ -369,60 +592,93 @@ fn classify(name: &str) -> Option<Named> {
 /// The `[start, end)` of every function of the executable whose name [`classify`] knows,
 /// from its ELF symbol table (none if it is stripped: the probe's list remains).
 fn named_functions(elf: &[u8]) -> Vec<(usize, usize, Named)> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-    };
     let mut out = Vec::new();
+    for_each_symbol(elf, |name, kind, value, len| {
+        if kind != STT_FUNC || len == 0 {
+            return;
+        }
+        let Some(hi) = value.checked_add(len) else {
+            return;
+        };
+        if let Some(named) = classify(name) {
+            out.push((value, hi, named));
+        }
+    });
+    out
+}
+
+const STT_FUNC: u8 = 2;
+#[cfg(test)]
+const STT_OBJECT: u8 = 1;
+
+/// Calls `each(name, type, value, size)` for every symbol of the ELF file `elf`'s symbol
+/// tables.
+fn for_each_symbol(elf: &[u8], mut each: impl FnMut(&str, u8, usize, usize)) {
+    // Every offset and size comes from the file: checked arithmetic throughout, so a
+    // malformed object yields fewer names, never a panic (this runs on the monitor).
+    let bytes = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
+    let u16_at = |o: usize| bytes(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| bytes(o, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |o: usize| {
+        bytes(o, 8).and_then(|b| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            usize::try_from(u64::from_le_bytes(w)).ok()
+        })
+    };
     if elf.get(..5) != Some(b"\x7fELF\x02") {
-        return out;
+        return;
     }
     let (Some(shoff), Some(shentsize), Some(shnum)) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c))
     else {
-        return out;
+        return;
     };
-    let section = |i: usize| shoff + i * usize::from(shentsize);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(usize::from(shentsize))?);
     for i in 0..usize::from(shnum) {
-        let sh = section(i);
-        if u32_at(sh + 4) != Some(2) {
+        let Some(sh) = section(i) else {
+            break;
+        };
+        let field = |at: usize| sh.checked_add(at);
+        if field(4).and_then(u32_at) != Some(2) {
             continue; // not SHT_SYMTAB
         }
-        let (Some(off), Some(size), Some(link)) =
-            (u64_at(sh + 24), u64_at(sh + 32), u32_at(sh + 40))
+        let (Some(off), Some(size), Some(link)) = (
+            field(24).and_then(u64_at),
+            field(32).and_then(u64_at),
+            field(40).and_then(u32_at),
+        ) else {
+            continue;
+        };
+        let Some(strtab) = section(link as usize)
+            .and_then(|s| s.checked_add(24))
+            .and_then(u64_at)
         else {
             continue;
         };
-        let Some(strtab) = u64_at(section(link as usize) + 24) else {
+        let Some(end) = off.checked_add(size) else {
             continue;
         };
-        for sym in (off..off + size).step_by(24) {
+        for sym in (off..end).step_by(24) {
             let (Some(name), Some(info), Some(value), Some(len)) = (
                 u32_at(sym),
-                elf.get(sym + 4),
-                u64_at(sym + 8),
-                u64_at(sym + 16),
+                sym.checked_add(4).and_then(|o| elf.get(o)),
+                sym.checked_add(8).and_then(u64_at),
+                sym.checked_add(16).and_then(u64_at),
             ) else {
                 break;
             };
-            if info & 0xf != 2 || len == 0 {
-                continue; // not STT_FUNC
-            }
-            let start = strtab + name as usize;
-            let Some(bytes) = elf.get(start..) else {
+            let Some(name) = strtab
+                .checked_add(name as usize)
+                .and_then(|start| elf.get(start..))
+            else {
                 continue;
             };
-            let end = bytes.iter().position(|&b| b == 0).unwrap_or(0);
-            if let Some(kind) = std::str::from_utf8(&bytes[..end]).ok().and_then(classify) {
-                out.push((value, value + len, kind));
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(0)];
+            if let Ok(name) = std::str::from_utf8(name) {
+                each(name, info & 0xf, value, len);
             }
         }
     }
-    out
 }
 
 /// How many lock-holding functions the probe found.
@@ -466,14 +722,127 @@ mod tests {
         assert!(in_unwind_cleanup(
             CLEANUP.bounds[0][0].load(Ordering::Relaxed)
         ));
-        assert!(NAMED_HOLDERS.published() >= 10);
+        assert!(NAMED_HOLDERS.len() >= 10);
         assert!(is_holder_name(
             "_ZN3std2io5stdio6_print17h0123456789abcdefE"
         ));
         assert!(is_holder_name(
-            "_ZN61_$LT$std..io..stdio..StdoutLock$u20$as$u20$std..io..Write$GT$9write_all17h0E"
+            "_ZN61_$LT$std..io..stdio..StdoutLock$u20$as$u20$std..io..Write$GT$9write_all17h0123456789abcdefE"
         ));
         assert!(!is_holder_name("_ZN3std9panicking3try7do_call17h0E"));
         assert!(!is_holder_name("_ZN4core3fmt5write17h0E"));
+        assert!(!is_holder_name(
+            "_ZN3std3sys9backtrace28__rust_begin_short_backtrace17h0E"
+        ));
+    }
+
+    /// The symbols of this test binary: (demangled name without hash, type).
+    fn own_symbols() -> Vec<(String, u8)> {
+        let elf = std::fs::read("/proc/self/exe").expect("read the test binary");
+        let mut out = Vec::new();
+        for_each_symbol(&elf, |name, kind, _, _| {
+            out.push((format!("{:#}", rustc_demangle::demangle(name)), kind));
+        });
+        out
+    }
+
+    /// Self-checking: every pattern of the holder list names functions that exist in a
+    /// binary built with this toolchain (one of each group of alternatives), so a rename
+    /// in std fails here instead of silently disarming the gate for that lock.
+    #[test]
+    fn every_lock_holder_pattern_matches_functions_of_this_std() {
+        let symbols = own_symbols();
+        let functions: Vec<&str> = symbols
+            .iter()
+            .filter(|(_, kind)| *kind == STT_FUNC)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert!(
+            functions.len() > 1000,
+            "no symbol table? {}",
+            functions.len()
+        );
+        let found = |pattern: &str| functions.iter().any(|f| f.contains(pattern));
+        for (pattern, _) in LOCK_HOLDERS {
+            let group = HOLDER_ALTERNATIVES
+                .iter()
+                .find(|g| g.contains(pattern))
+                .copied()
+                .unwrap_or(&[]);
+            if group.is_empty() {
+                assert!(
+                    found(pattern),
+                    "no function of this std matches {pattern:?}"
+                );
+            } else if group.len() > 1 {
+                assert!(
+                    group.iter().any(|p| found(p)),
+                    "no function of this std matches any of {group:?}"
+                );
+            }
+        }
+        // The acquisition and cleanup rules too.
+        for name in [
+            "lock_contended",
+            "futex_wait",
+            "std::sync::reentrant_lock::",
+            "__rust_panic_cleanup",
+        ] {
+            assert!(found(name), "no function of this std matches {name:?}");
+        }
+        let spawn = functions
+            .iter()
+            .any(|f| f.contains("std::") && f.contains("::process::") && f.contains("spawn"));
+        assert!(spawn, "no process spawning function in this std");
+    }
+
+    /// Self-checking the other way: every lock of std's in this binary (a `static` named
+    /// like one) is held only in code the holder list covers: its own module.
+    #[test]
+    fn every_lock_of_this_std_is_covered_by_the_holder_list() {
+        // Process-wide statics of std's that are not locks (an atomic pointer), or whose
+        // takers are listed one by one (the panic hook's: `set_hook`, `take_hook`, the
+        // panic entry point; checked by the test above).
+        const NOT_LOCKS: &[&str] = &["std::alloc::HOOK", "std::panicking::HOOK"];
+        let symbols = own_symbols();
+        let locks: Vec<&str> = symbols
+            .iter()
+            .filter(|(name, kind)| *kind == STT_OBJECT && name.starts_with("std::"))
+            .map(|(name, _)| name.as_str())
+            .filter(|name| {
+                let last = name.rsplit("::").next().unwrap_or("");
+                [
+                    "LOCK",
+                    "HOOK",
+                    "INSTANCE",
+                    "STDOUT",
+                    "STDERR",
+                    "STDIN",
+                    "THREAD_INFO",
+                ]
+                .iter()
+                .any(|l| last.contains(l))
+            })
+            .filter(|name| !NOT_LOCKS.contains(name))
+            .collect();
+        for expected in ["std::io::stdio::STDOUT", "std::sys::backtrace::lock::LOCK"] {
+            assert!(
+                locks.contains(&expected),
+                "{expected} not found in {locks:?}"
+            );
+        }
+        for lock in &locks {
+            // A function of the lock's module (the code that takes it).
+            let module = lock.rsplit_once("::").map_or("", |(m, _)| m);
+            let function = format!("{module}::f");
+            assert!(
+                is_holder_name(&function),
+                "{lock}: its module's functions are not lock holders to the gate"
+            );
+        }
+        // The environment's and the panic hook's locks, whose takers live elsewhere.
+        assert!(symbols.iter().any(|(n, _)| n.ends_with("ENV_LOCK")));
+        assert!(is_holder_name("std::sys::env::unix::getenv"));
+        assert!(symbols.iter().any(|(n, _)| n == "std::panicking::HOOK"));
     }
 }

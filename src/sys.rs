@@ -510,12 +510,17 @@ pub(crate) fn current_stack() -> io::Result<(usize, usize, usize)> {
     }
 }
 
-/// One loaded object's executable segments, as `dl_iterate_phdr` reports them.
+/// One loaded object's segments, as `dl_iterate_phdr` reports them.
 pub(crate) struct LoadedObject {
     pub(crate) name: String,
     /// The load bias: add it to the object's symbol values.
     pub(crate) base: usize,
+    /// Its executable segments, `[start, end)`.
     pub(crate) text: Vec<(usize, usize)>,
+    /// Every loaded segment, `[start, end)`.
+    pub(crate) segments: Vec<(usize, usize)>,
+    /// Its `.eh_frame_hdr` (`PT_GNU_EH_FRAME`), `[start, end)`, if it has one.
+    pub(crate) eh_frame_hdr: Option<(usize, usize)>,
 }
 
 /// Every loaded object (the executable has an empty name), and the loader's
@@ -544,18 +549,31 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
                     .into_owned()
             };
             let headers = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            // Checked arithmetic: the headers are the object's own, and may be anything.
+            let range = |h: &libc::Elf64_Phdr| {
+                let start = (info.dlpi_addr as usize).checked_add(h.p_vaddr as usize)?;
+                Some((start, start.checked_add(h.p_memsz as usize)?))
+            };
             let text = headers
                 .iter()
                 .filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
-                .map(|h| {
-                    let start = info.dlpi_addr as usize + h.p_vaddr as usize;
-                    (start, start + h.p_memsz as usize)
-                })
+                .filter_map(range)
                 .collect();
+            let segments = headers
+                .iter()
+                .filter(|h| h.p_type == libc::PT_LOAD)
+                .filter_map(range)
+                .collect();
+            let eh_frame_hdr = headers
+                .iter()
+                .find(|h| h.p_type == libc::PT_GNU_EH_FRAME)
+                .and_then(range);
             out.objects.push(LoadedObject {
                 name,
                 base: info.dlpi_addr as usize,
                 text,
+                segments,
+                eh_frame_hdr,
             });
         }
         0

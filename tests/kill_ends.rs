@@ -23,10 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::killing::*;
 use common::builder;
+use common::killing::*;
 use microsched::{checkpoint, Budget, FreezeGuard, JoinError, KillHow};
-
 
 // --- 1. Blocked I/O under a wall budget: frozen in the waiting syscall. ---
 

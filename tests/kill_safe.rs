@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::killing::*;
 use common::Expected;
 
-
 /// Spins for `ms` milliseconds of wall-clock time.
 fn spin_for(ms: u64) {
     let until = Instant::now() + Duration::from_millis(ms);

@@ -43,6 +43,7 @@
 //!    block forever. The stack, the alternate stack and the thread's TLS stay mapped.
 
 use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, Ordering};
 
@@ -51,7 +52,6 @@ use crate::budget::KillReason;
 use crate::kill::Defer;
 use crate::places;
 use crate::sys::async_safe::{self, Wait};
-use crate::sys::unwind;
 
 thread_local! {
     /// This thread's record, for the code below that runs in normal context (the
@@ -246,7 +246,7 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
             }
         }
     }
-    let verdict = gate(record, running, pc, wait, false);
+    let verdict = gate(record, running, context, wait, false);
     match verdict {
         Gate::Defer(why) => kills.deferred(why),
         Gate::Redirect { slot, ret } => {
@@ -283,7 +283,22 @@ enum Gate {
 
 /// Step 2's checks. `overflow`: for a stack overflow, which cannot wait: no redirect, and
 /// a panicking thread is judged by its frames alone.
-fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow: bool) -> Gate {
+fn gate(
+    record: &Record,
+    running: &Running<'_>,
+    context: *mut libc::c_void,
+    wait: Wait,
+    overflow: bool,
+) -> Gate {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `context` is the handler's third argument (the gate's callers' contract).
+    let regs = unsafe { super::walk::registers(context) };
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (record, running, context, wait, overflow);
+        return Gate::Defer(Defer::Unwalkable);
+    }
+    let pc = regs[16];
     let blocked = wait != Wait::None;
     if record.no_freeze.load(Ordering::Relaxed) > running.no_freeze_base
         || record.depth.load(Ordering::Relaxed) > 0
@@ -335,12 +350,9 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
         return Gate::Defer(Defer::Runtime);
     };
     let mut walk = Walk {
-        pc,
         // Every task frame, those of the tasks this one runs inside included.
         boundary,
         inner_boundary,
-        started: false,
-        skipped: 0,
         inner_libs: blocked,
         lib_prefix: lib_pc && !blocked,
         lib_exit_cfa: 0,
@@ -366,8 +378,21 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
             Acquiring::Ended
         },
     };
-    // SAFETY: `each` matches the callback type and only touches `walk`.
-    unsafe { unwind::_Unwind_Backtrace(each, (&mut walk as *mut Walk).cast()) };
+    // The handler's own walk, never the unwinder (`walk.rs`), and never outside the
+    // thread's own stack.
+    let redirect = record.redirect_slot.load(Ordering::Relaxed);
+    let redirect = (redirect != 0).then(|| super::walk::Redirect {
+        slot: redirect,
+        stub: trampoline_address(record.index.load(Ordering::Relaxed)),
+        ret: record.redirect_ret.load(Ordering::Relaxed),
+    });
+    // Reads stay in the stack glibc reports (which excludes the guard area since glibc
+    // 2.27: a platform precondition, checked by `build.rs`).
+    let (lo, hi) = record.stack_range();
+    let floor = record.guard_lo.load(Ordering::Relaxed);
+    super::walk::walk(regs, (lo, hi), floor, redirect, |frame| {
+        each(&mut walk, frame)
+    });
     if let Some(why) = walk.defer {
         return Gate::Defer(why);
     }
@@ -401,14 +426,10 @@ fn gate(record: &Record, running: &Running<'_>, pc: usize, wait: Wait, overflow:
 
 /// The state of one walk of the interrupted thread's frames.
 struct Walk {
-    pc: usize,
     /// Frames whose CFA is above this belong to the runtime, not the task.
     boundary: usize,
     /// The same for the innermost task: the interrupted frame must be below it.
     inner_boundary: usize,
-    /// The walk has reached the interrupted frame (the first ones are the handler's).
-    started: bool,
-    skipped: u32,
     /// Still in the innermost frames of a blocked syscall, which may be in libc.
     inner_libs: bool,
     /// How many of those frames a waiting syscall's wrapper may have.
@@ -448,29 +469,11 @@ enum Acquiring {
     Ended,
 }
 
-extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
-    // SAFETY: `arg` is the `Walk` of `gate`; `ctx` is the unwinder's context for a frame.
-    let (walk, ip, cfa) = unsafe {
-        (
-            &mut *arg.cast::<Walk>(),
-            unwind::_Unwind_GetIP(ctx),
-            unwind::_Unwind_GetCFA(ctx),
-        )
-    };
-    if !walk.started {
-        if ip == walk.pc {
-            walk.started = true;
-        } else {
-            walk.skipped += 1;
-            if walk.skipped > 16 {
-                walk.defer = Some(Defer::NoStart);
-                return unwind::NORMAL_STOP;
-            }
-            return unwind::NO_REASON;
-        }
-    }
-    // libgcc reports, with each frame, the CFA of the frame it came from (the callee):
-    // the slot just below it holds the return address into this frame.
+/// The gate's look at one frame of the walk (`walk.rs`), innermost first.
+fn each(walk: &mut Walk, frame: super::walk::Frame) -> ControlFlow<()> {
+    let super::walk::Frame { ip, sp: cfa, start } = frame;
+    // With each frame comes its stack pointer: the CFA of the frame it came from (the
+    // callee), just above the slot that holds the return address into this frame.
     if walk.want_ret {
         walk.holder_cfa = cfa;
         walk.holder_ret = ip;
@@ -478,19 +481,19 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
     }
     if cfa > walk.boundary {
         walk.reached_boundary = true;
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     // The interrupted frame is the runtime's (around the innermost closure, which has
     // not started or has returned): not the task's to freeze in.
     if walk.frames == 0 && cfa > walk.inner_boundary {
         walk.defer = Some(Defer::Runtime);
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     // The stack only grows down: a walk whose frames stop going up (bad unwind info, a
     // loop) could go on for ever with no frame cap. It defers.
     if cfa <= walk.last_cfa {
         walk.defer = Some(Defer::Unwalkable);
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     walk.last_cfa = cfa;
     let library = places::library(ip);
@@ -503,7 +506,7 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
     if walk.lib_prefix && library == Some(false) {
         // Inside the loader or the unwinder: no return out of it may be redirected.
         walk.defer = Some(Defer::Library);
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     if in_library && walk.lib_prefix {
         // Inside the library the running thread was interrupted in.
@@ -514,25 +517,23 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.inner_libs &= walk.frames < walk.wrapper_frames;
         if !walk.inner_libs {
             walk.defer = Some(Defer::Library);
-            return unwind::NORMAL_STOP;
+            return ControlFlow::Break(());
         }
     } else {
         walk.inner_libs = false;
     }
-    // SAFETY: as above.
-    let start = unsafe { unwind::_Unwind_GetRegionStart(ctx) };
     // On its way from the cancel to the unwinder (`panicking` is not set yet): it has
     // seen its cancel, and is about to run its destructors. (A thread already panicking
     // only passes through: `cancel_here` returns at once then.)
     if start == crate::task::cancel_entry() && !walk.panicking {
         walk.defer = Some(Defer::NoFreeze);
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     // Finishing a caught unwind (std no longer counts the thread as panicking): the
     // closure's destructors have run, and the runtime is about to publish.
     if places::in_unwind_cleanup(ip) {
         walk.defer = Some(Defer::Panicking);
-        return unwind::NORMAL_STOP;
+        return ControlFlow::Break(());
     }
     let holder = places::lock_holder(start, ip);
     // A thread blocked in a futex wait inside std's lock slow path is waiting for that
@@ -559,7 +560,7 @@ extern "C" fn each(ctx: *mut unwind::Context, arg: *mut libc::c_void) -> i32 {
         walk.want_ret = true;
     }
     walk.frames += 1;
-    unwind::NO_REASON
+    ControlFlow::Continue(())
 }
 
 /// Points a lock holder's return address at the trampoline, if it still holds `ret`.
@@ -771,9 +772,9 @@ pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
         return;
     }
     // SAFETY: `context` is the handler's third argument.
-    let (pc, wait) = unsafe { async_safe::interrupted(context) };
+    let (_, wait) = unsafe { async_safe::interrupted(context) };
     // A frozen place, like any freeze (past the cap it runs on).
-    if matches!(gate(record, running, pc, wait, false), Gate::Now)
+    if matches!(gate(record, running, context, wait, false), Gate::Now)
         && record.preempt().kills.reserve_frozen()
     {
         stop_abandoned(record);
@@ -941,9 +942,7 @@ pub(crate) extern "C" fn on_fault(
             // a process-wide lock held (an overflow inside malloc, inside `println!`, in a
             // runtime section), the process ends as it would have without us (std's
             // message and abort) rather than deadlock later.
-            // SAFETY: `context` is the handler's third argument.
-            let (pc, _) = unsafe { async_safe::interrupted(context) };
-            if !matches!(gate(record, running, pc, Wait::None, true), Gate::Now) {
+            if !matches!(gate(record, running, context, Wait::None, true), Gate::Now) {
                 chain(signal, info, context);
                 async_safe::set_errno(errno);
                 return;
@@ -976,6 +975,7 @@ pub(crate) extern "C" fn on_fault(
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::sys::unwind;
 
     /// A record no test thread claims (tests never start `MAX_THREADS` pool threads).
     const K: usize = MAX_THREADS - 1;
@@ -1029,7 +1029,12 @@ mod tests {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             redirected_then_unwinds(capture)
         }));
-        black_box_value(caught.err().and_then(|p| p.downcast::<u32>().ok()).map(|b| *b))
+        black_box_value(
+            caught
+                .err()
+                .and_then(|p| p.downcast::<u32>().ok())
+                .map(|b| *b),
+        )
     }
 
     #[inline(never)]

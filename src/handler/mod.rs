@@ -57,6 +57,8 @@ use crate::sys::{async_safe, TimerId};
 use crate::task::{Control, Runnable};
 
 mod freeze;
+#[cfg(target_arch = "x86_64")]
+mod walk;
 
 pub use freeze::FreezeGuard;
 pub(crate) use freeze::{before_unwind, install_panic_hook, on_fault, set_this_record};
