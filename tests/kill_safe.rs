@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::killing::*;
 use common::Expected;
+use microsched::KillHow;
 
 /// Spins for `ms` milliseconds of wall-clock time.
 fn spin_for(ms: u64) {
@@ -96,6 +97,255 @@ fn a_panic_under_a_replaced_hook_through_a_redirected_frame_does_not_abort() {
             assert!(pool.stats().freeze_redirected >= 1, "{:?}", pool.stats());
             let _ = std::panic::take_hook();
             process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+// --- 2. std's process-wide locks: a runaway inside each is never frozen holding it. ---
+
+/// Other threads use every process-wide facility of std's (with deadlines): a panic
+/// through the default hook (the backtrace lock), a captured and printed backtrace, the
+/// panic hook's lock (`take_hook`/`set_hook`), the environment's (read and write), and
+/// process spawning.
+fn std_facilities_still_work() {
+    let _watchdog = Watchdog::start("std's facilities from other threads", CHECKS);
+    let panicked = std::thread::spawn(|| panic!("deliberate: a panic through the default hook"))
+        .join()
+        .is_err();
+    assert!(panicked, "a panic through the default hook");
+    let trace = std::thread::spawn(|| std::backtrace::Backtrace::force_capture().to_string())
+        .join()
+        .expect("a backtrace");
+    assert!(!trace.is_empty());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(hook);
+    std::env::set_var("MICROSCHED_KILL_SAFE", "1");
+    assert_eq!(std::env::var("MICROSCHED_KILL_SAFE").as_deref(), Ok("1"));
+    assert!(std::env::vars().count() > 0);
+    let status = std::process::Command::new("true")
+        .status()
+        .expect("spawn `true`");
+    assert!(status.success());
+}
+
+#[test]
+fn a_runaway_capturing_backtraces_leaves_the_backtrace_lock_free() {
+    child(
+        "a_runaway_capturing_backtraces_leaves_the_backtrace_lock_free",
+        || {
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                black_box(std::backtrace::Backtrace::force_capture().to_string());
+            });
+            expect_hard_kill(join_or_hang(h, "backtrace loop"), "backtrace loop");
+            std_facilities_still_work();
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+#[test]
+fn a_runaway_reading_the_environment_leaves_its_lock_free() {
+    child(
+        "a_runaway_reading_the_environment_leaves_its_lock_free",
+        || {
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                black_box(std::env::vars_os().count());
+                black_box(std::env::var_os("PATH"));
+            });
+            expect_hard_kill(join_or_hang(h, "env::vars loop"), "env::vars loop");
+            std_facilities_still_work();
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+#[test]
+fn a_runaway_spawning_processes_leaves_the_environment_lock_free() {
+    child(
+        "a_runaway_spawning_processes_leaves_the_environment_lock_free",
+        || {
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                if let Ok(mut child) = std::process::Command::new("true").spawn() {
+                    let _ = child.wait();
+                }
+            });
+            expect_hard_kill(join_or_hang(h, "spawn loop"), "spawn loop");
+            std_facilities_still_work();
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+#[test]
+fn a_runaway_inside_its_own_panic_hook_leaves_the_hook_lock_free() {
+    child(
+        "a_runaway_inside_its_own_panic_hook_leaves_the_hook_lock_free",
+        || {
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || {
+                let me = std::thread::current().id();
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    if std::thread::current().id() == me {
+                        // Spins inside the hook (std holds the hook's lock), well past
+                        // the kill's bound, then returns. (A hook that never returns
+                        // holds the lock for good, kill or no kill: a tenant that
+                        // replaces the process's panic hook owns every later panic.)
+                        spin_for(2_000);
+                    }
+                    previous(info);
+                }));
+                std::panic::panic_any(Expected(42));
+            });
+            expect_hard_kill(
+                join_or_hang(h, "a spinning panic hook"),
+                "a spinning panic hook",
+            );
+            std_facilities_still_work();
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+// --- 3. The handler never re-enters the unwinder. ---
+
+extern "C" {
+    /// libgcc's registration of unwind info for code made at run time (what JITs call).
+    fn __register_frame(begin: *const u8);
+}
+
+/// Registers `n` objects of unwind info for made-up code ranges, as a JIT would: from
+/// then on libgcc (before GCC 13) takes a global mutex in every FDE lookup, and searches
+/// these objects under it.
+fn register_jit_frames(n: usize) {
+    for i in 0..n {
+        // A CIE (code alignment 1, data alignment -8, return address in r16, CFA = rsp+8,
+        // RA at CFA-8), one FDE for 16 bytes at a high made-up address, a terminator.
+        let mut eh = Vec::<u8>::new();
+        let cie: [u8; 20] = [
+            16, 0, 0, 0, // length
+            0, 0, 0, 0, // CIE id
+            1, 0, // version, augmentation ""
+            1, 0x78, 16, // code align, data align (-8), RA column
+            0x0c, 7, 8, // DW_CFA_def_cfa rsp, 8
+            0x90, 1, // DW_CFA_offset r16, 1
+            0, 0, // DW_CFA_nop
+        ];
+        eh.extend_from_slice(&cie);
+        let pc = 0x7fff_0000_0000u64 + (i as u64) * 64;
+        let fde_start = eh.len();
+        eh.extend_from_slice(&20u32.to_le_bytes()); // length
+        eh.extend_from_slice(&((fde_start + 4) as u32).to_le_bytes()); // CIE pointer
+        eh.extend_from_slice(&pc.to_le_bytes());
+        eh.extend_from_slice(&16u64.to_le_bytes());
+        eh.extend_from_slice(&0u32.to_le_bytes()); // terminator
+        let eh: &'static [u8] = Box::leak(eh.into_boxed_slice());
+        // SAFETY: a well-formed .eh_frame list (CIE, FDE, zero terminator) that lives for
+        // ever, as `__register_frame` requires.
+        unsafe { __register_frame(eh.as_ptr()) };
+    }
+}
+
+#[test]
+fn a_kill_inside_the_unwinder_with_jit_frames_registered_does_not_deadlock() {
+    child(
+        "a_kill_inside_the_unwinder_with_jit_frames_registered_does_not_deadlock",
+        || {
+            register_jit_frames(2000);
+            // The unwinder still works with them registered.
+            let caught = std::panic::catch_unwind(|| std::panic::panic_any(Expected(43)));
+            assert!(caught.is_err());
+            let pool = pool(1);
+            // Every frame of every capture looks its FDE up under libgcc's mutex.
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                let _ = black_box(std::backtrace::Backtrace::force_capture());
+            });
+            expect_hard_kill(
+                join_or_hang(h, "a backtrace loop with JIT frames registered"),
+                "a backtrace loop with JIT frames registered",
+            );
+            std_facilities_still_work();
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+// --- 4. Task frames on a stack that is not the thread's own. ---
+
+/// Prints nothing, slowly, inside `print!` (holding stdout's lock).
+struct SlowEmpty;
+
+impl fmt::Display for SlowEmpty {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        spin_for(1);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_runaway_on_a_coroutine_stack_is_never_frozen_holding_stdout() {
+    child(
+        "a_runaway_on_a_coroutine_stack_is_never_frozen_holding_stdout",
+        || {
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || {
+                let mut co: corosensei::Coroutine<(), (), ()> =
+                    corosensei::Coroutine::new(|_, ()| loop {
+                        print!("{}", SlowEmpty);
+                    });
+                let _ = co.resume(());
+            });
+            expect_hard_kill(
+                join_or_hang(h, "a print! loop on a coroutine's stack"),
+                "a print! loop on a coroutine's stack",
+            );
+            // Never frozen holding stdout, and no return left redirected on the thread:
+            // tasks run there after (one worker) and print.
+            let later = pool.spawn(|| {
+                for _ in 0..100 {
+                    print!("{}", SlowEmpty);
+                }
+                7u32
+            });
+            assert_eq!(join_or_hang(later, "a later printing task").unwrap(), 7);
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+/// Inside `print!`, runs a coroutine that spins for ever on its own stack.
+struct CoroutineInside;
+
+impl fmt::Display for CoroutineInside {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut co: corosensei::Coroutine<(), (), ()> = corosensei::Coroutine::new(|_, ()| {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        });
+        let _ = co.resume(());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_runaway_in_a_coroutine_inside_println_is_never_frozen_holding_stdout() {
+    child(
+        "a_runaway_in_a_coroutine_inside_println_is_never_frozen_holding_stdout",
+        || {
+            let pool = pool(2);
+            let h = pool.spawn_with(cpu_budget(), || print!("{}", CoroutineInside));
+            let k = expect_hard_kill(
+                join_or_hang(h, "a coroutine spinning inside print!"),
+                "a coroutine spinning inside print!",
+            );
+            // Frozen there, it would hold stdout's lock for good. (Abandoned, it spins
+            // on holding it: nothing else could end it.)
+            assert_eq!(k.how(), KillHow::Abandoned, "{k:?}");
         },
     );
 }
