@@ -349,3 +349,67 @@ fn a_runaway_in_a_coroutine_inside_println_is_never_frozen_holding_stdout() {
         },
     );
 }
+
+// --- 5. The monitor and the runtime's bookkeeping never run user code. ---
+
+/// A value whose `Drop` never returns.
+struct DropsNever;
+
+impl Drop for DropsNever {
+    fn drop(&mut self) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+#[test]
+fn user_drops_never_run_on_the_monitor_or_in_another_tasks_bookkeeping() {
+    child(
+        "user_drops_never_run_on_the_monitor_or_in_another_tasks_bookkeeping",
+        || {
+            let pool = pool(3);
+            let handle = pool.handle();
+            // 300 budgeted tasks (past the 256 at which the watch list is pruned in a
+            // spawning task's bookkeeping) whose handles stay alive until they are done:
+            // the watch list then holds the last references to cells whose values and
+            // panic payloads were handed out already. Spawned from a task, so the pruning
+            // happens in a task's bookkeeping.
+            let spawner = pool.spawn(move || {
+                let handles: Vec<_> = (0..300u32)
+                    .map(|i| {
+                        handle.spawn_with(cpu_budget(), move || {
+                            if i % 2 == 0 {
+                                std::panic::panic_any(Expected(44));
+                            }
+                            i
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).count()
+            });
+            assert_eq!(join_or_hang(spawner, "the spawner").unwrap(), 150);
+            // Detached tasks whose values and payloads never finish dropping: dropped by
+            // the thread that completes each (detached before they complete), never by
+            // the monitor.
+            for i in 0..2u32 {
+                drop(pool.spawn_with(cpu_budget(), move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if i % 2 == 0 {
+                        std::panic::panic_any(DropsNever);
+                    }
+                    DropsNever
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            // Budgets, freezes and standbys still work (one slot is still free).
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                black_box(0u64);
+            });
+            expect_hard_kill(join_or_hang(h, "a runaway after stuck drops"), "runaway");
+            let good = pool.spawn(|| 7);
+            assert_eq!(join_or_hang(good, "a good task").unwrap(), 7);
+            std::mem::forget(pool);
+        },
+    );
+}
