@@ -299,7 +299,7 @@ impl Builder {
                     None
                 },
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
-                kills: Kills::leak(self.signal, self.max_frozen, self.max_freeze_deferral),
+                kills: Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral),
             })
         } else {
             None

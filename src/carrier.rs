@@ -224,7 +224,7 @@ fn stand_by(shared: &Shared, preempt: &handler::Preempt, index: usize, started: 
     preempt.reserves[index].park_ready(started);
     let _ = pin(shared, index);
     if let Some(runner) = preempt.reserves[index].take_wanted() {
-        handler::poke(runner);
+        handler::poke(runner, preempt);
     }
 }
 

@@ -102,6 +102,7 @@ pub(crate) struct KillCounters {
     deferred_library: AtomicU64,
     deferred_panicking: AtomicU64,
     redirected: AtomicU64,
+    monitor_panics: AtomicU64,
     refused: AtomicU64,
     frozen_stack_bytes: AtomicU64,
     /// CPU time abandoned threads used between their abandon and their exit (ns).
@@ -109,8 +110,32 @@ pub(crate) struct KillCounters {
     signal_blocked: AtomicU64,
 }
 
-/// A pool's budgets and kills. Leaked when the pool is built: a task's handle keeps a
-/// pointer to it, and may outlive the pool.
+impl KillCounters {
+    fn reset(&self) {
+        for c in self.by_reason.iter().chain([
+            &self.deferred,
+            &self.deferred_library,
+            &self.deferred_panicking,
+            &self.redirected,
+            &self.monitor_panics,
+            &self.refused,
+            &self.frozen_stack_bytes,
+            &self.abandoned_cpu_exited,
+            &self.signal_blocked,
+        ]) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Registries of pools that are gone, for the next pool built with the same settings.
+/// A registry is never freed (a task's handle keeps a pointer to it and may outlive the
+/// pool, see [`Kills::take`]), so a process that builds pools over and over reuses them
+/// instead of leaking one each.
+static SPARE: std::sync::Mutex<Vec<&'static Kills>> = std::sync::Mutex::new(Vec::new());
+
+/// A pool's budgets and kills. Never freed: a task's handle keeps a pointer to it, and may
+/// outlive the pool; reused by a later pool once no thread of this one can reach it.
 pub(crate) struct Kills {
     /// The monitor sleeps on this word; handoffs, watches and freezes ring it.
     pub(crate) bell: Futex,
@@ -158,7 +183,17 @@ struct Watch {
 }
 
 impl Kills {
-    pub(crate) fn leak(signal: i32, max_frozen: usize, max_deferral: Duration) -> &'static Kills {
+    /// A registry for a new pool: a spare one with these settings, or a new one.
+    pub(crate) fn take(signal: i32, max_frozen: usize, max_deferral: Duration) -> &'static Kills {
+        let max_deferral_ns = nanos(max_deferral);
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        let reusable = spare.iter().position(|k| {
+            k.signal == signal && k.max_frozen == max_frozen && k.max_deferral_ns == max_deferral_ns
+        });
+        if let Some(i) = reusable {
+            return spare.swap_remove(i);
+        }
+        drop(spare);
         Box::leak(Box::new(Kills {
             bell: Futex::new(0),
             standby_bell: Futex::new(0),
@@ -176,6 +211,26 @@ impl Kills {
             handler_replaced: AtomicBool::new(false),
             probe: Mutex::new(None),
         }))
+    }
+
+    /// The pool's shared state is gone: no thread of the pool is left, running, frozen or
+    /// abandoned (each holds that state), and nothing but a stale task handle can reach
+    /// the registry (`JoinHandle::cancel` of a finished task, which only ever adds a
+    /// watch of a done task, pruned). Cleared, and kept for the next pool.
+    pub(crate) fn recycle(&'static self) {
+        self.watches.lock().clear();
+        self.lost.lock().clear();
+        self.outside.lock().clear();
+        *self.probe.lock() = None;
+        self.next_due.store(u64::MAX, Ordering::Relaxed);
+        self.reserved.store(0, Ordering::Relaxed);
+        for t in self.frozen_threads.iter() {
+            t.store(0, Ordering::Relaxed);
+        }
+        self.frozen_count.store(0, Ordering::Relaxed);
+        self.counters.reset();
+        self.handler_replaced.store(false, Ordering::Relaxed);
+        SPARE.lock().unwrap_or_else(|e| e.into_inner()).push(self);
     }
 
     /// Wakes the monitor. Async-signal-safe.
@@ -587,6 +642,26 @@ impl Kills {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The monitor (or its standby maker) caught a panic of its own: counted, and
+    /// reported on stderr the first time in the process.
+    pub(crate) fn monitor_panicked(&self, payload: &(dyn std::any::Any + Send)) {
+        self.counters.monitor_panics.fetch_add(1, Ordering::Relaxed);
+        static REPORTED: AtomicBool = AtomicBool::new(false);
+        if !REPORTED.swap(true, Ordering::Relaxed) {
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a non-string payload");
+            // Not `eprintln!`: a frozen task may hold stderr's lock for good.
+            sys::write_stderr_raw(&[
+                "microsched: the pool's monitor caught a panic and goes on: ",
+                message,
+                "\n",
+            ]);
+        }
+    }
+
     pub(crate) fn redirected(&self) {
         self.counters.redirected.fetch_add(1, Ordering::Relaxed);
     }
@@ -658,6 +733,7 @@ impl Kills {
                     .sum::<u64>(),
             signal_blocked: read(&c.signal_blocked),
             handler_replaced: self.handler_replaced(),
+            monitor_panics: read(&c.monitor_panics),
         }
     }
 }
@@ -671,6 +747,7 @@ pub(crate) struct KillSnapshot {
     pub(crate) abandoned_cpu_ns: u64,
     pub(crate) signal_blocked: u64,
     pub(crate) handler_replaced: bool,
+    pub(crate) monitor_panics: u64,
     pub(crate) deferred: u64,
     pub(crate) deferred_library: u64,
     pub(crate) deferred_panicking: u64,

@@ -33,6 +33,7 @@
 //!    while it still reads what step 1 read, until the next budget is due, or until the
 //!    next 100 ms.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ const REFRESH: Duration = Duration::from_millis(100);
 const RETRY: Duration = Duration::from_millis(10);
 /// How long to sleep with nothing to do (only to join exited threads now and then).
 const IDLE: Duration = Duration::from_secs(1);
+/// After a caught panic, the next pass comes this soon.
+const PANIC_PAUSE: Duration = Duration::from_millis(10);
 
 /// A runner busy with one task this long without a handoff is looked at: has it blocked
 /// the pool's signal? (At least this, and four quanta.)
@@ -162,11 +165,18 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 let mut chores = Chores::new();
                 loop {
                     let bell = preempt.kills.standby_bell.load(Ordering::Acquire);
-                    let (open, timeout) = maker.pass(&for_maker, preempt);
+                    // A panic of ours here (a bug) must not end the standby supply.
+                    let pass = catch_unwind(AssertUnwindSafe(|| {
+                        let (open, timeout) = maker.pass(&for_maker, preempt);
+                        (open, timeout.min(chores.run(&for_maker, preempt)))
+                    }));
+                    let (open, timeout) = pass.unwrap_or_else(|payload| {
+                        preempt.kills.monitor_panicked(&*payload);
+                        (true, PANIC_PAUSE)
+                    });
                     if !open {
                         return;
                     }
-                    let timeout = timeout.min(chores.run(&for_maker, preempt));
                     preempt.kills.standby_bell.wait(bell, Some(timeout));
                 }
             });
@@ -183,23 +193,38 @@ pub(crate) fn run(shared: Arc<Shared>) {
     loop {
         let bell = preempt.bell().load(Ordering::Acquire);
         let now = Instant::now();
-        let mut timeout = IDLE;
-        if let Some(maker) = &mut maker {
-            timeout = maker.pass(&shared, preempt).1;
-            timeout = timeout.min(chores.run(&shared, preempt));
-        }
-        let open = preempt.reserves.iter().any(|r| !r.is_closed());
-        // Budgets, cancels, freezes and abandons (`kill.rs`).
-        let due = preempt.kills.enforce(&|| shared.thread_frozen());
-        if now >= next_refresh {
-            // Every REFRESH, not every pass: after a storm of kills the handles of
-            // thousands of frozen threads are kept (they never finish), and a pass may
-            // come every 250 µs while freezes are deferred.
-            // A library loaded since the last look joins the freeze gate's ranges.
-            places::refresh();
-            preempt.kills.check_handler();
+        // A panic of ours in a pass (a bug, or a malformed object it reads) is caught,
+        // counted and reported once: the monitor must never die, or no runaway would be
+        // killed again.
+        let pass = catch_unwind(AssertUnwindSafe(|| {
+            let mut timeout = IDLE;
+            if let Some(maker) = &mut maker {
+                timeout = maker.pass(&shared, preempt).1;
+                timeout = timeout.min(chores.run(&shared, preempt));
+            }
+            // Budgets, cancels, freezes and abandons (`kill.rs`).
+            let due = preempt.kills.enforce(&|| shared.thread_frozen());
+            if now >= next_refresh {
+                // Every REFRESH, not every pass: after a storm of kills the handles of
+                // thousands of frozen threads are kept (they never finish), and a pass may
+                // come every 250 µs while freezes are deferred.
+                // A library loaded since the last look joins the freeze gate's ranges.
+                places::refresh();
+                preempt.kills.check_handler();
+                next_refresh = now + REFRESH;
+            }
+            (timeout, due)
+        }));
+        let (mut timeout, due) = pass.unwrap_or_else(|payload| {
+            preempt.kills.monitor_panicked(&*payload);
             next_refresh = now + REFRESH;
-        }
+            let pause = PANIC_PAUSE.as_nanos() as u64;
+            (
+                PANIC_PAUSE,
+                async_safe::monotonic_ns().saturating_add(pause),
+            )
+        });
+        let open = preempt.reserves.iter().any(|r| !r.is_closed());
         // Tasks detached by a `shutdown_timeout` still have their budgets enforced.
         if !open && due == u64::MAX {
             return;

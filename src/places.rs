@@ -530,6 +530,10 @@ const LOCK_HOLDERS: &[(&str, Named)] = &[
     ("std::sys::pal::unix::stack_overflow::", Named::HolderHolds),
     // The exit guard.
     ("std::sys::exit::", Named::HolderHolds),
+    // Not std's, but as process-wide: parking_lot's parking table (one for the whole
+    // process), whose bucket locks its slow paths hold, whatever crate calls them.
+    ("parking_lot_core::parking_lot::", Named::HolderHolds),
+    ("parking_lot_core::word_lock::", Named::HolderHolds),
 ];
 
 /// Patterns of [`LOCK_HOLDERS`] that only some toolchains have (one of each group is enough).
@@ -540,6 +544,9 @@ const HOLDER_ALTERNATIVES: &[&[&str]] = &[
         "std::panicking::rust_panic_with_hook",
     ],
     &["std::panicking::update_hook"],
+    // Present only in binaries that use parking_lot.
+    &["parking_lot_core::parking_lot::"],
+    &["parking_lot_core::word_lock::"],
 ];
 
 /// What the function named `name` (mangled or not) is to the gate.

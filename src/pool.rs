@@ -103,6 +103,17 @@ impl Threads {
     }
 }
 
+impl Drop for Shared {
+    /// The last reference is gone: every pool thread has exited (a frozen or abandoned
+    /// one holds a reference for as long as it lives), so the kill registry goes back for
+    /// reuse.
+    fn drop(&mut self) {
+        if let Some(preempt) = &self.preempt {
+            preempt.kills.recycle();
+        }
+    }
+}
+
 impl Shared {
     pub(crate) fn new(
         cores: Vec<Option<usize>>,

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::kill::Mutex;
 use microsched_service as abi;
-use parking_lot::Mutex;
 
 use crate::sys::Library;
 
@@ -341,26 +341,42 @@ impl ServiceCache {
     }
 
     /// Service `name`, loaded now if it is not in the cache (warm after the first call).
+    ///
+    /// Callable from inside a task: the cache's lock is held under the no-freeze guard (a
+    /// task frozen holding it would stop every later lookup), and no service code runs
+    /// under it (an evicted service is unloaded after the lock is released).
     pub fn get(&self, name: &str) -> Result<Arc<Service>, LoadError> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.0 == name) {
-            entry.2 = tick;
-            return Ok(entry.1.clone());
+        {
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.0 == name) {
+                entry.2 = tick;
+                return Ok(entry.1.clone());
+            }
         }
         // Loaded outside the lock: a `dlopen` takes a while, and other names stay served.
         // SAFETY: `new`'s contract: the directory holds services.
         let service = Arc::new(unsafe { Service::load(self.path_of(name)?) }?);
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let mut entries = self.entries.lock();
-        if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
-            return Ok(entry.1.clone());
-        }
-        if entries.len() >= self.capacity {
-            if let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].2) {
-                entries.swap_remove(oldest);
+        let evicted = {
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            let mut entries = self.entries.lock();
+            if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
+                // Loaded twice at once: ours is dropped (unloaded) below, unlocked.
+                (entry.1.clone(), Some(service))
+            } else {
+                let mut evicted = None;
+                if entries.len() >= self.capacity {
+                    if let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].2) {
+                        evicted = Some(entries.swap_remove(oldest).1);
+                    }
+                }
+                entries.push((name.to_string(), service.clone(), tick));
+                (service, evicted)
             }
-        }
-        entries.push((name.to_string(), service.clone(), tick));
+        };
+        let (service, unload) = evicted;
+        drop(unload);
         Ok(service)
     }
 

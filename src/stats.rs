@@ -144,6 +144,9 @@ pub struct Stats {
     /// and spawns with a budget are refused with
     /// [`JoinError::KillsUnenforceable`](crate::JoinError::KillsUnenforceable).
     pub signal_handler_replaced: bool,
+    /// Times the pool's monitor caught a panic of its own (a bug: reported on stderr the
+    /// first time). It goes on enforcing budgets after each.
+    pub monitor_panics: u64,
     /// Kills (cancelled, frozen or abandoned) because a CPU budget ran out.
     pub kills_cpu_budget: u64,
     /// Kills because a wall-clock budget ran out.
@@ -301,6 +304,7 @@ impl Stats {
             abandoned_cpu_ns: kills.abandoned_cpu_ns,
             signal_blocked: kills.signal_blocked,
             signal_handler_replaced: kills.handler_replaced,
+            monitor_panics: kills.monitor_panics,
             kills_cpu_budget: kills.by_reason[0],
             kills_wall_deadline: kills.by_reason[1],
             kills_cancel: kills.by_reason[2],

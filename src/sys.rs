@@ -636,6 +636,15 @@ fn dl_error() -> String {
         .into_owned()
 }
 
+/// Writes `parts` to fd 2 with `write(2)`, bypassing std's stderr lock (which a frozen
+/// task may hold for good). Best effort: errors and short writes are ignored.
+pub(crate) fn write_stderr_raw(parts: &[&str]) {
+    for part in parts {
+        // SAFETY: a valid buffer of `part.len()` bytes, for the duration of the call.
+        unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+    }
+}
+
 /// libgcc's unwinder (linked by std on this target).
 pub(crate) mod unwind {
     pub(crate) type Context = libc::c_void;
@@ -665,7 +674,10 @@ pub(crate) fn install_fault_action(
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler as usize;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        libc::sigemptyset(&mut action.sa_mask);
+        // Every signal blocked while it runs: the pool's timer handler must not run
+        // inside it (between taking the slot off and freezing, it would hand the slot off
+        // or freeze a second time).
+        libc::sigfillset(&mut action.sa_mask);
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(signal, &action, &mut old) != 0 {
             return Err(io::Error::last_os_error());
@@ -756,14 +768,13 @@ pub(crate) mod async_safe {
         let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
         let pc = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
         let ax = uc.uc_mcontext.gregs[libc::REG_RAX as usize];
-        // `pc` is the address of the instruction the thread was about to run, in mapped,
-        // executable (and on Linux readable) text. The two bytes before it are read only
-        // when they are on the same page, so mapped too.
-        // SAFETY: readable text, at least two bytes long if it is a `syscall`.
-        let here = unsafe { core::ptr::read_unaligned(pc as *const [u8; 2]) };
-        let before = if ax == -i64::from(libc::EINTR) && pc & 0xfff >= 2 {
-            // SAFETY: as above.
-            unsafe { core::ptr::read_unaligned((pc - 2) as *const [u8; 2]) }
+        // `pc` is the address of the instruction the thread was about to run, but the
+        // byte after it may be on an unmapped page (a one-byte instruction at the end of
+        // one), and text may be execute-only (protection keys): read with a syscall that
+        // fails instead of faulting. Unreadable bytes are no `syscall`.
+        let here = read_own(pc).unwrap_or([0, 0]);
+        let before = if ax == -i64::from(libc::EINTR) {
+            pc.checked_sub(2).and_then(read_own).unwrap_or([0, 0])
         } else {
             [0, 0]
         };
@@ -805,6 +816,35 @@ pub(crate) mod async_safe {
         {
             uc.uc_mcontext.sp as usize
         }
+    }
+
+    /// Two bytes of this process's memory at `at`, or `None` where they are not both
+    /// readable (`process_vm_readv` on itself: an error, never a fault).
+    /// Async-signal-safe.
+    pub(crate) fn read_own(at: usize) -> Option<[u8; 2]> {
+        let mut out = [0u8; 2];
+        let local = libc::iovec {
+            iov_base: out.as_mut_ptr().cast(),
+            iov_len: 2,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: 2,
+        };
+        // SAFETY: `local` is a valid 2-byte buffer; the remote range is only read by the
+        // kernel, which reports a bad address instead of faulting.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                libc::getpid(),
+                &local as *const libc::iovec,
+                1usize,
+                &remote as *const libc::iovec,
+                1usize,
+                0usize,
+            )
+        };
+        (n == 2).then_some(out)
     }
 
     /// What kind of waiting syscall a thread was interrupted in.
@@ -1175,6 +1215,50 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    /// The handler's look at the interrupted PC never faults: not at the last byte of a
+    /// page followed by an unmapped one (a one-byte instruction there is legal), not on
+    /// unreadable memory.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn reading_the_interrupted_pc_at_the_end_of_a_mapping_does_not_fault() {
+        // SAFETY: a fresh anonymous mapping of two pages, the second made inaccessible,
+        // unmapped at the end; a zeroed ucontext with only RIP and RAX set.
+        unsafe {
+            let page = 4096;
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let base = map as usize;
+            *((base + page - 1) as *mut u8) = 0x0f;
+            assert_eq!(
+                libc::mprotect((base + page) as *mut _, page, libc::PROT_NONE),
+                0
+            );
+            assert_eq!(async_safe::read_own(base + page - 1), None);
+            assert_eq!(async_safe::read_own(base + page - 2), Some([0, 0x0f]));
+            let mut uc: libc::ucontext_t = std::mem::zeroed();
+            let ucp: *mut libc::ucontext_t = &mut uc;
+            (*ucp).uc_mcontext.gregs[libc::REG_RIP as usize] = (base + page - 1) as i64;
+            (*ucp).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EINTR);
+            let (pc, wait) = async_safe::interrupted(ucp.cast());
+            assert_eq!(pc, base + page - 1);
+            assert_eq!(wait, async_safe::Wait::None);
+            // Unmapped altogether.
+            (*ucp).uc_mcontext.gregs[libc::REG_RIP as usize] = (base + page + 8) as i64;
+            assert_eq!(
+                async_safe::interrupted(ucp.cast()).1,
+                async_safe::Wait::None
+            );
+            libc::munmap(map, 2 * page);
+        }
+    }
 
     #[test]
     fn the_affinity_mask_is_readable_and_can_be_narrowed() {

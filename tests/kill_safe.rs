@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use common::killing::*;
-use common::Expected;
+use common::{builder, Expected};
 use microsched::KillHow;
 
 /// Spins for `ms` milliseconds of wall-clock time.
@@ -410,6 +410,199 @@ fn user_drops_never_run_on_the_monitor_or_in_another_tasks_bookkeeping() {
             let good = pool.spawn(|| 7);
             assert_eq!(join_or_hang(good, "a good task").unwrap(), 7);
             std::mem::forget(pool);
+        },
+    );
+}
+
+// --- 7. A malformed shared object never stops the monitor. ---
+
+#[test]
+fn a_malformed_shared_object_does_not_stop_the_monitor() {
+    child(
+        "a_malformed_shared_object_does_not_stop_the_monitor",
+        || {
+            let pool = pool(1);
+            // A copy of libm whose section headers (which the loader never reads, and the
+            // monitor does, for std's lock holders) point far past the end of the file, and
+            // count 65,535.
+            let mut elf = std::fs::read("/lib/x86_64-linux-gnu/libm.so.6")
+                .or_else(|_| std::fs::read("/usr/lib/x86_64-linux-gnu/libm.so.6"))
+                .expect("read libm");
+            elf[0x28..0x30].copy_from_slice(&0xffff_ffff_ffff_ff00u64.to_le_bytes());
+            elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+            elf[0x3c..0x3e].copy_from_slice(&0xffffu16.to_le_bytes());
+            let path = std::env::temp_dir()
+                .join(format!("microsched-malformed-{}.so", std::process::id()));
+            std::fs::write(&path, &elf).unwrap();
+            let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: a copy of libm, whose initialisers are libm's.
+            let handle =
+                unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            assert!(!handle.is_null(), "dlopen of the malformed copy");
+            let _ = std::fs::remove_file(&path);
+            // The monitor reads it within its next refresh (100 ms).
+            std::thread::sleep(Duration::from_millis(500));
+            let h = pool.spawn_with(cpu_budget(), || loop {
+                black_box(0u64);
+            });
+            expect_hard_kill(
+                join_or_hang(h, "a runaway after a malformed object"),
+                "runaway",
+            );
+            assert_eq!(pool.stats().monitor_panics, 0, "{:?}", pool.stats());
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+// --- 8. No leak per pool. ---
+
+/// The process's resident set, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn building_and_dropping_pools_does_not_leak_their_kill_registries() {
+    child(
+        "building_and_dropping_pools_does_not_leak_their_kill_registries",
+        || {
+            // A large frozen-thread table (1.6 MB a registry) makes a leak plain.
+            let build = || {
+                builder(1)
+                    .max_frozen(200_000)
+                    .build()
+                    .expect("build a pool")
+            };
+            let run_one = || {
+                let pool = build();
+                let h = pool.spawn_with(cpu_budget(), || 1u32);
+                assert_eq!(join_or_hang(h, "a budgeted task").unwrap(), 1);
+                pool.shutdown();
+            };
+            // Warm up (the first registry, thread stacks, allocator arenas).
+            for _ in 0..20 {
+                run_one();
+            }
+            let before = rss_kib();
+            for _ in 0..300 {
+                run_one();
+            }
+            let grown = rss_kib().saturating_sub(before);
+            // 300 leaked registries would be 480 MB.
+            assert!(
+                grown < 64 * 1024,
+                "the process grew by {grown} KiB over 300 pools"
+            );
+        },
+    );
+}
+
+// --- Also checked. ---
+
+/// The fault handler runs with every signal blocked: the pool's timer handler never
+/// runs inside it.
+#[test]
+fn the_fault_handler_blocks_the_pools_signal_while_it_runs() {
+    child(
+        "the_fault_handler_blocks_the_pools_signal_while_it_runs",
+        || {
+            let pool = pool(1);
+            // SAFETY: reading the current action into a zeroed struct.
+            let action = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                assert_eq!(
+                    libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut action),
+                    0
+                );
+                action
+            };
+            // SAFETY: a valid, initialised mask.
+            let blocked = unsafe { libc::sigismember(&action.sa_mask, libc::SIGALRM) };
+            assert_eq!(blocked, 1, "SIGALRM is not blocked in the SIGSEGV handler");
+            drop(pool);
+        },
+    );
+}
+
+#[test]
+fn a_runaway_contending_a_parking_lot_mutex_leaves_the_parking_table_usable() {
+    child(
+        "a_runaway_contending_a_parking_lot_mutex_leaves_the_parking_table_usable",
+        || {
+            let pool = pool(2);
+            let h = pool.spawn_with(cpu_budget(), || {
+                let lock = std::sync::Arc::new(parking_lot::Mutex::new(0u64));
+                let other = lock.clone();
+                // A helper that keeps the lock contended, so the runaway spends its time
+                // in parking_lot's slow paths (under its parking table's bucket locks).
+                std::thread::spawn(move || loop {
+                    *other.lock() += 1;
+                });
+                loop {
+                    *lock.lock() += 1;
+                }
+            });
+            expect_hard_kill(
+                join_or_hang(h, "parking_lot contention"),
+                "parking_lot contention",
+            );
+            // Every bucket of the table, by way of many contended mutexes.
+            let _watchdog = Watchdog::start("parking_lot from other threads", CHECKS);
+            let locks: std::sync::Arc<Vec<parking_lot::Mutex<u32>>> =
+                std::sync::Arc::new((0..4096).map(|_| parking_lot::Mutex::new(0)).collect());
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let locks = locks.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..50 {
+                            for l in locks.iter() {
+                                *l.lock() += 1;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+#[path = "../examples/support/services.rs"]
+mod support;
+
+#[test]
+fn a_runaway_looking_services_up_leaves_the_cache_usable() {
+    let dir = support::build(false).expect("build the example services");
+    child(
+        "a_runaway_looking_services_up_leaves_the_cache_usable",
+        move || {
+            // SAFETY: the directory holds the example services.
+            let cache = std::sync::Arc::new(unsafe { microsched::ServiceCache::new(&dir, 1) });
+            let pool = pool(1);
+            let in_task = cache.clone();
+            // Capacity 1 and two names: every lookup misses, loads and evicts.
+            let h = pool.spawn_with(cpu_budget(), move || loop {
+                let _ = black_box(in_task.get("svc_hash").unwrap());
+                let _ = black_box(in_task.get("svc_json").unwrap());
+            });
+            expect_hard_kill(join_or_hang(h, "service lookups"), "service lookups");
+            let _watchdog = Watchdog::start("service lookups from the main thread", CHECKS);
+            cache
+                .get("svc_hash")
+                .expect("look up a service after the kill");
+            cache
+                .get("svc_json")
+                .expect("look up another service after the kill");
+            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }

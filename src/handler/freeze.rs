@@ -85,7 +85,16 @@ pub(crate) fn before_unwind() {
 /// take a process-wide lock the gate cannot see (an allocator linked into the binary).
 /// The runtime holds one across every call task code makes into it (spawn, cancel, an
 /// inline join's bookkeeping, shutdown). Does nothing on other threads.
-pub struct FreezeGuard(Option<&'static Record>);
+///
+/// A task that holds one for good is not frozen: its kill ends abandoned, in the same
+/// bound as any other deferral. The guard belongs to the thread that made it: it is
+/// neither `Send` nor `Sync`.
+///
+/// ```compile_fail
+/// let guard = microsched::FreezeGuard::new();
+/// std::thread::spawn(move || drop(guard));
+/// ```
+pub struct FreezeGuard(Option<&'static Record>, std::marker::PhantomData<*const ()>);
 
 impl FreezeGuard {
     /// Raises the counter (on a pool thread) until the guard is dropped.
@@ -98,7 +107,7 @@ impl FreezeGuard {
             record.no_freeze.store(n + 1, Ordering::Relaxed);
             compiler_fence(Ordering::SeqCst);
         }
-        FreezeGuard(record)
+        FreezeGuard(record, std::marker::PhantomData)
     }
 }
 
@@ -114,7 +123,11 @@ impl Drop for FreezeGuard {
         if let Some(record) = self.0 {
             compiler_fence(Ordering::SeqCst);
             let n = record.no_freeze.load(Ordering::Relaxed);
-            record.no_freeze.store(n - 1, Ordering::Relaxed);
+            // Saturating: a guard forgotten in one task and dropped by another on the
+            // thread (through a thread-local) must not wrap the counter.
+            record
+                .no_freeze
+                .store(n.saturating_sub(1), Ordering::Relaxed);
         }
     }
 }

@@ -1025,19 +1025,19 @@ fn arm_once(record: &Record, at_ns: u64, absolute: bool) {
 /// timers stay its own); if the record changed hands or its thread exited meanwhile, the
 /// handler of whichever thread gets it finds the record not its own, or no task past its
 /// quantum, and returns.
-pub(crate) fn poke(index: usize) {
+pub(crate) fn poke(index: usize, preempt: &Preempt) {
     let Some(record) = RECORDS.get(index) else {
         return;
     };
+    // The index may be stale: its runner may have exited since, and the record serve a
+    // thread of another pool, or of none (its `preempt` then points at settings that may
+    // be gone). Only a record of the caller's own pool is nudged, with the caller's
+    // settings: nothing is read through the record's pointer.
     let tid = record.tid.load(Ordering::Relaxed);
-    let preempt = record.preempt.load(Ordering::Relaxed);
-    if tid == 0 || preempt.is_null() {
+    if tid == 0 || !std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt) {
         return;
     }
-    // SAFETY: records point at the `Preempt` of a pool whose threads keep it alive; the
-    // caller is such a thread, of the same pool (the index came from its slot's reserve).
-    let signal = unsafe { (*preempt).signal };
-    record.nudge(signal);
+    record.nudge(preempt.signal);
 }
 
 /// Step 4, `reserve.rs` steps 3–5.
