@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release --example killstorm [runaways] [good tasks]`
 //!
+//! `cargo run --release --example killstorm -- --hostile`: 1,000 freezes while other
+//! threads use every process-wide facility of std's (see `support/hostile.rs`).
+//!
 //! 10,000 runaways (the fifteen kinds of `examples/runaway.rs`, in turn) and 100,000
 //! good tasks by default, spawned from four threads onto a two-slot pool. Each runaway has
 //! 2 ms of CPU and 20 ms of wall-clock time, a grace period of 2 ms, and the pool's
@@ -28,6 +31,9 @@ use microsched::{Budget, JoinError, JoinHandle, KillHow, Pool};
 #[path = "support/runaways.rs"]
 mod runaways;
 
+#[path = "support/hostile.rs"]
+mod hostile;
+
 use runaways::{Kind, KINDS};
 
 const GRACE: Duration = Duration::from_millis(2);
@@ -48,6 +54,9 @@ struct Row {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("--hostile") {
+        return hostile::main();
+    }
     let mut args = std::env::args().skip(1);
     let runaway_count: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
     let good_count: u64 = args.next().map_or(Ok(100_000), |a| a.parse())?;

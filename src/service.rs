@@ -349,7 +349,10 @@ impl ServiceCache {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         {
             let _no_freeze = crate::handler::FreezeGuard::new();
-            if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.0 == name) {
+            // A named guard, dropped before `_no_freeze` (a temporary in the block's tail
+            // expression would outlive it, and be unlocked unguarded).
+            let mut entries = self.entries.lock();
+            if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
                 entry.2 = tick;
                 return Ok(entry.1.clone());
             }

@@ -439,7 +439,6 @@ fn a_malformed_shared_object_does_not_stop_the_monitor() {
             let handle =
                 unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
             assert!(!handle.is_null(), "dlopen of the malformed copy");
-            let _ = std::fs::remove_file(&path);
             // The monitor reads it within its next refresh (100 ms).
             std::thread::sleep(Duration::from_millis(500));
             let h = pool.spawn_with(cpu_budget(), || loop {
@@ -450,6 +449,7 @@ fn a_malformed_shared_object_does_not_stop_the_monitor() {
                 "runaway",
             );
             assert_eq!(pool.stats().monitor_panics, 0, "{:?}", pool.stats());
+            let _ = std::fs::remove_file(&path);
             process_still_usable(&pool, StdoutState::Usable);
         },
     );
@@ -595,6 +595,20 @@ fn a_runaway_looking_services_up_leaves_the_cache_usable() {
                 let _ = black_box(in_task.get("svc_json").unwrap());
             });
             expect_hard_kill(join_or_hang(h, "service lookups"), "service lookups");
+            // Capacity 2: every lookup hits, so most of the time goes to the cache's lock
+            // (frozen in its unlock, outside the no-freeze guard, the lock stayed held).
+            // SAFETY: as above.
+            let hits = std::sync::Arc::new(unsafe { microsched::ServiceCache::new(&dir, 2) });
+            for _ in 0..30 {
+                let in_task = hits.clone();
+                let h = pool.spawn_with(cpu_budget(), move || loop {
+                    let _ = black_box(in_task.get("svc_hash").unwrap());
+                    let _ = black_box(in_task.get("svc_json").unwrap());
+                });
+                expect_hard_kill(join_or_hang(h, "service hits"), "service hits");
+                let _watchdog = Watchdog::start("a service hit after a kill", CHECKS);
+                hits.get("svc_hash").expect("a hit after the kill");
+            }
             let _watchdog = Watchdog::start("service lookups from the main thread", CHECKS);
             cache
                 .get("svc_hash")
@@ -603,6 +617,51 @@ fn a_runaway_looking_services_up_leaves_the_cache_usable() {
                 .get("svc_json")
                 .expect("look up another service after the kill");
             process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}
+
+/// An abandoned runaway (it held a `FreezeGuard` nearly all the time) is never stopped
+/// for good inside a guarded section: the lock it takes there stays usable.
+#[test]
+fn an_abandoned_runaway_is_never_stopped_inside_a_freeze_guard() {
+    child(
+        "an_abandoned_runaway_is_never_stopped_inside_a_freeze_guard",
+        || {
+            static LOCK: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+            let pool = pool(1);
+            let h = pool.spawn_with(cpu_budget(), || {
+                let until = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < until {
+                    let _guard = microsched::FreezeGuard::new();
+                    let mut n = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+                    for _ in 0..200_000 {
+                        *n = black_box(n.wrapping_add(1));
+                    }
+                }
+            });
+            expect_hard_kill(join_or_hang(h, "a guarded runaway"), "a guarded runaway");
+            // Within its 3 s it returns by itself, unless stopped holding the lock.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if LOCK.try_lock().is_ok() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "hang: the guarded lock stayed held"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_secs(4));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while LOCK.try_lock().is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "hang: the guarded lock stayed held"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
         },
     );
 }
