@@ -68,13 +68,37 @@
 //! thread instead (it blocks forever with its signals masked; its stack and thread-locals
 //! stay mapped, what it owned is leaked, the locks it held stay held), and only where the
 //! gate finds no process-wide lock held: not inside libc, the loader, libgcc_s,
-//! libstdc++ or the vDSO, not inside one of std's process-wide locks (stdio, the
-//! environment, the panic hook), not in a runtime section, not while unwinding (for a
-//! while). Where no such point comes in time, the kill ends *abandoned*: the handle
-//! resolves, and the thread, given up by the pool and demoted, runs on until its closure
-//! returns or it reaches a safe point. So every budgeted join resolves within budget +
-//! grace + [`Builder::max_freeze_deferral`] + 20 ms, whatever the closure does. The
-//! README's "Budgets and kills" section tables what each kind of runaway gets.
+//! libstdc++ or the vDSO, not inside one of std's process-wide locks (stdout, stderr,
+//! stdin, the environment, the backtrace lock, the panic hook, the thread-info and exit
+//! locks, process spawning) or parking_lot's parking table, not in a runtime section or
+//! under a [`FreezeGuard`], not while unwinding (for a while), not in code the handler
+//! cannot walk (no unwind tables, as a JIT's; a stack that is not the thread's own, as a
+//! coroutine's). Inside a lock holder the kill waits for the holder to return: its return
+//! address is redirected to a trampoline whose unwind info makes the frame unwind exactly
+//! like the original, whoever starts the unwind. Where no safe point comes in time, the
+//! kill ends *abandoned*: the handle resolves, and the thread, given up by the pool and
+//! demoted, runs on until its closure returns or it reaches a safe point. So every
+//! budgeted join resolves within budget + grace + [`Builder::max_freeze_deferral`] +
+//! 20 ms, whatever the closure does. The handler walks the stack with its own unwinder
+//! over tables built in normal context: it never calls libgcc's, never allocates, never
+//! locks. The monitor runs no user code (values and panic payloads are dropped by the
+//! threads that complete or detach them) and survives a panic of its own. The README's
+//! "Budgets and kills" section tables what each kind of runaway gets.
+//!
+//! What is **not** guaranteed:
+//!
+//! - A lock the task holds *in its own frames* stays held when it is frozen: a task that
+//!   keeps `stdout().lock()` or one of its own `Mutex` guards across a runaway loop
+//!   leaves it locked for good (its own data: nothing of std's own bookkeeping). A task
+//!   that never leaves a lock holder (a `Display` that loops inside `println!`, a panic
+//!   hook that never returns) keeps that lock while it runs on, abandoned.
+//! - Anything the task may do to the whole process with safe code, kills or no kills:
+//!   `std::process::exit`, replacing the panic hook (every later panic runs its hook),
+//!   changing the working directory, closing file descriptors it does not own.
+//! - A freeze leaks the thread: its stack, TLS and everything it owned (bounded by
+//!   [`Builder::max_frozen`]; past it, hard kills are refused and counted).
+//! - In a stripped binary only the stdio locks' holders are known (by a probe): the
+//!   other locks' holders are found by name in the symbol tables.
 //!
 //! # Platform
 //!
@@ -83,6 +107,14 @@
 //! Restoring a carrier's priority needs `CAP_SYS_NICE`; without it carriers exit after
 //! their task and fresh standbys replace them. `--cfg loom` swaps its synchronisation
 //! primitives for loom's (see `loom-tests/`).
+//!
+//! Hard kills have preconditions, checked by the build script where it can: glibc 2.27 or
+//! later (the stack `pthread_getattr_np` reports excludes the guard page, which the
+//! handler's walk never reads past), x86_64 (the freeze trampoline and the handler's own
+//! walk; elsewhere every freeze that needs a walk defers, and the kill ends abandoned),
+//! unwind tables in the binary (`.eh_frame_hdr`, which Rust and C toolchains emit by
+//! default), and `process_vm_readv` allowed (a seccomp filter that forbids it makes
+//! blocked system calls look running: such kills end abandoned instead of frozen).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

@@ -1,12 +1,14 @@
-//! Where a freeze must not happen: the text of the system libraries (a thread interrupted
-//! there may hold one of their process-wide locks: malloc's arenas, the loader's lock,
-//! stdio's) and the std functions that hold the stdout or stderr lock while they call user
-//! code (`println!` formats user `Display` values under it).
+//! Where a freeze must not happen, and how the handler walks: the text of the system
+//! libraries (a thread interrupted there may hold one of their process-wide locks:
+//! malloc's arenas, the loader's lock, stdio's), the functions that hold one of std's
+//! process-wide locks, and the unwind tables of every loaded object.
 //!
-//! Both tables are built here, outside any signal handler, and read by `handler/freeze.rs`
-//! with loads only. They only grow: an entry is written before the count that publishes it
-//! (Release, read with Acquire), so the handler never reads a half-written entry. A range
-//! of a library unloaded later stays in the table, which only makes the gate stricter.
+//! The tables are built here, outside any signal handler, and read by `handler/` with
+//! loads only. The range tables only grow: an entry is written before the count that
+//! publishes it (Release, read with Acquire), so the handler never reads a half-written
+//! entry; a range of a library unloaded later stays, which only makes the gate stricter.
+//! The lock holders are a sorted table replaced whole (and leaked: a handler may still be
+//! reading the old one). The unwind tables mark an unloaded object's entries dead.
 //!
 //! - **Libraries**: every executable `PT_LOAD` segment of libc, the dynamic loader,
 //!   libgcc_s, libstdc++, libm, libpthread, librt, libdl and the vDSO, from
@@ -14,15 +16,20 @@
 //!   change (after a `dlopen`, within 100 ms). A return out of libc, libm or the vDSO may
 //!   be redirected to the freeze; out of the loader, libgcc_s or libstdc++ it may not.
 //! - **Lock holders**, two ways. From the symbol tables of the executable and of every
-//!   object loaded later (a service has a std of its own), by name: every
-//!   function of `std::io::stdio` (so `write_all` paths too), std's `getenv`/`setenv`/
-//!   `unsetenv` (its environment lock) and the panic entry points (the hook lock). And by a
-//!   probe at the first build, which also works on stripped binaries: it formats an empty
+//!   object loaded later (a service has a std of its own), by demangled name, by module
+//!   wherever a module will do ([`LOCK_HOLDERS`]: stdio, the environment, the backtrace
+//!   lock, the panic hook, the thread-info and exit locks, process spawning, parking_lot's
+//!   parking table). Tests check the list both ways against the toolchain's std: every
+//!   pattern names functions that exist, and every lock-like `static` of std's is covered.
+//!   And by a probe at the first build, which also works on stripped binaries (for stdio
+//!   only: a stripped binary has no names for the other locks' holders): it formats an empty
 //!   `Display` value through `print!`, `eprint!` and `write!` to `stdout()` and
 //!   `stderr()`, and records the
 //!   functions on the stack while its `fmt` runs; it does the same through `format!`, and
 //!   the functions seen only on the stdio paths are the lock holders (`core::fmt::write`
 //!   also serves `format!`, and holds nothing). It prints nothing.
+//! - **Unwind tables**: each loaded object's `.eh_frame_hdr` and `.eh_frame`, from its
+//!   program headers, for the handler's own walk (`handler/walk.rs`).
 
 use std::collections::HashSet;
 use std::fmt;

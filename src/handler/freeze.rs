@@ -1,8 +1,7 @@
 //! The gated freeze. **Part of the handler's marked zone**: everything here is reached from
-//! the signal handler and may only use atomics, raw syscalls and the unwinder's
-//! `_Unwind_Backtrace` (lock-free with libgcc 12+ and glibc's `_dl_find_object`, as long
-//! as nothing registers frames with `__register_frame`, which Rust does not). The two
-//! functions that run in normal context say so.
+//! the signal handler and may only use atomics, raw syscalls and its own stack walk
+//! (`walk.rs`: never libgcc's unwinder, which takes a lock once a JIT has registered
+//! frames). The functions that run in normal context say so.
 //!
 //! # Protocol (the crate docs' "Soundness": a hard kill freezes, only where it is safe)
 //!
@@ -10,7 +9,8 @@
 //!    control in the thread's record (`kill_target`) and queues the pool's signal to the
 //!    thread. It repeats every `kill::FREEZE_RETRY` until the task is done.
 //! 2. The handler ([`attempt`]) checks that the target is the task whose closure is running
-//!    on the thread (not a later one, not runtime code), that a running task has had its
+//!    on the thread (not a later one, not runtime code), that no redirect is on its way
+//!    (one an unwind went through is forgotten), that a running task has had its
 //!    chance to see the cancel (200 µs of CPU time, and a checkpoint passed if it calls
 //!    `checkpoint`), then the gate, in order:
 //!    - the thread's no-freeze counter is zero (the opt-in allocator wrapper, and our
@@ -22,17 +22,22 @@
 //!      ends (then a thread running its unwinding destructors may be frozen: std holds no
 //!      lock there, and the hook, which may, runs under the no-freeze counter), and not
 //!      unwinding from its own cancel at all;
-//!    - a walk of the task's frames (`_Unwind_Backtrace` from the interrupted context to
-//!      the frame that called the closure, `Running::closure_frame`, however deep; the
-//!      interrupted frame must be the task's, not the runtime's around it) finds no frame
-//!      in a system library past the one- or two-frame wrapper of a blocked call, none on
-//!      the way from a cancel to the unwinder, none in the panic runtime's cleanup;
-//!    - no frame holds one of std's process-wide locks (stdio, the environment, process
-//!      spawning, the panic hook), unless the thread is blocked *acquiring* a stdio or
+//!    - a walk of the task's frames (`walk.rs`, from the interrupted context to the frame
+//!      that called the closure, `Running::closure_frame`, however deep, inside the
+//!      thread's own stack only; the interrupted frame must be the task's, not the
+//!      runtime's around it) finds no frame in a system library past the one- or
+//!      two-frame wrapper of a blocked call, none on the way from a cancel to the
+//!      unwinder, none in the panic runtime's cleanup, and no frame it cannot walk
+//!      (code without unwind tables, a coroutine's stack);
+//!    - no frame holds a process-wide lock (`places.rs`: std's stdio, environment,
+//!      backtrace, panic hook, thread-info and exit locks, process spawning, and
+//!      parking_lot's parking table), unless the thread is blocked *acquiring* a stdio or
 //!      environment lock in the frames that take it. If one does (the thread is inside
-//!      `println!`), the return address of the outermost such frame is redirected to a
-//!      trampoline, so the thread freezes the moment it returns from it, with the lock
-//!      released (x86_64; elsewhere the freeze waits, and the kill ends abandoned).
+//!      `println!`), the return address of the outermost such frame is redirected to its
+//!      record's trampoline stub, so the thread freezes the moment it returns from it,
+//!      with the lock released (x86_64; elsewhere the freeze waits, and the kill ends
+//!      abandoned). The stubs' unwind info makes a redirected frame unwind like the
+//!      original, whoever unwinds it.
 //!
 //!    Any check failing defers: the handler returns and the task goes on until the next
 //!    try.

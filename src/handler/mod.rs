@@ -7,7 +7,10 @@
 //! - load, store and read-modify-write atomics;
 //! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`
 //!   on this thread's own timers, `sched_setscheduler`, `sched_setaffinity`, `sched_yield`,
-//!   `futex`, `gettid`, `getpid`, `tgkill`, `rt_sigprocmask`, `sigaction`);
+//!   `futex`, `gettid`, `getpid`, `tgkill`, `rt_sigprocmask`, `sigaction`,
+//!   `process_vm_readv` on itself);
+//! - walk the interrupted thread's stack with `walk.rs` (`gimli` over unwind tables that
+//!   `places.rs` recorded in normal context; reads of the thread's own stack only);
 //! - call [`Reserve::take_standby`], [`Reserve::give_back`], [`Reserve::grant`],
 //!   [`Reserve::want`] and [`Reserve::unwant`] (`reserve.rs`: atomics, a fence, and a
 //!   futex wake through `Futex::wake_one`, which is the raw `sys::futex_wake` syscall
