@@ -9,6 +9,10 @@ use std::process::Command;
 /// The oldest glibc whose `pthread_getattr_np` reports a thread's stack without its guard
 /// page.
 const MIN_GLIBC: (u32, u32) = (2, 27);
+/// The first glibc with `_dl_find_object`, which the handler's walk uses to check that the
+/// code at an address is the object it recorded (without it, kills that need a walk end
+/// abandoned).
+const WALK_GLIBC: (u32, u32) = (2, 35);
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -54,6 +58,11 @@ fn main() {
              versions report a thread's stack with its guard page inside, which the signal \
              handler's stack walk would read",
             MIN_GLIBC.0, MIN_GLIBC.1, v.0, v.1
+        ),
+        Some(v) if v < WALK_GLIBC => println!(
+            "cargo:warning=microsched: glibc {}.{} has no _dl_find_object ({}.{}): hard kills \
+             that need a stack walk will end abandoned instead of frozen",
+            v.0, v.1, WALK_GLIBC.0, WALK_GLIBC.1
         ),
         Some(_) => {}
         None => println!(

@@ -110,7 +110,9 @@
 //!
 //! Hard kills have preconditions, checked by the build script where it can: glibc 2.27 or
 //! later (the stack `pthread_getattr_np` reports excludes the guard page, which the
-//! handler's walk never reads past), x86_64 (the freeze trampoline and the handler's own
+//! handler's walk never reads past), and 2.35 or later for freezes that need a walk (its
+//! `_dl_find_object` tells the handler, lock-free, which object is loaded at an address
+//! now; without it those kills end abandoned), x86_64 (the freeze trampoline and the handler's own
 //! walk; elsewhere every freeze that needs a walk defers, and the kill ends abandoned),
 //! unwind tables in the binary (`.eh_frame_hdr`, which Rust and C toolchains emit by
 //! default), and `process_vm_readv` allowed (a seccomp filter that forbids it makes

@@ -199,10 +199,15 @@ static UNWIND_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The unwind tables of the loaded object whose text holds `pc`. Async-signal-safe.
 pub(crate) fn unwind_tables(pc: usize) -> Option<UnwindTables> {
     let count = UNWIND_COUNT.load(Ordering::Acquire).min(MAX_UNWIND_OBJECTS);
+    // The object loaded at `pc` now must be the one recorded: an entry whose object was
+    // unloaded (and its addresses reused) since the last refresh would point at unmapped
+    // or foreign memory.
+    let now = sys::async_safe::eh_frame_hdr_at(pc)?;
     UNWIND[..count]
         .iter()
         .find(|o| {
             o.live.load(Ordering::Relaxed)
+                && o.hdr[0].load(Ordering::Relaxed) == now
                 && pc >= o.text[0].load(Ordering::Relaxed)
                 && pc < o.text[1].load(Ordering::Relaxed)
         })
@@ -273,9 +278,8 @@ fn eh_frame_of(object: &sys::LoadedObject, hdr_lo: usize, hdr_hi: usize) -> Opti
     if hdr_hi <= hdr_lo || !within(hdr_lo, hdr_hi) {
         return None;
     }
-    // SAFETY: inside a loaded segment of an object that is loaded (this runs under the
-    // loader's lists just read, and objects are not unloaded while their code runs).
-    let bytes = unsafe { std::slice::from_raw_parts(hdr_lo as *const u8, hdr_hi - hdr_lo) };
+    // The copy taken while the object was certainly mapped: it may be unloaded by now.
+    let bytes = object.eh_frame_hdr_bytes.as_slice();
     let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_lo as u64);
     let hdr = EhFrameHdr::new(bytes, LittleEndian)
         .parse(&bases, std::mem::size_of::<usize>() as u8)
@@ -372,6 +376,7 @@ pub(crate) fn refresh() {
     let _writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
     let (objects, (adds, subs)) = sys::loaded_objects();
     if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
+        sys::init_dl_find_object();
         probe_holders();
     }
     let packed = (adds << 32) ^ subs;
@@ -748,6 +753,52 @@ mod tests {
         assert!(!is_holder_name(
             "_ZN3std3sys9backtrace28__rust_begin_short_backtrace17h0E"
         ));
+    }
+
+    /// The handler's walk finds this binary's unwind tables, and only while the object
+    /// loaded at an address is the one they were recorded for.
+    #[test]
+    fn unwind_tables_are_found_for_loaded_code_only() {
+        refresh();
+        let pc = refresh as *const () as usize;
+        let tables = unwind_tables(pc).expect("this binary's unwind tables");
+        assert_eq!(Some(tables.hdr.0), sys::async_safe::eh_frame_hdr_at(pc));
+        assert!(tables.eh_frame.1 > 0);
+        // No object at all there.
+        assert!(unwind_tables(16).is_none());
+    }
+
+    /// Reading the loaded objects' tables races with other threads' `dlclose`: the
+    /// header is copied while the loader's lock keeps the object mapped (a read after
+    /// `dl_iterate_phdr` returned faulted now and then).
+    #[test]
+    fn refreshing_while_objects_are_loaded_and_unloaded_does_not_fault() {
+        let libm = std::fs::read("/lib/x86_64-linux-gnu/libm.so.6")
+            .or_else(|_| std::fs::read("/usr/lib/x86_64-linux-gnu/libm.so.6"))
+            .expect("read libm");
+        let path = std::env::temp_dir().join(format!("microsched-churn-{}.so", std::process::id()));
+        std::fs::write(&path, libm).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // A copy nothing else uses: each open maps it, each close unmaps it.
+                    drop(sys::Library::open(&path).expect("dlopen the copy"));
+                    n += 1;
+                }
+                n
+            })
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            LOADER_SEEN.store(u64::MAX, Ordering::Relaxed);
+            refresh();
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(churn.join().unwrap() > 10);
+        let _ = std::fs::remove_file(&path);
     }
 
     /// The symbols of this test binary: (demangled name without hash, type).

@@ -519,8 +519,11 @@ pub(crate) struct LoadedObject {
     pub(crate) text: Vec<(usize, usize)>,
     /// Every loaded segment, `[start, end)`.
     pub(crate) segments: Vec<(usize, usize)>,
-    /// Its `.eh_frame_hdr` (`PT_GNU_EH_FRAME`), `[start, end)`, if it has one.
+    /// Its `.eh_frame_hdr` (`PT_GNU_EH_FRAME`), `[start, end)`, if it has one, and a copy
+    /// of its bytes, taken while the loader's lock kept the object mapped (another thread
+    /// may unload it the moment `dl_iterate_phdr` returns).
     pub(crate) eh_frame_hdr: Option<(usize, usize)>,
+    pub(crate) eh_frame_hdr_bytes: Vec<u8>,
 }
 
 /// Every loaded object (the executable has an empty name), and the loader's
@@ -568,12 +571,20 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
                 .iter()
                 .find(|h| h.p_type == libc::PT_GNU_EH_FRAME)
                 .and_then(range);
+            // Mapped while the callback runs: the header lies in a loaded segment.
+            let eh_frame_hdr_bytes = match eh_frame_hdr {
+                Some((lo, hi)) if hi > lo && hi - lo <= 1 << 20 => {
+                    std::slice::from_raw_parts(lo as *const u8, hi - lo).to_vec()
+                }
+                _ => Vec::new(),
+            };
             out.objects.push(LoadedObject {
                 name,
                 base: info.dlpi_addr as usize,
                 text,
                 segments,
                 eh_frame_hdr,
+                eh_frame_hdr_bytes,
             });
         }
         0
@@ -586,6 +597,32 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
     // call.
     unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut Out).cast()) };
     (out.objects, out.counts)
+}
+
+/// glibc's `struct dl_find_object` (2.35 and later).
+#[repr(C)]
+struct DlFindObject {
+    flags: u64,
+    map_start: *mut libc::c_void,
+    map_end: *mut libc::c_void,
+    link_map: *mut libc::c_void,
+    eh_frame: *mut libc::c_void,
+    reserved: [u64; 7],
+}
+
+type DlFindObjectFn = unsafe extern "C" fn(*mut libc::c_void, *mut DlFindObject) -> libc::c_int;
+
+/// glibc's `_dl_find_object`, if this glibc has it (2.35 and later): looked up at run
+/// time, so the crate still loads on older ones (where the handler's walk then finds
+/// nothing walkable, and such kills end abandoned).
+static DL_FIND_OBJECT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Looks `_dl_find_object` up (normal context; once is enough, repeats are harmless).
+pub(crate) fn init_dl_find_object() {
+    // SAFETY: a NUL-terminated name; `dlsym` with RTLD_DEFAULT only reads the loader's
+    // tables.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+    DL_FIND_OBJECT.store(f as usize, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A shared object opened with `dlopen(RTLD_NOW | RTLD_LOCAL)`, closed on drop.
@@ -816,6 +853,23 @@ pub(crate) mod async_safe {
         {
             uc.uc_mcontext.sp as usize
         }
+    }
+
+    /// The `.eh_frame_hdr` of the object loaded at `pc` now, from glibc's
+    /// `_dl_find_object` (async-signal-safe by its contract: lock-free). `None` if no
+    /// object is loaded there, or this glibc has no such function.
+    pub(crate) fn eh_frame_hdr_at(pc: usize) -> Option<usize> {
+        let f = super::DL_FIND_OBJECT.load(std::sync::atomic::Ordering::Relaxed);
+        if f == 0 {
+            return None;
+        }
+        // SAFETY: a non-null `dlsym` result for `_dl_find_object`, whose type this is.
+        let f: super::DlFindObjectFn = unsafe { std::mem::transmute(f) };
+        // SAFETY: all-zero is a valid `dl_find_object`.
+        let mut found: super::DlFindObject = unsafe { std::mem::zeroed() };
+        // SAFETY: `found` is a valid out-pointer; the address is only looked up.
+        let rc = unsafe { f(pc as *mut libc::c_void, &mut found) };
+        (rc == 0 && !found.eh_frame.is_null()).then_some(found.eh_frame as usize)
     }
 
     /// Two bytes of this process's memory at `at`, or `None` where they are not both

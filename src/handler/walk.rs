@@ -10,7 +10,9 @@
 //!
 //! Memory it reads: those objects' tables, and the thread's own stack, never anything
 //! outside `[stack_lo, stack_hi)`: a frame on another stack (a stackful coroutine's) is
-//! unwalkable too.
+//! unwalkable too. An object's tables are used only if glibc's `_dl_find_object` (lock-free)
+//! says the object loaded at the address now is the one recorded: one unloaded since, its
+//! addresses reused, is unwalkable until the monitor's next refresh.
 
 use core::ops::ControlFlow;
 
