@@ -271,6 +271,9 @@ impl Builder {
     /// Checks the settings, starts the runners, and returns the pool once every runner is
     /// running (pinned, if pinning is on).
     pub fn build(self) -> Result<Pool, BuildError> {
+        // Called from a task, it takes the crate's own process-wide locks (the gate's
+        // tables, the spare registries, the installed signals): never frozen in here.
+        let _no_freeze = crate::handler::FreezeGuard::new();
         let affinities = self.check()?;
         let workers = affinities.len();
         let preempt = if self.preemption {

@@ -88,8 +88,10 @@
 //! What is **not** guaranteed:
 //!
 //! - A lock the task holds *in its own frames* stays held when it is frozen: a task that
-//!   keeps `stdout().lock()` or one of its own `Mutex` guards across a runaway loop
-//!   leaves it locked for good (its own data: nothing of std's own bookkeeping). A task
+//!   holds `stdout().lock()` (even for one statement, `write!(stdout().lock(), ..)`, whose
+//!   guard lives in the task's frame) or one of its own `Mutex` guards when the freeze
+//!   comes leaves it locked for good. Use `print!`, which takes and releases the lock in
+//!   std's own frames, where the gate sees it. A task
 //!   that never leaves a lock holder (a `Display` that loops inside `println!`, a panic
 //!   hook that never returns) keeps that lock while it runs on, abandoned.
 //! - Anything the task may do to the whole process with safe code, kills or no kills:

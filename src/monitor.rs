@@ -148,6 +148,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let Some(preempt) = &shared.preempt else {
         return;
     };
+    crate::handler::mark_monitor();
     // The standby maker; if no thread can be had for it, this thread makes standbys
     // between its passes.
     let mut maker = Some(Maker::new());
@@ -157,6 +158,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         let started = std::thread::Builder::new()
             .name(format!("{}-standby", shared.threads.name))
             .spawn(move || {
+                crate::handler::mark_monitor();
                 let _exit = ExitGuard(for_maker.clone());
                 let mut maker = Maker::new();
                 let Some(preempt) = &for_maker.preempt else {

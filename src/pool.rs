@@ -109,6 +109,8 @@ impl Drop for Shared {
     /// reuse.
     fn drop(&mut self) {
         if let Some(preempt) = &self.preempt {
+            // Maybe in a task (the last handle dropped there): the spare list's lock.
+            let _no_freeze = crate::handler::FreezeGuard::new();
             preempt.kills.recycle();
         }
     }

@@ -75,15 +75,25 @@ fn this_record() -> Option<&'static Record> {
     THIS_RECORD.with(|r| unsafe { r.get().as_ref() })
 }
 
-/// Before a cooperative unwind (normal context): puts back a return address redirected
-/// for a freeze, so the unwinder finds the real caller. The freeze is asked for again
-/// later if the task does not finish unwinding.
+/// Before a cooperative unwind (normal context): marks the thread as unwinding from its
+/// cancel. A return redirected for a freeze stays as it is: the stubs' unwind info lets the
+/// unwind go through it, and the crate never writes a return slot back (after an unwind
+/// it may be a local of the task's by then).
 pub(crate) fn before_unwind() {
     if let Some(record) = this_record() {
-        let _guard = FreezeGuard::new();
-        undo_redirect(record);
         record.cancel_unwinding.store(true, Ordering::Relaxed);
     }
+}
+
+thread_local! {
+    /// This thread is a pool's monitor or standby maker (const, no destructor).
+    static ON_MONITOR: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as a monitor: a panic of its own (a bug) is reported without
+/// the embedder's hook, which may lock stderr, held for good by a frozen task.
+pub(crate) fn mark_monitor() {
+    ON_MONITOR.with(|m| m.set(true));
 }
 
 /// Raises the calling pool thread's no-freeze counter for its lifetime: wrap code that may
@@ -109,7 +119,10 @@ impl FreezeGuard {
         if let Some(record) = record {
             // Only this thread writes its counter (the handler reads it): no locked RMW.
             let n = record.no_freeze.load(Ordering::Relaxed);
-            record.no_freeze.store(n + 1, Ordering::Relaxed);
+            // Saturating: guards forgotten by the billion must not wrap it to zero.
+            record
+                .no_freeze
+                .store(n.saturating_add(1), Ordering::Relaxed);
             compiler_fence(Ordering::SeqCst);
         }
         FreezeGuard(record, std::marker::PhantomData)
@@ -138,38 +151,21 @@ impl Drop for FreezeGuard {
 }
 
 /// Installs (once) a panic hook around the current one. It runs the previous hook under
-/// the no-freeze counter (hooks lock stderr and std's backtrace lock), and first undoes a
-/// pending return-address redirect, so the unwind that follows finds the real caller.
-/// Normal context.
+/// the no-freeze counter (hooks lock stderr and std's backtrace lock), except on a
+/// monitor thread, where it runs none. Normal context.
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let _guard = FreezeGuard::new();
-            if let Some(record) = this_record() {
-                undo_redirect(record);
+            if ON_MONITOR.with(Cell::get) {
+                // Counted and reported once by the monitor's catch (`Kills::monitor_panicked`).
+                return;
             }
+            let _guard = FreezeGuard::new();
             previous(info);
         }));
     });
-}
-
-/// Puts a redirected return address back if its frame is still live (normal context, the
-/// thread's own stack), or forgets a redirect whose frame an unwind took.
-fn undo_redirect(record: &Record) {
-    let here = &record as *const &Record as usize;
-    let slot = record.redirect_slot.swap(0, Ordering::Relaxed);
-    if slot != 0 {
-        if redirect_live(record, slot, here) {
-            let ret = record.redirect_ret.load(Ordering::Relaxed);
-            // SAFETY: `slot` is the return-address slot of a frame still on this thread's
-            // stack (above the current frame, and still holding the stub's address), and
-            // `ret` is what it held.
-            unsafe { ptr::write_volatile(slot as *mut usize, ret) };
-        }
-        record.preempt().kills.unreserve_frozen();
-    }
 }
 
 /// True if the redirected return slot `slot` still belongs to a live frame of the
@@ -230,7 +226,9 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     let sp = unsafe { async_safe::interrupted_sp(context) };
     // SAFETY: as above.
     let (pc, wait) = unsafe { async_safe::interrupted(context) };
-    if redirect_pending(record, sp) || in_trampoline(pc) {
+    // In the trampoline first: there the slot holds what the stub pushed, and the redirect
+    // would look like one an unwind took.
+    if in_trampoline(pc) || redirect_pending(record, sp) {
         return;
     }
     // Only a task whose own kill is due: the target may be stale, its memory reused by
@@ -288,6 +286,10 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
         }
     }
 }
+
+/// The stack the trampoline and the freeze use below a redirected slot, with a wide margin
+/// (they take a few KiB in a debug build).
+const TRAMPOLINE_STACK: usize = 64 * 1024;
 
 /// The CPU time a cancelled task gets to reach a checkpoint before it may be frozen
 /// (at most its grace period).
@@ -388,6 +390,7 @@ fn gate(
         last_cfa: 0,
         holder_ret: 0,
         want_ret: false,
+        outer_guarded: false,
         reached_boundary: false,
         panicking,
         acquiring: if wait == Wait::Futex {
@@ -419,8 +422,17 @@ fn gate(
     }
     // The outermost lock holder first: by the time it returns, so have the library
     // frames inside it.
+    // The trampoline runs on the task's stack, below the redirected slot: never redirect
+    // where it would not have room (a task that recursed to just above its guard page).
+    let (stack_lo, _) = record.stack_range();
+    let room = |cfa: usize| cfa.saturating_sub(stack_lo) >= TRAMPOLINE_STACK;
     if walk.want_ret || walk.holder_cfa != 0 {
-        return if may_redirect && walk.holder_ret != 0 {
+        // A stdio lock guard's method: its caller keeps the lock after it returns.
+        return if may_redirect
+            && !walk.outer_guarded
+            && walk.holder_ret != 0
+            && room(walk.holder_cfa)
+        {
             Gate::Redirect {
                 slot: walk.holder_cfa - 8,
                 ret: walk.holder_ret,
@@ -430,7 +442,7 @@ fn gate(
         };
     }
     if lib_pc && !blocked {
-        return if walk.lib_exit_ret != 0 {
+        return if walk.lib_exit_ret != 0 && room(walk.lib_exit_cfa) {
             Gate::Redirect {
                 slot: walk.lib_exit_cfa - 8,
                 ret: walk.lib_exit_ret,
@@ -468,6 +480,8 @@ struct Walk {
     last_cfa: usize,
     holder_ret: usize,
     want_ret: bool,
+    /// The outermost holder so far is a stdio lock guard's method (never redirected).
+    outer_guarded: bool,
     reached_boundary: bool,
     acquiring: Acquiring,
     /// The thread is unwinding.
@@ -576,6 +590,7 @@ fn each(walk: &mut Walk, frame: super::walk::Frame) -> ControlFlow<()> {
         walk.holder_cfa = 0;
         walk.holder_ret = 0;
         walk.want_ret = true;
+        walk.outer_guarded = holder == places::Holder::Guarded;
     }
     walk.frames += 1;
     ControlFlow::Continue(())

@@ -64,7 +64,9 @@ mod freeze;
 mod walk;
 
 pub use freeze::FreezeGuard;
-pub(crate) use freeze::{before_unwind, install_panic_hook, on_fault, set_this_record};
+pub(crate) use freeze::{
+    before_unwind, install_panic_hook, mark_monitor, on_fault, set_this_record,
+};
 
 /// How many pool threads a process may have at once, over all its pools.
 pub(crate) const MAX_THREADS: usize = 4096;
