@@ -88,10 +88,10 @@
 //! What is **not** guaranteed:
 //!
 //! - A lock the task holds *in its own frames* stays held when it is frozen: a task that
-//!   holds `stdout().lock()` (even for one statement, `write!(stdout().lock(), ..)`, whose
-//!   guard lives in the task's frame) or one of its own `Mutex` guards when the freeze
-//!   comes leaves it locked for good. Use `print!`, which takes and releases the lock in
-//!   std's own frames, where the gate sees it. A task
+//!   holds one of its own `Mutex` guards (or stdin's lock) when the freeze comes leaves it
+//!   locked for good. stdout's and stderr's locks are the exception: the gate reads their
+//!   owner, so a thread holding either, in any frame, is never frozen (one that never lets
+//!   go is abandoned, and keeps it while it runs). A task
 //!   that never leaves a lock holder (a `Display` that loops inside `println!`, a panic
 //!   hook that never returns) keeps that lock while it runs on, abandoned.
 //! - Anything the task may do to the whole process with safe code, kills or no kills:

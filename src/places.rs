@@ -428,6 +428,7 @@ pub(crate) fn refresh() {
     if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
         sys::init_dl_find_object();
         probe_holders();
+        probe_stdio_owners(&objects);
     }
     let packed = (adds << 32) ^ subs;
     if LOADER_SEEN.swap(packed, Ordering::Relaxed) == packed {
@@ -535,6 +536,98 @@ impl fmt::Display for Probe {
 
 fn seen() -> Vec<usize> {
     std::mem::take(&mut *SEEN.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The owner words of std's stdout and stderr locks (`ReentrantLock`s), found by
+/// [`probe_stdio_owners`] (0: not found; then only the frames tell).
+static STDIO_OWNERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// True if the thread whose std thread id is `thread_id` holds stdout's or stderr's lock
+/// now, in any frame: its own (`stdout().lock()` in the task) included. Async-signal-safe
+/// (reads two words of std's statics).
+pub(crate) fn stdio_held_by(thread_id: u64) -> bool {
+    thread_id != 0
+        && STDIO_OWNERS.iter().any(|w| {
+            let at = w.load(Ordering::Relaxed);
+            // SAFETY: an aligned word inside std's `STDOUT` or stderr `INSTANCE` static,
+            // which lives as long as the process; written by std with atomics.
+            at != 0 && unsafe { (*(at as *const AtomicU64)).load(Ordering::Relaxed) } == thread_id
+        })
+}
+
+/// The calling thread's std thread id, as std's reentrant locks record their owner.
+pub(crate) fn current_thread_id() -> u64 {
+    // `ThreadId`'s value is not public; its `Debug` is `ThreadId(<n>)`.
+    let id = format!("{:?}", std::thread::current().id());
+    id.trim_start_matches("ThreadId(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Finds the owner words of std's stdout and stderr locks in the executable's statics:
+/// the word that holds this thread's id while it holds the lock, and zero before. Checked
+/// by the probe itself (exactly one such word), so a std that lays its locks out another
+/// way disables this (the frames still tell) instead of misleading the gate.
+fn probe_stdio_owners(objects: &[sys::LoadedObject]) {
+    let Some(exe) = objects.iter().find(|o| o.name.is_empty()) else {
+        return;
+    };
+    let Ok(elf) = std::fs::read("/proc/self/exe") else {
+        return;
+    };
+    let mut statics = [(0usize, 0usize); 2];
+    for_each_symbol(&elf, |name, kind, value, size| {
+        if kind != STT_OBJECT_KIND {
+            return;
+        }
+        let name = format!("{:#}", rustc_demangle::demangle(name));
+        let slot = match name.as_str() {
+            "std::io::stdio::STDOUT" => 0,
+            "std::io::stdio::stderr::INSTANCE" => 1,
+            _ => return,
+        };
+        if let Some(at) = exe.base.checked_add(value) {
+            statics[slot] = (at, size.min(512));
+        }
+    });
+    let me = current_thread_id();
+    if me == 0 {
+        return;
+    }
+    let read = |(at, size): (usize, usize)| -> Vec<u64> {
+        (0..size / 8)
+            // SAFETY: inside a static of the executable, aligned (statics holding a u64
+            // are 8-aligned), read with atomic loads as std writes them.
+            .map(|i| unsafe { (*((at + i * 8) as *const AtomicU64)).load(Ordering::SeqCst) })
+            .collect()
+    };
+    for (i, &(at, size)) in statics.iter().enumerate() {
+        if at == 0 || at % 8 != 0 || size < 8 {
+            continue;
+        }
+        let (before, held) = if i == 0 {
+            let _ = std::io::stdout().lock();
+            let before = read((at, size));
+            let guard = std::io::stdout().lock();
+            let held = read((at, size));
+            drop(guard);
+            (before, held)
+        } else {
+            let _ = std::io::stderr().lock();
+            let before = read((at, size));
+            let guard = std::io::stderr().lock();
+            let held = read((at, size));
+            drop(guard);
+            (before, held)
+        };
+        let words: Vec<usize> = (0..held.len())
+            .filter(|&k| held[k] == me && before[k] == 0)
+            .collect();
+        if let [k] = words[..] {
+            STDIO_OWNERS[i].store(at + k * 8, Ordering::Relaxed);
+        }
+    }
 }
 
 #[inline(never)]
@@ -717,8 +810,9 @@ fn named_functions(elf: &[u8]) -> Vec<(usize, usize, Named)> {
 }
 
 const STT_FUNC: u8 = 2;
+const STT_OBJECT_KIND: u8 = 1;
 #[cfg(test)]
-const STT_OBJECT: u8 = 1;
+const STT_OBJECT: u8 = STT_OBJECT_KIND;
 
 /// Calls `each(name, type, value, size)` for every symbol of the ELF file `elf`'s symbol
 /// tables.
@@ -840,6 +934,37 @@ mod tests {
         assert!(!is_holder_name(
             "_ZN3std3sys9backtrace28__rust_begin_short_backtrace17h0E"
         ));
+    }
+
+    /// Self-checking: the probe finds the owner words of stdout's and stderr's locks in
+    /// this std (a layout change fails here), and they tell who holds each lock.
+    #[test]
+    fn the_stdio_lock_owners_are_found_and_read() {
+        refresh();
+        assert_ne!(
+            STDIO_OWNERS[0].load(Ordering::Relaxed),
+            0,
+            "stdout's owner word"
+        );
+        assert_ne!(
+            STDIO_OWNERS[1].load(Ordering::Relaxed),
+            0,
+            "stderr's owner word"
+        );
+        let me = current_thread_id();
+        assert_ne!(me, 0);
+        {
+            let _out = std::io::stdout().lock();
+            assert!(stdio_held_by(me));
+        }
+        {
+            let _err = std::io::stderr().lock();
+            assert!(stdio_held_by(me));
+        }
+        // Not held by this thread now (another test's thread may hold it: not this id).
+        assert!(!stdio_held_by(me));
+        let other = std::thread::spawn(current_thread_id).join().unwrap();
+        assert_ne!(other, me);
     }
 
     /// The handler's walk finds this binary's unwind tables, and only while the object

@@ -257,22 +257,23 @@ fn a_runaway_inside_println_is_abandoned() {
     });
 }
 
-// --- 5. A task waiting to acquire stdout held by a frozen task. ---
+// --- 5. A task waiting to acquire stdout held by another task for good. ---
 
 #[test]
-fn a_task_waiting_for_stdout_held_by_a_frozen_task_is_frozen() {
+fn a_task_waiting_for_stdout_held_by_another_task_is_frozen() {
     child(
-        "a_task_waiting_for_stdout_held_by_a_frozen_task_is_frozen",
+        "a_task_waiting_for_stdout_held_by_another_task_is_frozen",
         || {
             let pool = pool(2);
-            // A's own frame holds the lock: freezable, and stdout stays locked for good.
+            // A's own frame holds the lock for good: never frozen holding it (the gate
+            // reads the lock's owner), so abandoned; stdout stays locked while it runs.
             let a = pool.spawn_with(cpu_budget(), || {
                 let _guard = std::io::stdout().lock();
                 spin_forever()
             });
             expect_how(
                 join_or_hang(a, "a runaway holding stdout().lock() in its own frame"),
-                KillHow::Frozen,
+                KillHow::Abandoned,
                 "a runaway holding stdout().lock() in its own frame",
             );
             still_usable(&pool, StdoutState::HeldForever);

@@ -665,3 +665,39 @@ fn an_abandoned_runaway_is_never_stopped_inside_a_freeze_guard() {
         },
     );
 }
+
+/// Prints nothing, slowly: `write!` on a stdout lock guard spends its time inside it.
+struct SlowNothing;
+
+impl fmt::Display for SlowNothing {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        spin_for(1);
+        Ok(())
+    }
+}
+
+/// A runaway writing through a `StdoutLock` it takes for one statement at a time (the
+/// guard lives in the task's own frame) is never frozen while it holds it.
+#[test]
+fn a_runaway_holding_a_stdout_lock_guard_in_its_frame_is_not_frozen_holding_it() {
+    child(
+        "a_runaway_holding_a_stdout_lock_guard_in_its_frame_is_not_frozen_holding_it",
+        || {
+            use std::io::Write;
+            let pool = pool(1);
+            for _ in 0..10 {
+                let h = pool.spawn_with(cpu_budget(), || loop {
+                    let _ = write!(std::io::stdout().lock(), "{SlowNothing}");
+                    spin_for(1);
+                });
+                expect_hard_kill(
+                    join_or_hang(h, "writes through a guard"),
+                    "writes through a guard",
+                );
+                let _watchdog = Watchdog::start("println after a kill", CHECKS);
+                println!();
+            }
+            process_still_usable(&pool, StdoutState::Usable);
+        },
+    );
+}

@@ -325,6 +325,7 @@ fn gate(
     {
         return Gate::Defer(Defer::NoFreeze);
     }
+
     // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
     // thread may get none for a long while), in wall-clock time while it waits.
     let forced = || {
@@ -441,6 +442,10 @@ fn gate(
             Gate::Defer(Defer::LockHeld)
         };
     }
+    // The thread holds stdout's or stderr's lock, in whatever frame (a guard the task
+    // keeps in its own frame included): not frozen until it lets go. (A redirect is
+    // fine: the trampoline looks again.)
+    let stdio_held = places::stdio_held_by(record.std_thread_id.load(Ordering::Relaxed));
     if lib_pc && !blocked {
         return if walk.lib_exit_ret != 0 && room(walk.lib_exit_cfa) {
             Gate::Redirect {
@@ -450,6 +455,9 @@ fn gate(
         } else {
             Gate::Defer(Defer::Library)
         };
+    }
+    if stdio_held {
+        return Gate::Defer(Defer::LockHeld);
     }
     Gate::Now
 }
@@ -756,8 +764,12 @@ extern "C" fn trampoline_entry(index: usize, sp: usize) -> usize {
     let target = record.kill_target.load(Ordering::Relaxed);
     // SAFETY: null or the `Running` of the closure running on this thread (see `attempt`).
     let running = unsafe { record.running.load(Ordering::Relaxed).as_ref() };
-    let due = running.is_some_and(|r| r.chain().any(|t| ptr::eq(t.task.control(), target)));
-    if !due && record.fate() != super::FATE_ABANDONED {
+    // Still holding stdout's or stderr's lock (a guard in the task's own frame): not
+    // here; the monitor asks again.
+    let stdio_held = places::stdio_held_by(record.std_thread_id.load(Ordering::Relaxed));
+    let due = !stdio_held
+        && running.is_some_and(|r| r.chain().any(|t| ptr::eq(t.task.control(), target)));
+    if !due && (stdio_held || record.fate() != super::FATE_ABANDONED) {
         // No task of this thread is to be frozen (its kill is over): go on.
         if record
             .redirect_slot

@@ -229,6 +229,8 @@ pub(crate) struct Record {
     /// and unwalkable).
     pub(crate) stack_lo: AtomicUsize,
     pub(crate) stack_hi: AtomicUsize,
+    /// The thread's std thread id (as std's reentrant locks record their owner).
+    pub(crate) std_thread_id: AtomicU64,
     /// The thread's stack size, for the frozen-bytes count.
     pub(crate) stack_bytes: AtomicUsize,
     /// How the thread's kill ended it, once one did: [`FATE_NONE`], [`FATE_FROZEN`] (the
@@ -322,6 +324,7 @@ impl Record {
             guard_hi: AtomicUsize::new(0),
             stack_lo: AtomicUsize::new(0),
             stack_hi: AtomicUsize::new(0),
+            std_thread_id: AtomicU64::new(0),
             stack_bytes: AtomicUsize::new(0),
             fate: AtomicU64::new(0),
             abandon_done: AtomicBool::new(false),
