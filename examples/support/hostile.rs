@@ -206,7 +206,7 @@ fn use_everything(
         if std::panic::catch_unwind(|| std::panic::panic_any(Quiet)).is_err() {
             counts.panics_caught.fetch_add(1, Ordering::Relaxed);
         }
-        if i % 500 == 0 {
+        if i % 4000 == 0 {
             // Through the default hook (its message on stderr, under the backtrace lock).
             let caught =
                 std::panic::catch_unwind(|| panic!("hostile: a panic through the default hook"));
