@@ -144,6 +144,22 @@ pub enum KillReason {
 }
 
 impl KillReason {
+    /// Every reason, in code order: tables of counts are sized by it, so a new reason is
+    /// one edit here (and a compile error in each `match` below until it is handled).
+    pub(crate) const ALL: [KillReason; 4] = [
+        KillReason::CpuBudget,
+        KillReason::WallDeadline,
+        KillReason::Cancelled,
+        KillReason::StackOverflow,
+    ];
+    /// How many reasons there are.
+    pub(crate) const COUNT: usize = KillReason::ALL.len();
+
+    /// This reason's place in a table of `COUNT` entries. Async-signal-safe.
+    pub(crate) const fn index(self) -> usize {
+        self.code() as usize - 1
+    }
+
     pub(crate) const fn code(self) -> u8 {
         match self {
             KillReason::CpuBudget => 1,
@@ -252,5 +268,26 @@ impl fmt::Display for Killed {
                  it runs on in the background at idle priority, outside the pool"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reason codes round-trip, and every reason has its own place in a table sized by
+    /// `COUNT` (the kill word stores the code; the counters index by `index`).
+    #[test]
+    fn reason_codes_and_indices_cover_every_reason_once() {
+        let mut seen = [false; KillReason::COUNT];
+        for (i, reason) in KillReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}: ALL is in code order");
+            assert_eq!(KillReason::from_code(reason.code()), Some(reason));
+            assert!(!seen[reason.index()]);
+            seen[reason.index()] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(KillReason::from_code(0), None);
+        assert_eq!(KillReason::from_code(KillReason::COUNT as u8 + 1), None);
     }
 }

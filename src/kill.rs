@@ -97,7 +97,7 @@ pub(crate) enum Defer {
 #[derive(Debug, Default)]
 pub(crate) struct KillCounters {
     /// Kills by reason (`KillReason::code() - 1`), however they ended.
-    by_reason: [AtomicU64; 4],
+    by_reason: [AtomicU64; KillReason::COUNT],
     deferred: AtomicU64,
     deferred_library: AtomicU64,
     deferred_panicking: AtomicU64,
@@ -352,7 +352,7 @@ impl Kills {
             return;
         }
         let reason = control.killed().map_or(KillReason::Cancelled, |(r, _)| r);
-        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
         watch.task.publish_abandoned(cpu_ns);
         // From here the thread, if its closure returns, waits (`Record::await_fate`)
         // until this is done: nothing below races with it moving on.
@@ -668,13 +668,13 @@ impl Kills {
 
     /// Counts a cooperative cancel.
     pub(crate) fn cancelled(&self, reason: KillReason) {
-        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
     /// innermost of the tasks frozen with it). Async-signal-safe.
     pub(crate) fn frozen(&self, reason: KillReason) {
-        self.counters.by_reason[index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a frozen thread and remembers it, for shutdown. Async-signal-safe.
@@ -742,7 +742,7 @@ impl Kills {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct KillSnapshot {
     /// By reason: `KillReason::code() - 1`.
-    pub(crate) by_reason: [u64; 4],
+    pub(crate) by_reason: [u64; KillReason::COUNT],
     pub(crate) abandoned_threads: u64,
     pub(crate) abandoned_cpu_ns: u64,
     pub(crate) signal_blocked: u64,
@@ -773,10 +773,6 @@ fn extract_done(watches: &mut Vec<Watch>) -> Vec<Watch> {
         }
     }
     done
-}
-
-fn index(reason: KillReason) -> usize {
-    usize::from(reason.code() - 1)
 }
 
 fn nanos(d: Duration) -> u64 {

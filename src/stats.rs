@@ -10,6 +10,7 @@
 //! the pool runs; once it is quiescent (every handle joined, or after shutdown) they are
 //! exact.
 
+use crate::budget::KillReason;
 use crate::loom::{AtomicU64, Ordering};
 
 /// Per-slot counters, padded so two slots never share a cache line.
@@ -305,10 +306,10 @@ impl Stats {
             signal_blocked: kills.signal_blocked,
             signal_handler_replaced: kills.handler_replaced,
             monitor_panics: kills.monitor_panics,
-            kills_cpu_budget: kills.by_reason[0],
-            kills_wall_deadline: kills.by_reason[1],
-            kills_cancel: kills.by_reason[2],
-            kills_stack_overflow: kills.by_reason[3],
+            kills_cpu_budget: kills.by_reason[KillReason::CpuBudget.index()],
+            kills_wall_deadline: kills.by_reason[KillReason::WallDeadline.index()],
+            kills_cancel: kills.by_reason[KillReason::Cancelled.index()],
+            kills_stack_overflow: kills.by_reason[KillReason::StackOverflow.index()],
             freeze_deferred: kills.deferred,
             freeze_deferred_library: kills.deferred_library,
             freeze_deferred_panicking: kills.deferred_panicking,
