@@ -2,28 +2,22 @@
 """Prints the crate's module import graph: one `from -> to` line per module that names
 another (`use crate::x` or a `crate::x::` path), then every import circle (strongly
 connected component of more than one module). Modules are top-level: `src/handler/*.rs`
-counts as `handler`, unless `--files` is given (then each file is a node).
+counts as `handler`.
 
-Usage: tools/imports.py [--files] [src-dir]
+Usage: tools/imports.py [src-dir]
 """
 import os
 import re
 import sys
 
 
-def module_of(path, root, files):
+def module_of(path, root):
     rel = os.path.relpath(path, root)[:-3]  # strip .rs
-    parts = rel.split(os.sep)
-    if parts[-1] == "mod":
-        parts = parts[:-1]
-    if parts == ["lib"]:
-        return "lib"
-    return "/".join(parts) if files else parts[0]
+    return rel.split(os.sep)[0]
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    files = "--files" in sys.argv
+    args = sys.argv[1:]
     root = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
     pattern = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
     edges = {}
@@ -32,18 +26,14 @@ def main():
             if not name.endswith(".rs"):
                 continue
             path = os.path.join(dirpath, name)
-            src = module_of(path, root, files)
+            src = module_of(path, root)
             text = open(path, encoding="utf-8").read()
             # Test modules may reach anywhere.
             text = text.split("#[cfg(test)]\nmod tests")[0]
             for m in pattern.finditer(text):
-                target = m.group(1)
-                if files and src.startswith(target + "/"):
-                    continue
-                if target != src.split("/")[0] or files:
-                    dst = target
-                    if dst != src:
-                        edges.setdefault(src, set()).add(dst)
+                dst = m.group(1)
+                if dst != src:
+                    edges.setdefault(src, set()).add(dst)
     nodes = sorted(set(edges) | {d for ds in edges.values() for d in ds})
     for src in sorted(edges):
         for dst in sorted(edges[src]):
