@@ -8,7 +8,9 @@
 //! lock), `print!` and `eprint!` (stdout's and stderr's locks), the environment read and
 //! written (its lock), a process spawned (the environment's read lock around `fork`), and
 //! a service looked up in a cache of one (a `dlopen` and a `dlclose` each time). Meanwhile
-//! runaways of seven kinds, each doing one of those same things in a loop, are killed
+//! runaways of ten kinds, each doing one of those same things in a loop (and three more:
+//! unwinding out of `print!` with `resume_unwind`, writing through a `StdoutLock` guard,
+//! printing 500 frames deep), are killed
 //! until at least 1,000 have been frozen, with good tasks checked in between. Every join
 //! has a deadline; so does every facility thread's progress.
 //!
@@ -133,6 +135,31 @@ impl fmt::Display for Nothing {
     }
 }
 
+/// Spins a little inside `print!`, then unwinds out of it with `resume_unwind` (no hook):
+/// the unwind goes through a frame whose return a kill may have redirected.
+struct UnwindInside;
+
+impl fmt::Display for UnwindInside {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let until = Instant::now() + Duration::from_micros(200);
+        while Instant::now() < until {
+            black_box(0u64);
+        }
+        std::panic::resume_unwind(Box::new(Quiet))
+    }
+}
+
+/// Recurses `depth` frames, then runs `f`.
+#[inline(never)]
+fn deep(depth: u32, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        f();
+    } else {
+        deep(black_box(depth - 1), f);
+        black_box(depth);
+    }
+}
+
 /// The runaways: each loops over one of the facilities, until [`RUN_ON`].
 #[derive(Clone, Copy, Debug)]
 enum Runaway {
@@ -143,9 +170,12 @@ enum Runaway {
     Spawn,
     PanicCatch,
     Lookup,
+    UnwindThroughPrint,
+    StdoutGuard,
+    DeepPrint,
 }
 
-const RUNAWAYS: [Runaway; 7] = [
+const RUNAWAYS: [Runaway; 10] = [
     Runaway::Spin,
     Runaway::Print,
     Runaway::Backtrace,
@@ -153,6 +183,9 @@ const RUNAWAYS: [Runaway; 7] = [
     Runaway::Spawn,
     Runaway::PanicCatch,
     Runaway::Lookup,
+    Runaway::UnwindThroughPrint,
+    Runaway::StdoutGuard,
+    Runaway::DeepPrint,
 ];
 
 fn run_away(kind: Runaway, cache: &ServiceCache) -> u64 {
@@ -186,6 +219,19 @@ fn run_away(kind: Runaway, cache: &ServiceCache) -> u64 {
                 let name = if n % 2 == 0 { "svc_hash" } else { "svc_json" };
                 n += u64::from(cache.get(name).is_ok()) + 1;
             }
+            Runaway::UnwindThroughPrint => {
+                let caught = std::panic::catch_unwind(|| print!("{UnwindInside}"));
+                n += u64::from(caught.is_err());
+            }
+            Runaway::StdoutGuard => {
+                use std::io::Write;
+                let _ = write!(std::io::stdout().lock(), "{Nothing}");
+                n += 1;
+            }
+            Runaway::DeepPrint => deep(500, &mut || {
+                print!("{Nothing}");
+                n += 1;
+            }),
         }
     }
     n
