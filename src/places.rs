@@ -4,11 +4,10 @@
 //! process-wide locks, and the unwind tables of every loaded object.
 //!
 //! The tables are built here, outside any signal handler, and read by `handler/` with
-//! loads only. The range tables only grow: an entry is written before the count that
-//! publishes it (Release, read with Acquire), so the handler never reads a half-written
-//! entry; a range of a library unloaded later stays, which only makes the gate stricter.
-//! The lock holders are a sorted table replaced whole (and leaked: a handler may still be
-//! reading the old one). The unwind tables mark an unloaded object's entries dead.
+//! loads only. The address tables (libraries, lock holders, lock acquisition, unwind
+//! cleanup) are sorted tables rebuilt from the objects loaded now and replaced whole; a
+//! replaced one is freed once no lookup is in flight. The unwind tables mark an unloaded
+//! object's entries dead, and reuse them under a sequence lock.
 //!
 //! - **Libraries**: every executable `PT_LOAD` segment of libc, the dynamic loader,
 //!   libgcc_s, libstdc++, libm, libpthread, librt, libdl and the vDSO, from
@@ -40,58 +39,6 @@ use std::sync::Mutex;
 use crate::sys::{self, unwind};
 
 const MAX_HOLDERS: usize = 64;
-
-/// A table of address ranges, each with a flag, written by one writer at a time (under
-/// `WRITER`) and read by the signal handler with loads only: an entry is written before
-/// the count that publishes it (Release, read with Acquire). It only grows.
-struct Ranges<const N: usize> {
-    bounds: [[AtomicUsize; 2]; N],
-    flags: [AtomicBool; N],
-    count: AtomicUsize,
-}
-
-impl<const N: usize> Ranges<N> {
-    const fn new() -> Self {
-        Ranges {
-            bounds: [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; N],
-            flags: [const { AtomicBool::new(false) }; N],
-            count: AtomicUsize::new(0),
-        }
-    }
-
-    fn published(&self) -> usize {
-        self.count.load(Ordering::Acquire).min(N)
-    }
-
-    /// Adds `[lo, hi)` with `flag`, unless the table is full. Under `WRITER`.
-    fn push(&self, lo: usize, hi: usize, flag: bool) {
-        let count = self.count.load(Ordering::Relaxed);
-        if count >= N {
-            return;
-        }
-        self.bounds[count][0].store(lo, Ordering::Relaxed);
-        self.bounds[count][1].store(hi, Ordering::Relaxed);
-        self.flags[count].store(flag, Ordering::Relaxed);
-        self.count.store(count + 1, Ordering::Release);
-    }
-
-    /// True if `[lo, hi)` is in the table already. Under `WRITER`.
-    fn contains(&self, lo: usize, hi: usize) -> bool {
-        self.bounds[..self.published()]
-            .iter()
-            .any(|[l, h]| l.load(Ordering::Relaxed) == lo && h.load(Ordering::Relaxed) == hi)
-    }
-
-    /// The flag of the range `ip` is in, if any. Async-signal-safe.
-    fn find(&self, ip: usize) -> Option<bool> {
-        self.bounds[..self.published()]
-            .iter()
-            .position(|[lo, hi]| {
-                ip >= lo.load(Ordering::Relaxed) && ip < hi.load(Ordering::Relaxed)
-            })
-            .map(|i| self.flags[i].load(Ordering::Relaxed))
-    }
-}
 
 /// A table of address ranges with a kind, sorted and searched by bisection: thousands of
 /// std functions hold a lock, and the handler looks up every frame of a walk. Replaced
@@ -159,10 +106,11 @@ impl SortedRanges {
 }
 
 /// The gated libraries' text, flagged with whether a return out of each range may be
-/// redirected to the freeze: libc's functions (malloc, memcpy, syscall wrappers) return
-/// to their caller normally and hold nothing after; the loader's and the unwinder's
-/// (libgcc_s, libstdc++) may not return at all, or are read by an unwind in progress.
-static LIBRARIES: Ranges<128> = Ranges::new();
+/// redirected to the freeze (1) or not (0): libc's functions (malloc, memcpy, syscall
+/// wrappers) return to their caller normally and hold nothing after; the loader's and the
+/// unwinder's (libgcc_s, libstdc++) may not return at all, or are read by an unwind in
+/// progress.
+static LIBRARIES: SortedRanges = SortedRanges::new();
 static HOLDERS: [AtomicUsize; MAX_HOLDERS] = [const { AtomicUsize::new(0) }; MAX_HOLDERS];
 static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Lock-holding std functions found by name in the symbol tables, flagged with whether
@@ -269,10 +217,8 @@ fn refresh_unwind_tables(objects: &[sys::LoadedObject]) {
         }
     }
     for object in objects {
-        let Some((hdr_lo, hdr_hi)) = object.eh_frame_hdr else {
-            continue;
-        };
-        let Some(eh_frame) = eh_frame_of(object, hdr_lo, hdr_hi) else {
+        let (Some((hdr_lo, hdr_hi)), Some(eh_frame)) = (object.eh_frame_hdr, eh_frame_of(object))
+        else {
             continue;
         };
         for &(lo, hi) in &object.text {
@@ -316,8 +262,9 @@ fn refresh_unwind_tables(objects: &[sys::LoadedObject]) {
 /// Where an object's `.eh_frame` is, `(start, len)`: from its `.eh_frame_hdr`, to the end
 /// of the loaded segment it is in. `None` if the header is not one the walk can use (no
 /// binary search table, or pointers outside the object).
-fn eh_frame_of(object: &sys::LoadedObject, hdr_lo: usize, hdr_hi: usize) -> Option<(usize, usize)> {
+fn eh_frame_of(object: &sys::LoadedObject) -> Option<(usize, usize)> {
     use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
+    let (hdr_lo, hdr_hi) = object.eh_frame_hdr?;
     let within = |lo: usize, hi: usize| object.segments.iter().any(|&(s, e)| lo >= s && hi <= e);
     if hdr_hi <= hdr_lo || !within(hdr_lo, hdr_hi) {
         return None;
@@ -366,7 +313,7 @@ pub(crate) fn in_library(pc: usize) -> bool {
 /// `Some(redirectable)` if `pc` is in the text of a gated library: whether a return out of
 /// it may be redirected to the freeze. Async-signal-safe.
 pub(crate) fn library(pc: usize) -> Option<bool> {
-    LIBRARIES.find(pc)
+    LIBRARIES.find(pc).map(|redirectable| redirectable == 1)
 }
 
 /// What a frame is to the gate.
@@ -380,10 +327,6 @@ pub(crate) enum Holder {
     /// A std function that may hold a process-wide lock it took in an outer frame (the
     /// panic entry points).
     Holds,
-    /// A method of a stdio lock's guard (`StdoutLock::write_fmt`), or the `lock()` that
-    /// returns one: the caller holds the lock after it returns, so a freeze at its return
-    /// would keep the lock. Never redirected.
-    Guarded,
 }
 
 /// Whether a function starting at `start` (the frame's IP: `ip`) holds one of std's
@@ -392,7 +335,6 @@ pub(crate) enum Holder {
 pub(crate) fn lock_holder(start: usize, ip: usize) -> Holder {
     match NAMED_HOLDERS.find(ip) {
         Some(ACQUIRES) => return Holder::Acquires,
-        Some(GUARDED) => return Holder::Guarded,
         Some(_) => return Holder::Holds,
         None => {}
     }
@@ -443,13 +385,17 @@ pub(crate) fn refresh() {
     let mut scanned = SCANNED.lock().unwrap_or_else(|e| e.into_inner());
     let scanned = scanned.get_or_insert_with(HashMap::new);
     scanned.retain(|(name, base), _| objects.iter().any(|o| &o.name == name && o.base == *base));
+    let mut libraries = Vec::new();
     for object in &objects {
         let file = object.name.rsplit('/').next().unwrap_or("");
         if let Some(&(_, redirectable)) = GATED.iter().find(|(prefix, _)| file.starts_with(prefix))
         {
-            for &(lo, hi) in &object.text {
-                add_range(lo, hi, redirectable);
-            }
+            libraries.extend(
+                object
+                    .text
+                    .iter()
+                    .map(|&(lo, hi)| (lo, hi, u8::from(redirectable))),
+            );
             continue;
         }
         // The executable, and objects loaded later (services: Rust cdylibs with a std of
@@ -488,9 +434,9 @@ pub(crate) fn refresh() {
             Named::Acquire => acquiring.push((lo, hi, 0)),
             Named::HolderAcquires => holders.push((lo, hi, ACQUIRES)),
             Named::HolderHolds => holders.push((lo, hi, HOLDS)),
-            Named::HolderGuarded => holders.push((lo, hi, GUARDED)),
         }
     }
+    LIBRARIES.replace(libraries);
     NAMED_HOLDERS.replace(holders);
     ACQUIRING.replace(acquiring);
     CLEANUP.replace(cleanup);
@@ -499,14 +445,7 @@ pub(crate) fn refresh() {
 /// Kinds in [`NAMED_HOLDERS`] and [`ACQUIRING`].
 const HOLDS: u8 = 0;
 const ACQUIRES: u8 = 1;
-const GUARDED: u8 = 2;
 const ACQUIRE_ENTRY: u8 = 1;
-
-fn add_range(lo: usize, hi: usize, redirectable: bool) {
-    if !LIBRARIES.contains(lo, hi) {
-        LIBRARIES.push(lo, hi, redirectable);
-    }
-}
 
 /// Function starts on the stack while [`Probe::fmt`] runs, from the last probe.
 static SEEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -606,21 +545,19 @@ fn probe_stdio_owners(objects: &[sys::LoadedObject]) {
         if at == 0 || at % 8 != 0 || size < 8 {
             continue;
         }
-        let (before, held) = if i == 0 {
-            let _ = std::io::stdout().lock();
-            let before = read((at, size));
-            let guard = std::io::stdout().lock();
-            let held = read((at, size));
-            drop(guard);
-            (before, held)
-        } else {
-            let _ = std::io::stderr().lock();
-            let before = read((at, size));
-            let guard = std::io::stderr().lock();
-            let held = read((at, size));
-            drop(guard);
-            (before, held)
+        let lock = || -> Box<dyn std::any::Any> {
+            if i == 0 {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(std::io::stderr().lock())
+            }
         };
+        // Initialised (a first lock), then not held, then held by this thread.
+        drop(lock());
+        let before = read((at, size));
+        let guard = lock();
+        let held = read((at, size));
+        drop(guard);
         let words: Vec<usize> = (0..held.len())
             .filter(|&k| held[k] == me && before[k] == 0)
             .collect();
@@ -658,12 +595,7 @@ fn probe_holders() {
 /// True for the name of a std function that may hold a process-wide lock ([`HOLDERS`]).
 #[cfg(test)]
 fn is_holder_name(name: &str) -> bool {
-    classify(name).is_some_and(|k| {
-        matches!(
-            k,
-            Named::HolderAcquires | Named::HolderHolds | Named::HolderGuarded
-        )
-    })
+    classify(name).is_some_and(|k| matches!(k, Named::HolderAcquires | Named::HolderHolds))
 }
 
 /// What a function's name makes it to the gate.
@@ -673,8 +605,6 @@ enum Named {
     HolderAcquires,
     /// May hold a process-wide lock, taken there or in an outer frame.
     HolderHolds,
-    /// A method of a stdio lock guard, or a `lock()` that returns one.
-    HolderGuarded,
     /// Where std's lock-acquisition slow paths wait: a futex wait, a contended lock.
     AcquireEntry,
     /// The reentrant lock's acquisition around them (stdio's locks).
@@ -754,18 +684,7 @@ fn classify(name: &str) -> Option<Named> {
         .iter()
         .find(|(pattern, _)| name.contains(pattern))
     {
-        // The caller keeps the lock after these return.
-        let guard = ["StdoutLock", "StderrLock", "StdinLock"]
-            .iter()
-            .any(|g| name.contains(g));
-        let lock = ["Stdout", "Stderr", "Stdin"].iter().any(|s| {
-            name.ends_with(&format!("{s}>::lock")) || name.ends_with(&format!("{s}::lock"))
-        });
-        return Some(if guard || lock {
-            Named::HolderGuarded
-        } else {
-            kind
-        });
+        return Some(kind);
     }
     // Process spawning holds the environment's read lock around `fork`/`posix_spawn`
     // (and while it copies the environment) in frames of its own.

@@ -128,18 +128,24 @@ fn std_facilities_still_work() {
     assert!(status.success());
 }
 
+/// Runs `runaway` with a CPU budget on a one-worker pool, expects a hard kill (frozen or
+/// abandoned), then uses std's facilities from other threads and checks the process.
+fn kill_then_use_std(case: &str, runaway: impl FnOnce() + Send + 'static) {
+    let pool = pool(1);
+    let h = pool.spawn_with(cpu_budget(), runaway);
+    expect_hard_kill(join_or_hang(h, case), case);
+    std_facilities_still_work();
+    process_still_usable(&pool, StdoutState::Usable);
+}
+
 #[test]
 fn a_runaway_capturing_backtraces_leaves_the_backtrace_lock_free() {
     child(
         "a_runaway_capturing_backtraces_leaves_the_backtrace_lock_free",
         || {
-            let pool = pool(1);
-            let h = pool.spawn_with(cpu_budget(), || loop {
+            kill_then_use_std("backtrace loop", || loop {
                 black_box(std::backtrace::Backtrace::force_capture().to_string());
             });
-            expect_hard_kill(join_or_hang(h, "backtrace loop"), "backtrace loop");
-            std_facilities_still_work();
-            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }
@@ -149,14 +155,10 @@ fn a_runaway_reading_the_environment_leaves_its_lock_free() {
     child(
         "a_runaway_reading_the_environment_leaves_its_lock_free",
         || {
-            let pool = pool(1);
-            let h = pool.spawn_with(cpu_budget(), || loop {
+            kill_then_use_std("env::vars loop", || loop {
                 black_box(std::env::vars_os().count());
                 black_box(std::env::var_os("PATH"));
             });
-            expect_hard_kill(join_or_hang(h, "env::vars loop"), "env::vars loop");
-            std_facilities_still_work();
-            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }
@@ -166,15 +168,11 @@ fn a_runaway_spawning_processes_leaves_the_environment_lock_free() {
     child(
         "a_runaway_spawning_processes_leaves_the_environment_lock_free",
         || {
-            let pool = pool(1);
-            let h = pool.spawn_with(cpu_budget(), || loop {
+            kill_then_use_std("spawn loop", || loop {
                 if let Ok(mut child) = std::process::Command::new("true").spawn() {
                     let _ = child.wait();
                 }
             });
-            expect_hard_kill(join_or_hang(h, "spawn loop"), "spawn loop");
-            std_facilities_still_work();
-            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }
@@ -184,8 +182,7 @@ fn a_runaway_inside_its_own_panic_hook_leaves_the_hook_lock_free() {
     child(
         "a_runaway_inside_its_own_panic_hook_leaves_the_hook_lock_free",
         || {
-            let pool = pool(1);
-            let h = pool.spawn_with(cpu_budget(), || {
+            kill_then_use_std("a spinning panic hook", || {
                 let me = std::thread::current().id();
                 let previous = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
@@ -200,12 +197,6 @@ fn a_runaway_inside_its_own_panic_hook_leaves_the_hook_lock_free() {
                 }));
                 std::panic::panic_any(Expected(42));
             });
-            expect_hard_kill(
-                join_or_hang(h, "a spinning panic hook"),
-                "a spinning panic hook",
-            );
-            std_facilities_still_work();
-            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }
@@ -258,17 +249,10 @@ fn a_kill_inside_the_unwinder_with_jit_frames_registered_does_not_deadlock() {
             // The unwinder still works with them registered.
             let caught = std::panic::catch_unwind(|| std::panic::panic_any(Expected(43)));
             assert!(caught.is_err());
-            let pool = pool(1);
             // Every frame of every capture looks its FDE up under libgcc's mutex.
-            let h = pool.spawn_with(cpu_budget(), || loop {
+            kill_then_use_std("a backtrace loop with JIT frames registered", || loop {
                 let _ = black_box(std::backtrace::Backtrace::force_capture());
             });
-            expect_hard_kill(
-                join_or_hang(h, "a backtrace loop with JIT frames registered"),
-                "a backtrace loop with JIT frames registered",
-            );
-            std_facilities_still_work();
-            process_still_usable(&pool, StdoutState::Usable);
         },
     );
 }

@@ -391,7 +391,6 @@ fn gate(
         last_cfa: 0,
         holder_ret: 0,
         want_ret: false,
-        outer_guarded: false,
         reached_boundary: false,
         panicking,
         acquiring: if wait == Wait::Futex {
@@ -428,12 +427,7 @@ fn gate(
     let (stack_lo, _) = record.stack_range();
     let room = |cfa: usize| cfa.saturating_sub(stack_lo) >= TRAMPOLINE_STACK;
     if walk.want_ret || walk.holder_cfa != 0 {
-        // A stdio lock guard's method: its caller keeps the lock after it returns.
-        return if may_redirect
-            && !walk.outer_guarded
-            && walk.holder_ret != 0
-            && room(walk.holder_cfa)
-        {
+        return if may_redirect && walk.holder_ret != 0 && room(walk.holder_cfa) {
             Gate::Redirect {
                 slot: walk.holder_cfa - 8,
                 ret: walk.holder_ret,
@@ -488,8 +482,6 @@ struct Walk {
     last_cfa: usize,
     holder_ret: usize,
     want_ret: bool,
-    /// The outermost holder so far is a stdio lock guard's method (never redirected).
-    outer_guarded: bool,
     reached_boundary: bool,
     acquiring: Acquiring,
     /// The thread is unwinding.
@@ -598,7 +590,6 @@ fn each(walk: &mut Walk, frame: super::walk::Frame) -> ControlFlow<()> {
         walk.holder_cfa = 0;
         walk.holder_ret = 0;
         walk.want_ret = true;
-        walk.outer_guarded = holder == places::Holder::Guarded;
     }
     walk.frames += 1;
     ControlFlow::Continue(())
@@ -700,6 +691,9 @@ std::arch::global_asm!(
     "leaq 8(%rsp), %rsp",
     "jmp *%r11",
     ".size microsched_trampoline_body, .-microsched_trampoline_body",
+    ".globl microsched_trampolines_end",
+    ".hidden microsched_trampolines_end",
+    "microsched_trampolines_end:",
     ".popsection",
     n = const MAX_THREADS,
     records = sym RECORDS,
@@ -712,6 +706,7 @@ std::arch::global_asm!(
 #[cfg(target_arch = "x86_64")]
 extern "C" {
     static microsched_trampolines: [u8; 0];
+    static microsched_trampolines_end: [u8; 0];
 }
 
 /// The size of one stub.
@@ -734,8 +729,17 @@ fn trampoline_address(index: usize) -> usize {
 /// True if `pc` is in the trampolines (the stubs or their body): a thread there is on its
 /// way to its freeze. Async-signal-safe.
 pub(super) fn in_trampoline(pc: usize) -> bool {
-    let start = trampoline_address(0).wrapping_sub(1);
-    cfg!(target_arch = "x86_64") && pc >= start && pc < start + MAX_THREADS * STUB + 256
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = std::ptr::addr_of!(microsched_trampolines) as usize;
+        let end = std::ptr::addr_of!(microsched_trampolines_end) as usize;
+        pc >= start && pc < end
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = pc;
+        false
+    }
 }
 
 /// Where a redirected frame returns to, through its record's stub. **Normal context**: the
