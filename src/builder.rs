@@ -5,13 +5,15 @@ use std::thread;
 use std::time::Duration;
 
 use crate::budget::Budget;
-use crate::carrier::{self, Role};
+use crate::runtime::carrier::{self, Role};
 use crate::error::BuildError;
 use crate::handler::{self, Preempt, TimerClock};
 use crate::kill::Kills;
 use crate::pool::{Pool, Shared, Threads};
-use crate::reserve::Reserve;
-use crate::{monitor, places, signal, sys};
+use crate::sync::reserve::Reserve;
+use crate::handler::places;
+use crate::runtime::{monitor, signal};
+use crate::sys;
 
 /// The smallest runner stack accepted: the runtime's own frames plus `catch_unwind` and a
 /// panic's formatting need a few pages; below this, ordinary tasks would overflow.

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use crate::budget::KillReason;
 use crate::handler::{Holder, Outside, Record, FATE_ABANDONED, RECORDS};
-use crate::loom::Futex;
+use crate::sync::loom::Futex;
 use crate::sys::{self, async_safe};
 use crate::task::{drop_quietly, Task};
 

@@ -136,22 +136,14 @@ compile_error!(
 mod alloc;
 mod budget;
 mod builder;
-mod carrier;
 mod error;
-mod gate;
 mod handler;
 mod kill;
-mod loom;
-mod monitor;
-mod places;
 mod pool;
-mod reserve;
-mod runner;
+mod runtime;
 mod service;
-mod signal;
-mod sleep;
-mod slot;
 mod stats;
+mod sync;
 mod sys;
 mod task;
 
@@ -178,10 +170,10 @@ struct ReadmeDoctests;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::gate::Gate;
-    pub use crate::reserve::{Reserve, Woken};
-    pub use crate::runner::{serve, Serve, Served};
-    pub use crate::sleep::Sleep;
+    pub use crate::sync::spawn_gate::Gate;
+    pub use crate::sync::reserve::{Reserve, Woken};
+    pub use crate::runtime::runner::{serve, Serve, Served};
+    pub use crate::sync::sleep::Sleep;
     pub use crate::stats::SlotCounters;
     pub use crate::task::{abandon, inline_task, new as new_task, Task};
 }

@@ -33,12 +33,12 @@ use crate::budget::Budget;
 use crate::builder::Builder;
 use crate::error::JoinError;
 use crate::error::ShutdownTimedOut;
-use crate::gate::Gate;
+use crate::sync::spawn_gate::Gate;
 use crate::handler::Preempt;
-use crate::loom::{AtomicU8, Futex, Ordering};
-use crate::runner::{self, steal};
-use crate::sleep::Sleep;
-use crate::slot::Slot;
+use crate::sync::loom::{AtomicU8, Futex, Ordering};
+use crate::runtime::runner::{self, steal};
+use crate::sync::sleep::Sleep;
+use crate::runtime::slot::Slot;
 use crate::stats::{PoolCounters, PreemptSnapshot, Stats};
 use crate::task::{self, JoinHandle, Task};
 

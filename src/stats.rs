@@ -11,7 +11,7 @@
 //! exact.
 
 use crate::budget::KillReason;
-use crate::loom::{AtomicU64, Ordering};
+use crate::sync::loom::{AtomicU64, Ordering};
 
 /// Per-slot counters, padded so two slots never share a cache line.
 #[repr(align(128))]
@@ -265,7 +265,7 @@ pub(crate) struct PreemptSnapshot {
 }
 
 impl PreemptSnapshot {
-    pub(crate) fn of(reserve: &crate::reserve::Reserve) -> PreemptSnapshot {
+    pub(crate) fn of(reserve: &crate::sync::reserve::Reserve) -> PreemptSnapshot {
         let c = &reserve.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PreemptSnapshot {

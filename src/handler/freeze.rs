@@ -55,7 +55,7 @@ use std::sync::atomic::{compiler_fence, Ordering};
 use super::{chain, Record, Running, CARRIED, IN_TASK, MAX_THREADS, RECORDS};
 use crate::budget::KillReason;
 use crate::kill::Defer;
-use crate::places;
+use crate::handler::places;
 use crate::sys::async_safe::{self, Wait};
 
 thread_local! {

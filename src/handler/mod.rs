@@ -53,12 +53,13 @@ use std::sync::atomic::{
     Ordering,
 };
 
-use crate::loom::Futex;
-use crate::reserve::Reserve;
+use crate::sync::loom::Futex;
+use crate::sync::reserve::Reserve;
 use crate::stats::SlotCounters;
 use crate::sys::{async_safe, TimerId};
 use crate::task::{Control, Runnable};
 
+pub(crate) mod places;
 mod freeze;
 #[cfg(target_arch = "x86_64")]
 mod walk;

@@ -21,7 +21,7 @@ use gimli::{
     UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
 
-use crate::places;
+use crate::handler::places;
 
 /// DWARF register numbers on x86_64: rbx, rbp, rsp, r12–r15, and the return address.
 const RBX: usize = 3;

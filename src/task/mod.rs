@@ -48,7 +48,7 @@ use crate::budget::{Budget, KillHow, KillReason, Killed};
 use crate::error::{JoinError, PanicPayload};
 use crate::handler::{Record, Running};
 use crate::kill::Kills;
-use crate::loom::{Futex, Ordering, UnsafeCell};
+use crate::sync::loom::{Futex, Ordering, UnsafeCell};
 use crate::stats::SlotCounters;
 use crate::sys;
 
@@ -928,7 +928,7 @@ impl<T> JoinHandle<T> {
         let state = self.task.state();
         if !state.is_complete() {
             if let Some((pool, task)) = self.task.clone().inline() {
-                crate::runner::run_inline(pool, task);
+                crate::runtime::runner::run_inline(pool, task);
             }
         }
         state.wait(None);

@@ -37,9 +37,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::carrier::{self, Role};
-use crate::loom::Ordering;
-use crate::places;
+use crate::runtime::carrier::{self, Role};
+use crate::sync::loom::Ordering;
+use crate::handler::places;
 use crate::pool::Shared;
 use crate::sys::{self, async_safe};
 

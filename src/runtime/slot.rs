@@ -11,7 +11,7 @@ use std::cell::UnsafeCell;
 
 use crossbeam_deque::{Stealer, Worker};
 
-use crate::loom::AtomicBool;
+use crate::sync::loom::AtomicBool;
 use crate::stats::SlotCounters;
 use crate::task::Task;
 

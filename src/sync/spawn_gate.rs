@@ -26,7 +26,7 @@
 //! some aarch64 builds, and loom, which models only fences exactly, finds the miss.)
 //! `loom-tests/tests/gate.rs` checks both halves.
 
-use crate::loom::{fence, yield_now, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::loom::{fence, yield_now, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 const CLOSED: usize = 1;
 const IN_FLIGHT: usize = 2;

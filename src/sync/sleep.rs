@@ -31,7 +31,7 @@
 //! from `SLEEPING`, and step 4 compares and blocks atomically in the kernel, so a wake sent
 //! between the check and the block is not missed. `loom-tests/` model-checks all of this.
 
-use crate::loom::{fence, AtomicU64, AtomicUsize, Futex, Ordering};
+use crate::sync::loom::{fence, AtomicU64, AtomicUsize, Futex, Ordering};
 
 const AWAKE: u32 = 0;
 const SLEEPING: u32 = 1;

@@ -38,8 +38,8 @@ use std::thread;
 
 use crate::handler::{self, Record, TimerClock, NO_TIMER, RECORDS};
 use crate::pool::{Mode, Shared};
-use crate::reserve::Woken;
-use crate::runner::{Runner, Served};
+use crate::sync::reserve::Woken;
+use crate::runtime::runner::{Runner, Served};
 use crate::sys::{self, async_safe, AltStack, TimerId};
 
 /// Alternate signal stack per pool thread: the handler needs little, but a chained
@@ -174,7 +174,7 @@ fn lifecycle(
                     // The task's outcome was counted before this fence, shutdown stores
                     // `DRAIN` before the sleepers' fence: either this read sees `DRAIN` and
                     // wakes them, or their re-check sees the count.
-                    crate::loom::fence(Ordering::SeqCst);
+                    crate::sync::loom::fence(Ordering::SeqCst);
                     if shared.mode() != Mode::Running {
                         shared.sleep.notify_all();
                     }
@@ -264,7 +264,7 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     record.pthread.store(sys::pthread_self(), Ordering::Relaxed);
     record
         .std_thread_id
-        .store(crate::places::current_thread_id(), Ordering::Relaxed);
+        .store(crate::handler::places::current_thread_id(), Ordering::Relaxed);
     // The guard area: std checks both sides of the reported stack start, since glibc
     // versions differ on whether the guard is inside the reported stack.
     let (low, size, guard) = sys::current_stack()?;

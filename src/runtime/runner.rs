@@ -30,8 +30,8 @@ use crossbeam_deque::{Steal, Worker};
 use crate::budget::Budget;
 use crate::handler::Record;
 use crate::pool::{Mode, Shared};
-use crate::sleep::Sleep;
-use crate::slot::Slot;
+use crate::sync::sleep::Sleep;
+use crate::runtime::slot::Slot;
 use crate::task::{self, JoinHandle, RunEnv, Task};
 
 /// While spinning, how many `pause` instructions between two looks at the queues (a look

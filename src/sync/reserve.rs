@@ -47,7 +47,7 @@
 //! one futex wake, nothing else. They are part of the
 //! signal handler's marked zone (see `handler/mod.rs`).
 
-use crate::loom::{fence, AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
+use crate::sync::loom::{fence, AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
 
 const CLOSED: u32 = 1 << 31;
 

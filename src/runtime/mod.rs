@@ -1,0 +1,7 @@
+//! The engine, on ordinary threads.
+
+pub(crate) mod carrier;
+pub(crate) mod monitor;
+pub(crate) mod runner;
+pub(crate) mod signal;
+pub(crate) mod slot;
