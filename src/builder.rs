@@ -5,14 +5,14 @@ use std::thread;
 use std::time::Duration;
 
 use crate::budget::Budget;
-use crate::runtime::carrier::{self, Role};
 use crate::error::BuildError;
+use crate::handler::places;
 use crate::handler::{self, Preempt, TimerClock};
 use crate::kill::Kills;
 use crate::pool::{Pool, Shared, Threads};
-use crate::sync::reserve::Reserve;
-use crate::handler::places;
+use crate::runtime::carrier::{self, Role};
 use crate::runtime::{monitor, signal};
+use crate::sync::reserve::Reserve;
 use crate::sys;
 
 /// The smallest runner stack accepted: the runtime's own frames plus `catch_unwind` and a
@@ -278,7 +278,10 @@ impl Builder {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let affinities = self.check()?;
         let workers = affinities.len();
-        let preempt = if self.preemption {
+        let kills = self
+            .preemption
+            .then(|| Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral));
+        let preempt = if let Some(kills) = kills {
             signal::install(self.signal).map_err(|source| BuildError::Os {
                 what: "install the preemption signal handler",
                 source,
@@ -304,7 +307,7 @@ impl Builder {
                     None
                 },
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
-                kills: Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral),
+                ledger: &kills.ledger,
             })
         } else {
             None
@@ -324,6 +327,7 @@ impl Builder {
             cores,
             self.spin,
             preempt,
+            kills,
             threads,
             self.default_budget,
             self.cpu_accounting,

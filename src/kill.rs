@@ -34,14 +34,13 @@
 //!    returns meanwhile (`Record::await_fate`). So every budgeted join resolves within
 //!    budget + grace + maximum deferral + one monitor period, whatever the closure does.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::budget::KillReason;
-use crate::handler::{Holder, Outside, Record, FATE_ABANDONED, RECORDS};
-use crate::sync::loom::Futex;
+use crate::handler::{Holder, KillLedger, Outside, Record, FATE_ABANDONED, RECORDS};
 use crate::sys::{self, async_safe};
-use crate::task::{drop_quietly, Task};
+use crate::task::{drop_quietly, Supervisor, Task};
 
 /// The "one monitor period" of rule 1: how late past grace plus the maximum deferral an
 /// abandon may come.
@@ -70,64 +69,6 @@ pub(crate) const FREEZE_RETRY: Duration = Duration::from_micros(250);
 /// last request yet (the request may have been lost to a race with the thread's record).
 const UNSEEN_RETRY: Duration = Duration::from_millis(20);
 
-/// Why a freeze was deferred.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Defer {
-    /// Runtime code, or the no-freeze counter.
-    NoFreeze,
-    /// Between the task's closure and the runtime (just starting or ending).
-    Runtime,
-    /// In a system library, not blocked in a waiting syscall.
-    Library,
-    /// Panicking, before the maximum deferral.
-    Panicking,
-    /// A stdio lock holder on the stack, and no way to redirect its return.
-    LockHeld,
-    /// The walk did not reach the task's first frame.
-    Unwalkable,
-    /// The thread holds its slot and no standby is parked yet.
-    NoStandby,
-    /// The task has not yet had its grace period of CPU time since the cancel.
-    Grace,
-    /// The return slot did not hold the return address the unwinder reported.
-    Mismatch,
-}
-
-/// Kill counters, by reason and by how.
-#[derive(Debug, Default)]
-pub(crate) struct KillCounters {
-    /// Kills by reason (`KillReason::code() - 1`), however they ended.
-    by_reason: [AtomicU64; KillReason::COUNT],
-    deferred: AtomicU64,
-    deferred_library: AtomicU64,
-    deferred_panicking: AtomicU64,
-    redirected: AtomicU64,
-    monitor_panics: AtomicU64,
-    refused: AtomicU64,
-    frozen_stack_bytes: AtomicU64,
-    /// CPU time abandoned threads used between their abandon and their exit (ns).
-    abandoned_cpu_exited: AtomicU64,
-    signal_blocked: AtomicU64,
-}
-
-impl KillCounters {
-    fn reset(&self) {
-        for c in self.by_reason.iter().chain([
-            &self.deferred,
-            &self.deferred_library,
-            &self.deferred_panicking,
-            &self.redirected,
-            &self.monitor_panics,
-            &self.refused,
-            &self.frozen_stack_bytes,
-            &self.abandoned_cpu_exited,
-            &self.signal_blocked,
-        ]) {
-            c.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Registries of pools that are gone, for the next pool built with the same settings.
 /// A registry is never freed (a task's handle keeps a pointer to it and may outlive the
 /// pool, see [`Kills::take`]), so a process that builds pools over and over reuses them
@@ -137,22 +78,12 @@ static SPARE: std::sync::Mutex<Vec<&'static Kills>> = std::sync::Mutex::new(Vec:
 /// A pool's budgets and kills. Never freed: a task's handle keeps a pointer to it, and may
 /// outlive the pool; reused by a later pool once no thread of this one can reach it.
 pub(crate) struct Kills {
-    /// The monitor sleeps on this word; handoffs, watches and freezes ring it.
-    pub(crate) bell: Futex,
-    /// The standby maker sleeps on this one (`monitor.rs`); rung with the other.
-    pub(crate) standby_bell: Futex,
+    /// The part the signal handler reaches.
+    pub(crate) ledger: KillLedger,
     watches: Mutex<Vec<Watch>>,
     /// When the monitor next wakes for the watches (`CLOCK_MONOTONIC` ns).
     next_due: AtomicU64,
     signal: i32,
-    pub(crate) max_deferral_ns: u64,
-    max_frozen: usize,
-    /// Frozen places taken (a place is taken before a freeze and kept for good).
-    reserved: AtomicUsize,
-    /// The `pthread_t` of every frozen thread (0: an empty place), for shutdown.
-    frozen_threads: Box<[AtomicUsize]>,
-    frozen_count: AtomicUsize,
-    pub(crate) counters: KillCounters,
     /// Threads abandoned and still running.
     lost: Mutex<Vec<Lost>>,
     /// Runners (not abandoned) whose slot the monitor is taking from outside because
@@ -188,24 +119,19 @@ impl Kills {
         let max_deferral_ns = nanos(max_deferral);
         let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
         let reusable = spare.iter().position(|k| {
-            k.signal == signal && k.max_frozen == max_frozen && k.max_deferral_ns == max_deferral_ns
+            k.signal == signal
+                && k.ledger.max_frozen == max_frozen
+                && k.ledger.max_deferral_ns == max_deferral_ns
         });
         if let Some(i) = reusable {
             return spare.swap_remove(i);
         }
         drop(spare);
         Box::leak(Box::new(Kills {
-            bell: Futex::new(0),
-            standby_bell: Futex::new(0),
+            ledger: KillLedger::new(max_frozen, max_deferral_ns),
             watches: Mutex::new(Vec::new()),
             next_due: AtomicU64::new(u64::MAX),
             signal,
-            max_deferral_ns: max_deferral.as_nanos().min(u128::from(u64::MAX)) as u64,
-            max_frozen,
-            reserved: AtomicUsize::new(0),
-            frozen_threads: (0..max_frozen).map(|_| AtomicUsize::new(0)).collect(),
-            frozen_count: AtomicUsize::new(0),
-            counters: KillCounters::default(),
             lost: Mutex::new(Vec::new()),
             outside: Mutex::new(Vec::new()),
             handler_replaced: AtomicBool::new(false),
@@ -223,22 +149,9 @@ impl Kills {
         self.outside.lock().clear();
         *self.probe.lock() = None;
         self.next_due.store(u64::MAX, Ordering::Relaxed);
-        self.reserved.store(0, Ordering::Relaxed);
-        for t in self.frozen_threads.iter() {
-            t.store(0, Ordering::Relaxed);
-        }
-        self.frozen_count.store(0, Ordering::Relaxed);
-        self.counters.reset();
+        self.ledger.reset();
         self.handler_replaced.store(false, Ordering::Relaxed);
         SPARE.lock().unwrap_or_else(|e| e.into_inner()).push(self);
-    }
-
-    /// Wakes the monitor. Async-signal-safe.
-    pub(crate) fn ring(&self) {
-        self.bell.fetch_add(1, Ordering::Release);
-        self.bell.wake_one();
-        self.standby_bell.fetch_add(1, Ordering::Release);
-        self.standby_bell.wake_one();
     }
 
     /// Step 1: watch `task` (once) and wake the monitor if it is due before its next wake.
@@ -282,7 +195,7 @@ impl Kills {
             }
             self.next_due.store(due, Ordering::Relaxed);
         }
-        self.ring();
+        self.ledger.ring();
     }
 
     /// Steps 2–7, by the monitor. `count_out` counts an abandoned thread out of the
@@ -352,7 +265,7 @@ impl Kills {
             return;
         }
         let reason = control.killed().map_or(KillReason::Cancelled, |(r, _)| r);
-        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.ledger.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
         watch.task.publish_abandoned(cpu_ns);
         // From here the thread, if its closure returns, waits (`Record::await_fate`)
         // until this is done: nothing below races with it moving on.
@@ -428,23 +341,6 @@ impl Kills {
         pending
     }
 
-    /// An abandoned thread's closure has returned, or the thread has stopped for good at a
-    /// safe point (`freeze.rs`, `stop_abandoned`): it leaves the lost list (its CPU time
-    /// since the abandon is added to the total). On that thread; async-signal-safe
-    /// (atomics and a clock read).
-    ///
-    /// No lock: the thread is demoted, and a lock it held while the kernel gave it no CPU
-    /// time would stall the monitor. The monitor drops its entry once the record is no
-    /// longer its (`finish_outside_handoffs`).
-    pub(crate) fn abandoned_thread_exits(&self, record: &Record) {
-        let at = record.abandoned_cpu_at.load(Ordering::Relaxed);
-        let used = async_safe::thread_cpu_ns().saturating_sub(at);
-        self.counters
-            .abandoned_cpu_exited
-            .fetch_add(used, Ordering::Relaxed);
-        record.abandoned_exited.store(true, Ordering::SeqCst);
-    }
-
     /// The monitor's sweep found a runner that has run its task for a while with the
     /// pool's signal blocked (the handler can never hand it off), or blocked in a system
     /// call (no CPU time, so no tick): takes its slot from outside; the thread carries
@@ -453,7 +349,10 @@ impl Kills {
         let record = &RECORDS[index];
         if record.begin_outside_handoff() == Holder::Slot {
             if signal_blocked {
-                self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+                self.ledger
+                    .counters
+                    .signal_blocked
+                    .fetch_add(1, Ordering::Relaxed);
             }
             self.outside.lock().push(index);
             self.finish_outside_handoffs();
@@ -480,7 +379,7 @@ impl Kills {
                 .store(runs == before, Ordering::Relaxed);
             return;
         }
-        if let Some(record) = RECORDS.iter().find(|r| r.serves(self)) {
+        if let Some(record) = RECORDS.iter().find(|r| r.serves(&self.ledger)) {
             *probe = Some(runs);
             record.nudge(self.signal);
         }
@@ -535,7 +434,7 @@ impl Kills {
         // never returns, a refused kill, a thread that never sees the request) ends in
         // an abandon.
         let abandon_at = freeze_at
-            .saturating_add(self.max_deferral_ns)
+            .saturating_add(self.ledger.max_deferral_ns)
             .saturating_add(nanos(ABANDON_SLACK));
         // (Not a thread a freeze has claimed already: that freeze is under way on it, and
         // only waits for CPU time to publish.)
@@ -556,7 +455,10 @@ impl Kills {
             && record.redirect_slot.load(Ordering::Relaxed) == 0
             && !record.is_freezing()
         {
-            self.counters.signal_blocked.fetch_add(1, Ordering::Relaxed);
+            self.ledger
+                .counters
+                .signal_blocked
+                .fetch_add(1, Ordering::Relaxed);
             self.abandon(watch, thread, count_out);
             return due.min(now + nanos(FREEZE_RETRY));
         }
@@ -566,9 +468,9 @@ impl Kills {
             return due.min(now + nanos(FREEZE_RETRY));
         }
         // Places taken, by freezes done and by those on their way (redirects).
-        if self.reserved.load(Ordering::Relaxed) >= self.max_frozen {
+        if self.ledger.reserved.load(Ordering::Relaxed) >= self.ledger.max_frozen {
             watch.refused = true;
-            self.refused();
+            self.ledger.refused();
             return due;
         }
         // Ask again every FREEZE_RETRY once the last request was seen; a thread that has
@@ -581,7 +483,10 @@ impl Kills {
         // asked again at once, and often, whether it looked at the last request or not.
         // (Forced a little before the deferral ends, so that the freeze has the monitor's
         // period on either side of it to land before the abandon.)
-        let force_after = self.max_deferral_ns.saturating_sub(nanos(ABANDON_SLACK));
+        let force_after = self
+            .ledger
+            .max_deferral_ns
+            .saturating_sub(nanos(ABANDON_SLACK));
         let forced = watch
             .first_ask
             .is_some_and(|first| now.saturating_sub(first) >= force_after);
@@ -600,7 +505,7 @@ impl Kills {
             watch.first_ask = Some(now);
         }
         record.kill_target.store(
-            control as *const crate::task::Control as *mut crate::task::Control,
+            control as *const crate::handler::Control as *mut crate::handler::Control,
             Ordering::SeqCst,
         );
         if watch.task.is_done() {
@@ -613,39 +518,13 @@ impl Kills {
         due.min(now + nanos(FREEZE_RETRY))
     }
 
-    /// Takes a frozen place; false at the cap. Async-signal-safe.
-    pub(crate) fn reserve_frozen(&self) -> bool {
-        let taken = self.reserved.fetch_add(1, Ordering::Relaxed);
-        if taken < self.max_frozen {
-            return true;
-        }
-        self.reserved.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Gives a place back (a redirect undone by a panic). Async-signal-safe.
-    pub(crate) fn unreserve_frozen(&self) {
-        self.reserved.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn deferred(&self, why: Defer) {
-        let c = &self.counters;
-        c.deferred.fetch_add(1, Ordering::Relaxed);
-        match why {
-            Defer::Library => c.deferred_library.fetch_add(1, Ordering::Relaxed),
-            Defer::Panicking => c.deferred_panicking.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
-    }
-
-    pub(crate) fn refused(&self) {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The monitor (or its standby maker) caught a panic of its own: counted, and
     /// reported on stderr the first time in the process.
     pub(crate) fn monitor_panicked(&self, payload: &(dyn std::any::Any + Send)) {
-        self.counters.monitor_panics.fetch_add(1, Ordering::Relaxed);
+        self.ledger
+            .counters
+            .monitor_panics
+            .fetch_add(1, Ordering::Relaxed);
         static REPORTED: AtomicBool = AtomicBool::new(false);
         if !REPORTED.swap(true, Ordering::Relaxed) {
             let message = payload
@@ -662,43 +541,18 @@ impl Kills {
         }
     }
 
-    pub(crate) fn redirected(&self) {
-        self.counters.redirected.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a cooperative cancel.
-    pub(crate) fn cancelled(&self, reason: KillReason) {
-        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
-    /// innermost of the tasks frozen with it). Async-signal-safe.
-    pub(crate) fn frozen(&self, reason: KillReason) {
-        self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a frozen thread and remembers it, for shutdown. Async-signal-safe.
-    pub(crate) fn frozen_thread(&self, stack_bytes: usize, pthread: usize) {
-        let c = &self.counters;
-        c.frozen_stack_bytes
-            .fetch_add(stack_bytes as u64, Ordering::Relaxed);
-        let place = self.frozen_count.fetch_add(1, Ordering::Relaxed);
-        if let Some(slot) = self.frozen_threads.get(place) {
-            slot.store(pthread, Ordering::Release);
-        }
-    }
-
     /// True if `pthread` is a frozen or abandoned thread of this pool (joining it may
     /// never return).
     pub(crate) fn is_lost_thread(&self, pthread: usize) -> bool {
-        self.frozen_threads
+        self.ledger
+            .frozen_threads
             .iter()
             .any(|t| t.load(Ordering::Acquire) == pthread)
             || self.lost.lock().iter().any(|l| l.pthread == pthread)
     }
 
     pub(crate) fn snapshot(&self) -> KillSnapshot {
-        let c = &self.counters;
+        let c = &self.ledger.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // Copied out: no syscall under the lock the monitor takes on every pass. Threads
         // that have exited are counted in `abandoned_cpu_exited` already.
@@ -721,7 +575,7 @@ impl Kills {
             deferred_panicking: read(&c.deferred_panicking),
             redirected: read(&c.redirected),
             refused: read(&c.refused),
-            frozen_threads: self.frozen_count.load(Ordering::Relaxed) as u64,
+            frozen_threads: self.ledger.frozen_count.load(Ordering::Relaxed) as u64,
             frozen_stack_bytes: read(&c.frozen_stack_bytes),
             abandoned_threads: running.len() as u64,
             abandoned_cpu_ns: read(&c.abandoned_cpu_exited)
@@ -777,4 +631,14 @@ fn extract_done(watches: &mut Vec<Watch>) -> Vec<Watch> {
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+impl Supervisor for Kills {
+    fn watch(&self, task: Task) {
+        Kills::watch(self, task);
+    }
+
+    fn cancelled(&self, reason: KillReason) {
+        self.ledger.cancelled(reason);
+    }
 }

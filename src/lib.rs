@@ -136,6 +136,7 @@ compile_error!(
 mod alloc;
 mod budget;
 mod builder;
+mod counters;
 mod error;
 mod handler;
 mod kill;
@@ -170,10 +171,10 @@ struct ReadmeDoctests;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::sync::spawn_gate::Gate;
-    pub use crate::sync::reserve::{Reserve, Woken};
+    pub use crate::counters::SlotCounters;
     pub use crate::runtime::runner::{serve, Serve, Served};
+    pub use crate::sync::reserve::{Reserve, Woken};
     pub use crate::sync::sleep::Sleep;
-    pub use crate::stats::SlotCounters;
+    pub use crate::sync::spawn_gate::Gate;
     pub use crate::task::{abandon, inline_task, new as new_task, Task};
 }

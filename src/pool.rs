@@ -26,20 +26,21 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::kill::Mutex;
+use crate::kill::{Kills, Mutex};
 use crossbeam_deque::Injector;
 
 use crate::budget::Budget;
 use crate::builder::Builder;
+use crate::counters::PoolCounters;
 use crate::error::JoinError;
 use crate::error::ShutdownTimedOut;
-use crate::sync::spawn_gate::Gate;
-use crate::handler::Preempt;
-use crate::sync::loom::{AtomicU8, Futex, Ordering};
+use crate::handler::{FrozenPool, Preempt};
 use crate::runtime::runner::{self, steal};
-use crate::sync::sleep::Sleep;
 use crate::runtime::slot::Slot;
-use crate::stats::{PoolCounters, PreemptSnapshot, Stats};
+use crate::stats::{PreemptSnapshot, SlotStats, Stats};
+use crate::sync::loom::{AtomicU8, Futex, Ordering};
+use crate::sync::sleep::Sleep;
+use crate::sync::spawn_gate::Gate;
 use crate::task::{self, JoinHandle, Task};
 
 /// Where a pool is in its life; see the shutdown protocol. Only ever moves forward.
@@ -76,6 +77,9 @@ pub(crate) struct Shared {
     pub(crate) cpu_accounting: bool,
     /// Preemption settings and per-slot reserves; `None` with preemption off.
     pub(crate) preempt: Option<Preempt>,
+    /// The kill registry (its handler half is `preempt`'s ledger); `None` with
+    /// preemption off.
+    pub(crate) kills: Option<&'static Kills>,
     pub(crate) threads: Threads,
 }
 
@@ -108,10 +112,10 @@ impl Drop for Shared {
     /// one holds a reference for as long as it lives), so the kill registry goes back for
     /// reuse.
     fn drop(&mut self) {
-        if let Some(preempt) = &self.preempt {
+        if let Some(kills) = self.kills {
             // Maybe in a task (the last handle dropped there): the spare list's lock.
             let _no_freeze = crate::handler::FreezeGuard::new();
-            preempt.kills.recycle();
+            kills.recycle();
         }
     }
 }
@@ -121,6 +125,7 @@ impl Shared {
         cores: Vec<Option<usize>>,
         spin: Duration,
         preempt: Option<Preempt>,
+        kills: Option<&'static Kills>,
         threads: Threads,
         default_budget: Budget,
         cpu_accounting: bool,
@@ -143,6 +148,7 @@ impl Shared {
             default_budget,
             cpu_accounting,
             preempt,
+            kills,
             threads,
         }
     }
@@ -167,9 +173,9 @@ impl Shared {
             return task::rejected_with(func, JoinError::InvalidBudget(budget));
         }
         if !budget.is_unlimited() {
-            match &self.preempt {
+            match self.kills {
                 None => return task::rejected_with(func, JoinError::BudgetUnsupported),
-                Some(p) if p.kills.handler_replaced() => {
+                Some(kills) if kills.handler_replaced() => {
                     return task::rejected_with(func, JoinError::KillsUnenforceable)
                 }
                 Some(_) => {}
@@ -303,13 +309,6 @@ impl Shared {
         }
     }
 
-    /// A frozen thread: counted out (it never exits), and the runners woken, since its
-    /// task now counts as finished and shutdown may be waiting for it. Async-signal-safe.
-    pub(crate) fn thread_frozen(&self) {
-        self.sleep.notify_all();
-        self.thread_exited();
-    }
-
     pub(crate) fn keep_handle(&self, handle: thread::JoinHandle<()>) {
         self.threads.handles.lock().push(handle);
     }
@@ -358,9 +357,8 @@ impl Shared {
     /// True if `handle` is a frozen thread's: joining it would never return.
     fn is_frozen(&self, handle: &thread::JoinHandle<()>) -> bool {
         use std::os::unix::thread::JoinHandleExt;
-        self.preempt
-            .as_ref()
-            .is_some_and(|p| p.kills.is_lost_thread(handle.as_pthread_t() as usize))
+        self.kills
+            .is_some_and(|kills| kills.is_lost_thread(handle.as_pthread_t() as usize))
     }
 
     fn stats(&self) -> Stats {
@@ -380,14 +378,20 @@ impl Shared {
             .iter()
             .enumerate()
             .map(|(i, slot)| {
-                slot.counters
-                    .snapshot(slot.core, self.sleep.counts(i), preempt[i])
+                SlotStats::of(
+                    slot.counters.read(),
+                    slot.core,
+                    self.sleep.counts(i),
+                    preempt[i],
+                )
             })
             .collect();
         let kills = self
             .preempt
             .as_ref()
-            .map(|p| p.kills.snapshot())
+            .map(|_| ())
+            .and(self.kills)
+            .map(Kills::snapshot)
             .unwrap_or_default();
         Stats::collect(self.gate.injected(), &self.counters, slots, &preempt, kills)
     }
@@ -588,5 +592,14 @@ impl fmt::Debug for Handle {
             .field("workers", &self.shared.slots.len())
             .field("shut_down", &self.is_shutdown())
             .finish()
+    }
+}
+
+impl FrozenPool for Shared {
+    /// A frozen thread: counted out (it never exits), and the runners woken, since its
+    /// task now counts as finished and shutdown may be waiting for it. Async-signal-safe.
+    fn thread_frozen(&self) {
+        self.sleep.notify_all();
+        self.thread_exited();
     }
 }

@@ -11,105 +11,8 @@
 //! exact.
 
 use crate::budget::KillReason;
+use crate::counters::{PoolCounters, SlotCounts};
 use crate::sync::loom::{AtomicU64, Ordering};
-
-/// Per-slot counters, padded so two slots never share a cache line.
-#[repr(align(128))]
-#[derive(Debug, Default)]
-pub struct SlotCounters {
-    completed: AtomicU64,
-    panicked: AtomicU64,
-    cancelled: AtomicU64,
-    frozen: AtomicU64,
-    abandoned: AtomicU64,
-    local_spawns: AtomicU64,
-    from_injector: AtomicU64,
-    stolen: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-impl SlotCounters {
-    pub(crate) fn record_outcome(&self, panicked: bool) {
-        bump(if panicked {
-            &self.panicked
-        } else {
-            &self.completed
-        });
-    }
-
-    /// A killed task's outcome. Async-signal-safe (the freeze counts from the handler).
-    pub(crate) fn record_kill(&self, how: crate::budget::KillHow) {
-        bump(match how {
-            crate::budget::KillHow::Cancelled => &self.cancelled,
-            crate::budget::KillHow::Frozen => &self.frozen,
-            crate::budget::KillHow::Abandoned => &self.abandoned,
-        });
-    }
-
-    pub(crate) fn local_spawn(&self) {
-        bump(&self.local_spawns);
-    }
-
-    pub(crate) fn took_from_injector(&self) {
-        bump(&self.from_injector);
-    }
-
-    pub(crate) fn stole(&self) {
-        bump(&self.stolen);
-    }
-
-    /// Tasks this slot accepted from its own tasks' spawns, and tasks it finished.
-    pub fn accepted_and_finished(&self) -> (u64, u64) {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        (
-            read(&self.local_spawns),
-            read(&self.completed)
-                + read(&self.panicked)
-                + read(&self.cancelled)
-                + read(&self.frozen)
-                + read(&self.abandoned),
-        )
-    }
-
-    /// `parks` and `unparks` live beside the slot's sleep word (see `sleep.rs`).
-    pub(crate) fn snapshot(
-        &self,
-        core: Option<usize>,
-        (parks, unparks): (u64, u64),
-        preempt: PreemptSnapshot,
-    ) -> SlotStats {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        SlotStats {
-            core,
-            completed: read(&self.completed),
-            panicked: read(&self.panicked),
-            cancelled: read(&self.cancelled),
-            frozen: read(&self.frozen),
-            abandoned: read(&self.abandoned),
-            local_spawns: read(&self.local_spawns),
-            from_injector: read(&self.from_injector),
-            stolen: read(&self.stolen),
-            parks,
-            unparks,
-            ticks: preempt.ticks,
-            handoffs: preempt.handoffs,
-            carriers: preempt.carriers,
-            standbys: preempt.standbys,
-        }
-    }
-}
-
-/// Pool-wide counters that no slot owns.
-#[derive(Debug, Default)]
-pub(crate) struct PoolCounters {
-    /// Spawns refused because the pool was shut down.
-    pub(crate) refused: AtomicU64,
-    /// Accepted tasks dropped unrun because a shutdown ran out of time.
-    pub(crate) discarded: AtomicU64,
-}
 
 /// A snapshot of a pool's counters. Counters are read one by one while the pool runs, so a
 /// snapshot taken mid-flight may be off by the tasks in flight; after shutdown it is exact.
@@ -247,6 +150,34 @@ pub struct SlotStats {
     pub carriers: u64,
     /// Standbys parked for this slot.
     pub standbys: u64,
+}
+
+impl SlotStats {
+    /// `parks` and `unparks` live beside the slot's sleep word (`sync/sleep.rs`).
+    pub(crate) fn of(
+        counts: SlotCounts,
+        core: Option<usize>,
+        (parks, unparks): (u64, u64),
+        preempt: PreemptSnapshot,
+    ) -> SlotStats {
+        SlotStats {
+            core,
+            completed: counts.completed,
+            panicked: counts.panicked,
+            cancelled: counts.cancelled,
+            frozen: counts.frozen,
+            abandoned: counts.abandoned,
+            local_spawns: counts.local_spawns,
+            from_injector: counts.from_injector,
+            stolen: counts.stolen,
+            parks,
+            unparks,
+            ticks: preempt.ticks,
+            handoffs: preempt.handoffs,
+            carriers: preempt.carriers,
+            standbys: preempt.standbys,
+        }
+    }
 }
 
 /// A slot's preemption counters, as read by [`Stats`].

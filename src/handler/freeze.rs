@@ -49,12 +49,13 @@
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
+use std::panic;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, Ordering};
 
+use super::Defer;
 use super::{chain, Record, Running, CARRIED, IN_TASK, MAX_THREADS, RECORDS};
 use crate::budget::KillReason;
-use crate::kill::Defer;
 use crate::handler::places;
 use crate::sys::async_safe::{self, Wait};
 
@@ -198,7 +199,7 @@ fn redirect_pending(record: &Record, sp: usize) -> bool {
         .compare_exchange(slot, 0, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
     {
-        record.preempt().kills.unreserve_frozen();
+        record.preempt().ledger.unreserve_frozen();
     }
     false
 }
@@ -209,7 +210,7 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     record.kill_acks.fetch_add(1, Ordering::Relaxed);
     let target = record.kill_target.load(Ordering::Relaxed);
     let running = record.running.load(Ordering::Relaxed);
-    let kills = record.preempt().kills;
+    let kills = record.preempt().ledger;
     // SAFETY: `running` is null or points at the `Running` of the closure that this
     // thread (which the handler interrupted) is inside; it cannot be popped under us.
     let Some(running) = (unsafe { running.as_ref() }) else {
@@ -340,7 +341,7 @@ fn gate(
         let mut until = record.kill_force_cpu.load(Ordering::Relaxed);
         if until == u64::MAX {
             // The first deferral for panicking: the clock starts now.
-            until = now.saturating_add(record.preempt().kills.max_deferral_ns);
+            until = now.saturating_add(record.preempt().ledger.max_deferral_ns);
             record.kill_force_cpu.store(until, Ordering::Relaxed);
         }
         now >= until
@@ -557,7 +558,7 @@ fn each(walk: &mut Walk, frame: super::walk::Frame) -> ControlFlow<()> {
     // On its way from the cancel to the unwinder (`panicking` is not set yet): it has
     // seen its cancel, and is about to run its destructors. (A thread already panicking
     // only passes through: `cancel_here` returns at once then.)
-    if start == crate::task::cancel_entry() && !walk.panicking {
+    if start == cancel_entry() && !walk.panicking {
         walk.defer = Some(Defer::NoFreeze);
         return ControlFlow::Break(());
     }
@@ -603,8 +604,8 @@ fn redirect(record: &Record, slot: usize, ret: usize) {
     // SAFETY: a live, aligned stack slot of this thread, checked to hold `ret` first.
     unsafe {
         if ptr::read_volatile(slot as *const usize) != ret {
-            record.preempt().kills.unreserve_frozen();
-            record.preempt().kills.deferred(Defer::Mismatch);
+            record.preempt().ledger.unreserve_frozen();
+            record.preempt().ledger.deferred(Defer::Mismatch);
             return;
         }
         record.redirect_ret.store(ret, Ordering::Relaxed);
@@ -614,7 +615,7 @@ fn redirect(record: &Record, slot: usize, ret: usize) {
             trampoline_address(record.index.load(Ordering::Relaxed)),
         );
     }
-    record.preempt().kills.redirected();
+    record.preempt().ledger.redirected();
 }
 
 // The trampolines: one stub per record (`MAX_THREADS` of them, 32 bytes each), and the
@@ -780,7 +781,7 @@ extern "C" fn trampoline_entry(index: usize, sp: usize) -> usize {
             .compare_exchange(sp - 8, 0, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            record.preempt().kills.unreserve_frozen();
+            record.preempt().ledger.unreserve_frozen();
         }
         return ret;
     }
@@ -824,7 +825,7 @@ pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
     let (_, wait) = unsafe { async_safe::interrupted(context) };
     // A frozen place, like any freeze (past the cap it runs on).
     if matches!(gate(record, running, context, wait, false), Gate::Now)
-        && record.preempt().kills.reserve_frozen()
+        && record.preempt().ledger.reserve_frozen()
     {
         stop_abandoned(record);
     }
@@ -841,7 +842,7 @@ fn stop_abandoned(record: &Record) -> ! {
         record.preempt().ring();
         async_safe::sleep_ns(1_000_000);
     }
-    let kills = record.preempt().kills;
+    let kills = record.preempt().ledger;
     kills.abandoned_thread_exits(record);
     kills.frozen_thread(
         record.stack_bytes.load(Ordering::Relaxed),
@@ -937,7 +938,7 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
         .unwrap_or(KillReason::Cancelled);
     // Counted before the outcomes are published, so a joiner sees the counts. A task the
     // monitor abandoned a moment ago (or that returned into an outer one) is not ours.
-    preempt.kills.frozen_thread(
+    preempt.ledger.frozen_thread(
         record.stack_bytes.load(Ordering::Relaxed),
         record.pthread.load(Ordering::Relaxed),
     );
@@ -946,14 +947,13 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
         control.kill(reason, now);
         if task.task.decide() {
             let own = control.killed().map_or(reason, |(r, _)| r);
-            preempt.kills.frozen(own);
+            preempt.ledger.frozen(own);
             task.task.publish_frozen(task.counters, own);
         }
     }
-    // SAFETY: `pool` is the `Shared` of the pool this thread serves, which this thread
-    // keeps alive (its runner holds an `Arc`, never dropped now).
-    let shared = unsafe { &*running.pool.cast::<crate::pool::Shared>() };
-    shared.thread_frozen();
+    if let Some(pool) = running.pool {
+        pool.thread_frozen();
+    }
     preempt.ring();
     // The record goes back to the table: the thread never runs another instruction of
     // ours or of the task's, its timers are gone and its signals blocked, so nothing
@@ -961,6 +961,37 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
     // table's `MAX_THREADS` records for good).
     record.release();
     async_safe::block_forever()
+}
+
+// Ordinary context: the task's own thread, at a checkpoint.
+/// The payload a cancelled task unwinds with: private, so no one else raises it.
+struct CancelUnwind;
+
+/// Where [`unwind_cancelled`] starts: the freeze gate never freezes a thread with it on the
+/// stack (between the cancel and the unwind). Async-signal-safe.
+fn cancel_entry() -> usize {
+    unwind_cancelled as *const () as usize
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn unwind_cancelled() {
+    // A second unwind while unwinding aborts the process.
+    if std::thread::panicking() {
+        return;
+    }
+    // Held until the unwind leaves this frame (its landing pad drops it): by then the
+    // thread counts as panicking, and as unwinding from its cancel, so no freeze comes
+    // between the cancel and the unwind.
+    let _no_freeze = FreezeGuard::new();
+    // A freeze on its way (a redirected return address) is called off.
+    before_unwind();
+    panic::resume_unwind(Box::new(CancelUnwind));
+}
+
+/// True for the payload [`unwind_cancelled`] raises.
+pub(crate) fn is_cancel_unwind(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload.is::<CancelUnwind>()
 }
 
 /// The handler for SIGSEGV and SIGBUS. A fault in the guard area below the stack of a pool
@@ -986,7 +1017,7 @@ pub(crate) extern "C" fn on_fault(
         let running = record.running.load(Ordering::Relaxed);
         // SAFETY: as in `attempt`.
         if let (true, Some(running)) = (in_guard, unsafe { running.as_ref() }) {
-            let kills = record.preempt().kills;
+            let kills = record.preempt().ledger;
             // The same gate as a kill's, but nothing can wait: where a freeze could leave
             // a process-wide lock held (an overflow inside malloc, inside `println!`, in a
             // runtime section), the process ends as it would have without us (std's

@@ -53,21 +53,25 @@ use std::sync::atomic::{
     Ordering,
 };
 
+use crate::budget::KillReason;
+use crate::counters::SlotCounters;
 use crate::sync::loom::Futex;
 use crate::sync::reserve::Reserve;
-use crate::stats::SlotCounters;
 use crate::sys::{async_safe, TimerId};
-use crate::task::{Control, Runnable};
 
-pub(crate) mod places;
+mod control;
 mod freeze;
+mod ledger;
+pub(crate) mod places;
 #[cfg(target_arch = "x86_64")]
 mod walk;
 
+pub(crate) use control::Control;
 pub use freeze::FreezeGuard;
 pub(crate) use freeze::{
-    before_unwind, install_panic_hook, mark_monitor, on_fault, set_this_record,
+    install_panic_hook, is_cancel_unwind, mark_monitor, on_fault, set_this_record, unwind_cancelled,
 };
+pub(crate) use ledger::{Defer, KillLedger};
 
 /// How many pool threads a process may have at once, over all its pools.
 pub(crate) const MAX_THREADS: usize = 4096;
@@ -112,28 +116,53 @@ pub(crate) struct Preempt {
     pub(crate) carrier_cpus: Option<libc::cpu_set_t>,
     pub(crate) reserves: Box<[Reserve]>,
     /// Budgets, cancels and freezes; leaked, so task handles may reach it for good.
-    pub(crate) kills: &'static crate::kill::Kills,
+    pub(crate) ledger: &'static KillLedger,
 }
 
 impl Preempt {
     /// Wakes the monitor (it replenishes standbys, and enforces budgets). Async-signal-safe.
     pub(crate) fn ring(&self) {
-        self.kills.ring();
+        self.ledger.ring();
     }
 
     pub(crate) fn bell(&self) -> &Futex {
-        &self.kills.bell
+        &self.ledger.bell
     }
+}
+
+/// What a freeze needs of a task whose closure it stops (the task layer implements it).
+pub(crate) trait FrozenTask: Sync {
+    /// The task's kill state.
+    fn control(&self) -> &Control;
+    /// The task word's decision (its protocol step 2): true for exactly one caller, who
+    /// must then publish. Async-signal-safe.
+    #[must_use = "the winner of the decision must publish the outcome"]
+    fn decide(&self) -> bool;
+    /// True once the task's outcome is published (by anyone).
+    fn is_done(&self) -> bool;
+    /// Publishes a freeze, after winning [`decide`](FrozenTask::decide): counts it in
+    /// `counters` and resolves the handle with `Killed { how: Frozen }`, the reason being
+    /// the task's own kill reason or `reason_if_none`. Called on the frozen thread, from
+    /// the handler or the trampoline, while the closure stays on the stack for good.
+    /// Async-signal-safe.
+    fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason);
+}
+
+/// What a freeze needs of the pool whose thread it stops (the runtime implements it).
+pub(crate) trait FrozenPool: Sync {
+    /// The thread will never run again: shutdown stops waiting for it, and sleepers look
+    /// again. Async-signal-safe (atomics and futex wakes).
+    fn thread_frozen(&self);
 }
 
 /// The task whose closure is running on a thread, as the freeze sees it: a struct on the
 /// stack of `task.rs`'s `run_claimed`, alive (and, once frozen, forever) while the closure
 /// runs. Its address is also the stack boundary of the closure's frames.
 pub(crate) struct Running<'a> {
-    pub(crate) task: &'a dyn Runnable,
+    pub(crate) task: &'a dyn FrozenTask,
     pub(crate) counters: &'a SlotCounters,
-    /// The pool's `Shared`, opaque here.
-    pub(crate) pool: *const (),
+    /// The pool the thread serves (none for a task run outside a pool thread).
+    pub(crate) pool: Option<&'a dyn FrozenPool>,
     /// The task this one runs inside (an inline join), or null. A freeze stops them all.
     pub(crate) outer: *const Running<'static>,
     /// The thread's no-freeze counter when the closure started: the runtime code around
@@ -546,7 +575,7 @@ impl Record {
     }
 
     /// True if this record's thread serves the pool whose kill registry is `kills`.
-    pub(crate) fn serves(&self, kills: &crate::kill::Kills) -> bool {
+    pub(crate) fn serves(&self, kills: &KillLedger) -> bool {
         if !self.in_use.load(Ordering::Acquire)
             || self.tid.load(Ordering::Relaxed) == 0
             || !self.fate_undecided()
@@ -557,7 +586,7 @@ impl Record {
         // SAFETY: non-null `preempt` points at the `Preempt` of a pool whose threads keep
         // it alive; a record in use belongs to such a thread.
         let preempt = unsafe { preempt.as_ref() };
-        preempt.is_some_and(|p| std::ptr::eq(p.kills, kills))
+        preempt.is_some_and(|p| std::ptr::eq(p.ledger, kills))
     }
 
     /// One nudge seen; false if none was outstanding. Async-signal-safe.
@@ -617,7 +646,7 @@ impl Record {
                 .compare_exchange(slot, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.preempt().kills.unreserve_frozen();
+            self.preempt().ledger.unreserve_frozen();
         }
     }
 

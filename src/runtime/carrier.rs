@@ -38,8 +38,8 @@ use std::thread;
 
 use crate::handler::{self, Record, TimerClock, NO_TIMER, RECORDS};
 use crate::pool::{Mode, Shared};
-use crate::sync::reserve::Woken;
 use crate::runtime::runner::{Runner, Served};
+use crate::sync::reserve::Woken;
 use crate::sys::{self, async_safe, AltStack, TimerId};
 
 /// Alternate signal stack per pool thread: the handler needs little, but a chained
@@ -165,7 +165,7 @@ fn lifecycle(
                         // counted out of the pool and its slot's carriers by the monitor,
                         // it retires once the monitor has given its slot away.
                         record.await_outside_handoff();
-                        preempt.kills.abandoned_thread_exits(record);
+                        preempt.ledger.abandoned_thread_exits(record);
                         reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
                         return true;
                     }
@@ -262,9 +262,10 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     record.tid.store(sys::gettid(), Ordering::Relaxed);
     record.reset_fate(sys::gettid());
     record.pthread.store(sys::pthread_self(), Ordering::Relaxed);
-    record
-        .std_thread_id
-        .store(crate::handler::places::current_thread_id(), Ordering::Relaxed);
+    record.std_thread_id.store(
+        crate::handler::places::current_thread_id(),
+        Ordering::Relaxed,
+    );
     // The guard area: std checks both sides of the reported stack start, since glibc
     // versions differ on whether the guard is inside the reported stack.
     let (low, size, guard) = sys::current_stack()?;

@@ -37,10 +37,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::handler::places;
+use crate::handler::FrozenPool;
+use crate::kill::Kills;
+use crate::pool::Shared;
 use crate::runtime::carrier::{self, Role};
 use crate::sync::loom::Ordering;
-use crate::handler::places;
-use crate::pool::Shared;
 use crate::sys::{self, async_safe};
 
 /// How often the monitor re-reads the loaded libraries for the freeze gate (a `dlopen`).
@@ -79,14 +81,14 @@ const BUSY: Duration = Duration::from_millis(20);
 fn sweep(
     shared: &Shared,
     preempt: &crate::handler::Preempt,
+    kills: &Kills,
     suspects: &mut std::collections::HashMap<usize, u64>,
 ) {
-    let kills = preempt.kills;
     let now = async_safe::monotonic_ns();
     let busy = (BUSY.as_nanos() as u64).max(preempt.quantum_ns.saturating_mul(4));
     let mut seen = std::collections::HashMap::new();
     for (index, record) in crate::handler::RECORDS.iter().enumerate() {
-        if !record.serves(kills) {
+        if !record.serves(&kills.ledger) {
             continue;
         }
         let Some(slot) = record.serving_slot() else {
@@ -145,7 +147,7 @@ fn sweep(
 }
 
 pub(crate) fn run(shared: Arc<Shared>) {
-    let Some(preempt) = &shared.preempt else {
+    let (Some(preempt), Some(kills)) = (&shared.preempt, shared.kills) else {
         return;
     };
     crate::handler::mark_monitor();
@@ -161,25 +163,25 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 crate::handler::mark_monitor();
                 let _exit = ExitGuard(for_maker.clone());
                 let mut maker = Maker::new();
-                let Some(preempt) = &for_maker.preempt else {
+                let (Some(preempt), Some(kills)) = (&for_maker.preempt, for_maker.kills) else {
                     return;
                 };
                 let mut chores = Chores::new();
                 loop {
-                    let bell = preempt.kills.standby_bell.load(Ordering::Acquire);
+                    let bell = preempt.ledger.standby_bell.load(Ordering::Acquire);
                     // A panic of ours here (a bug) must not end the standby supply.
                     let pass = catch_unwind(AssertUnwindSafe(|| {
                         let (open, timeout) = maker.pass(&for_maker, preempt);
                         (open, timeout.min(chores.run(&for_maker, preempt)))
                     }));
                     let (open, timeout) = pass.unwrap_or_else(|payload| {
-                        preempt.kills.monitor_panicked(&*payload);
+                        kills.monitor_panicked(&*payload);
                         (true, PANIC_PAUSE)
                     });
                     if !open {
                         return;
                     }
-                    preempt.kills.standby_bell.wait(bell, Some(timeout));
+                    preempt.ledger.standby_bell.wait(bell, Some(timeout));
                 }
             });
         match started {
@@ -205,20 +207,20 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 timeout = timeout.min(chores.run(&shared, preempt));
             }
             // Budgets, cancels, freezes and abandons (`kill.rs`).
-            let due = preempt.kills.enforce(&|| shared.thread_frozen());
+            let due = kills.enforce(&|| shared.thread_frozen());
             if now >= next_refresh {
                 // Every REFRESH, not every pass: after a storm of kills the handles of
                 // thousands of frozen threads are kept (they never finish), and a pass may
                 // come every 250 µs while freezes are deferred.
                 // A library loaded since the last look joins the freeze gate's ranges.
                 places::refresh();
-                preempt.kills.check_handler();
+                kills.check_handler();
                 next_refresh = now + REFRESH;
             }
             (timeout, due)
         }));
         let (mut timeout, due) = pass.unwrap_or_else(|payload| {
-            preempt.kills.monitor_panicked(&*payload);
+            kills.monitor_panicked(&*payload);
             next_refresh = now + REFRESH;
             let pause = PANIC_PAUSE.as_nanos() as u64;
             (
@@ -270,7 +272,9 @@ impl Chores {
         let now = Instant::now();
         if now >= self.next_sweep {
             shared.join_exited();
-            sweep(shared, preempt, &mut self.suspects);
+            if let Some(kills) = shared.kills {
+                sweep(shared, preempt, kills, &mut self.suspects);
+            }
             self.next_sweep = now + REFRESH;
         }
         if now >= self.next_look {
@@ -291,7 +295,7 @@ const LOOK: Duration = Duration::from_millis(20);
 /// monitor abandons its task at the second sighting in a row (`kill.rs`).
 fn look_for_blocked_signals(preempt: &crate::handler::Preempt) {
     for record in crate::handler::RECORDS.iter() {
-        if !record.serves(preempt.kills) || !record.freeze_asked() {
+        if !record.serves(preempt.ledger) || !record.freeze_asked() {
             continue;
         }
         let tid = record.tid.load(Ordering::Relaxed);

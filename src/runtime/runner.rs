@@ -30,9 +30,9 @@ use crossbeam_deque::{Steal, Worker};
 use crate::budget::Budget;
 use crate::handler::Record;
 use crate::pool::{Mode, Shared};
-use crate::sync::sleep::Sleep;
 use crate::runtime::slot::Slot;
-use crate::task::{self, JoinHandle, RunEnv, Task};
+use crate::sync::sleep::Sleep;
+use crate::task::{self, JoinHandle, RunEnv, Supervisor, Task};
 
 /// While spinning, how many `pause` instructions between two looks at the queues (a look
 /// is a few loads of lines that stay cached until a spawn writes them), and how many looks
@@ -128,9 +128,9 @@ impl Runner {
         RunEnv {
             counters: &self.slot().counters,
             record: self.record,
-            kills: self.shared.preempt.as_ref().map(|p| p.kills),
+            supervisor: self.shared.kills.map(|k| k as &'static dyn Supervisor),
             cpu_accounting: self.shared.cpu_accounting,
-            pool: Arc::as_ptr(&self.shared).cast(),
+            pool: Some(&*self.shared),
         }
     }
 

@@ -11,8 +11,8 @@ use std::cell::UnsafeCell;
 
 use crossbeam_deque::{Stealer, Worker};
 
+use crate::counters::SlotCounters;
 use crate::sync::loom::AtomicBool;
-use crate::stats::SlotCounters;
 use crate::task::Task;
 
 pub(crate) struct Slot {

@@ -204,9 +204,7 @@ pub(crate) fn waiting(nr: i64, arg1: i64) -> Wait {
             libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => Wait::Futex,
             _ => Wait::None,
         },
-        libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_restart_syscall => {
-            Wait::Sleep
-        }
+        libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_restart_syscall => Wait::Sleep,
         libc::SYS_read
         | libc::SYS_readv
         | libc::SYS_pread64
@@ -301,9 +299,7 @@ pub(crate) fn set_timer(timer: TimerId, value_ns: u64, interval_ns: u64, absolut
     // SAFETY: `timer` is a live timer of this process: only the thread that owns it
     // arms it (from its own code or its own signal handler), and it deletes its timers
     // only after it stops using them. `spec` is valid for the call.
-    unsafe {
-        libc::timer_settime(timer.0 as libc::timer_t, flags, &spec, std::ptr::null_mut())
-    };
+    unsafe { libc::timer_settime(timer.0 as libc::timer_t, flags, &spec, std::ptr::null_mut()) };
 }
 
 /// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread runs only when its core has
@@ -372,8 +368,8 @@ pub(crate) unsafe fn pool_token(info: *const libc::siginfo_t) -> Option<u64> {
     // SAFETY: the caller's contract; `siginfo_t` is 128 bytes, larger than
     // `QueuedInfo`, whose layout is the kernel's for these two codes.
     let info = unsafe { &*info.cast::<QueuedInfo>() };
-    let ours = info.code == libc::SI_TIMER
-        || (info.code == libc::SI_QUEUE && info.id_or_pid == getpid());
+    let ours =
+        info.code == libc::SI_TIMER || (info.code == libc::SI_QUEUE && info.id_or_pid == getpid());
     ours.then_some(info.value as u64)
 }
 
@@ -539,4 +535,14 @@ pub(crate) unsafe fn call_handler(
         f(signal);
     }
     sigmask(libc::SIG_SETMASK, Some(&old));
+}
+
+/// `CLOCK_MONOTONIC` ns as ns since the time base (0 before it is set). Async-signal-safe.
+pub(crate) fn since_base_ns(ns: u64) -> u64 {
+    ns.saturating_sub(super::BASE.get().map_or(0, |b| b.0))
+}
+
+/// The inverse of [`since_base_ns`].
+pub(crate) fn from_base_ns(ns: u64) -> u64 {
+    ns + super::BASE.get().map_or(0, |b| b.0)
 }

@@ -443,26 +443,13 @@ pub(crate) fn restore_normal_policy() -> io::Result<()> {
     }
 }
 
-/// The functions the signal handler may call: raw syscalls and vDSO reads, nothing that
-/// allocates, locks, panics or touches lazily initialised thread-locals. Part of the
-/// handler's marked zone (`handler/`); keep it that way.
 /// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
 /// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
-static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+pub(super) static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
 
 /// Sets the time base (once, outside any handler: the first pool does it).
 pub(crate) fn init_time_base() {
     BASE.get_or_init(|| (async_safe::monotonic_ns(), std::time::Instant::now()));
-}
-
-/// `CLOCK_MONOTONIC` ns as ns since the time base (0 before it is set). Async-signal-safe.
-pub(crate) fn since_base_ns(ns: u64) -> u64 {
-    ns.saturating_sub(BASE.get().map_or(0, |b| b.0))
-}
-
-/// The inverse of [`since_base_ns`].
-pub(crate) fn from_base_ns(ns: u64) -> u64 {
-    ns + BASE.get().map_or(0, |b| b.0)
 }
 
 /// The `Instant` of a `CLOCK_MONOTONIC` time (the clock `Instant` uses on Linux).

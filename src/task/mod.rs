@@ -38,18 +38,15 @@ use std::cell::Cell;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{
-    AtomicPtr, AtomicU32 as StdAtomicU32, AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize,
-};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::budget::{Budget, KillHow, KillReason, Killed};
+use crate::budget::{Budget, KillHow, KillReason};
+use crate::counters::SlotCounters;
 use crate::error::{JoinError, PanicPayload};
-use crate::handler::{Record, Running};
-use crate::kill::Kills;
+use crate::handler::{Control, FrozenPool, FrozenTask, Record, Running};
 use crate::sync::loom::{Futex, Ordering, UnsafeCell};
-use crate::stats::SlotCounters;
 use crate::sys;
 
 const COMPLETE: u32 = 0b001;
@@ -215,169 +212,6 @@ impl<T> JoinState<T> {
     }
 }
 
-/// A task's kill state, shared by the task's runner, its handle, the pool's monitor and
-/// the signal handler (which reads it, and is the reason these are plain std atomics).
-///
-/// The kill word holds the first [`KillReason`]'s code in its top byte and, below it, when
-/// the budget ran out (ns since the process's time base, `sys::since_base_ns`): one
-/// compare-exchange decides the reason and its time together. [`checkpoint`] only loads it.
-pub(crate) struct Control {
-    kill: StdAtomicU64,
-    /// `RECORDS` index + 1 of the thread running the task; 0 until it starts, or on a pool
-    /// without preemption.
-    thread: StdAtomicU32,
-    /// The thread's CPU-time clock when the task started, if measured (else `NO_CPU`).
-    cpu_start_ns: StdAtomicU64,
-    /// `CLOCK_MONOTONIC` ns when the task started.
-    started_ns: StdAtomicU64,
-    /// The thread's CPU clock when the monitor first saw the kill (`NO_CPU`: not yet).
-    cpu_at_kill: StdAtomicU64,
-    /// Calls to [`checkpoint`] so far (written by the task's thread only), and their
-    /// number when the monitor first saw the kill: a task that checkpoints and has not
-    /// passed one since has not seen its cancel yet (it has not run), and is not frozen
-    /// for it (`handler/freeze.rs`).
-    checkpoints: StdAtomicU32,
-    checkpoints_at_kill: StdAtomicU32,
-    /// The monitor's registry of the pool running the task, set when it starts (pools
-    /// leak theirs, so a handle may reach it after the pool is gone).
-    kills: AtomicPtr<Kills>,
-    /// The counters of the slot running the task, set when it starts: an abandon counts
-    /// its outcome there. (They live in the pool's shared state, which the task's thread
-    /// keeps alive while the task is undecided.)
-    counters: AtomicPtr<SlotCounters>,
-    /// The kernel id of the thread running the task, set when it starts (0: not yet).
-    tid: std::sync::atomic::AtomicI32,
-    /// The closure has been called (its thread waits for the monitor if the monitor
-    /// decides its outcome; see `kill.rs`, abandon).
-    entered: std::sync::atomic::AtomicBool,
-    pub(crate) budget: Budget,
-}
-
-const REASON_SHIFT: u32 = 56;
-const TIME_MASK: u64 = (1 << REASON_SHIFT) - 1;
-
-impl Control {
-    fn new(budget: Budget) -> Control {
-        Control {
-            kill: StdAtomicU64::new(0),
-            thread: StdAtomicU32::new(0),
-            cpu_start_ns: StdAtomicU64::new(NO_CPU),
-            started_ns: StdAtomicU64::new(0),
-            cpu_at_kill: StdAtomicU64::new(NO_CPU),
-            checkpoints: StdAtomicU32::new(0),
-            checkpoints_at_kill: StdAtomicU32::new(0),
-            kills: AtomicPtr::new(ptr::null_mut()),
-            counters: AtomicPtr::new(ptr::null_mut()),
-            tid: std::sync::atomic::AtomicI32::new(0),
-            entered: std::sync::atomic::AtomicBool::new(false),
-            budget,
-        }
-    }
-
-    /// Sets the cancel flag with `reason`, unless it is set already; true if this call set
-    /// it. `at_ns` is a `CLOCK_MONOTONIC` time. Async-signal-safe.
-    pub(crate) fn kill(&self, reason: KillReason, at_ns: u64) -> bool {
-        let word =
-            (u64::from(reason.code()) << REASON_SHIFT) | (sys::since_base_ns(at_ns) & TIME_MASK);
-        self.kill
-            .compare_exchange(0, word, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.kill.load(Ordering::Relaxed) != 0
-    }
-
-    /// The reason and the `CLOCK_MONOTONIC` time of the kill, if any. Async-signal-safe.
-    pub(crate) fn killed(&self) -> Option<(KillReason, u64)> {
-        let word = self.kill.load(Ordering::SeqCst);
-        let reason = KillReason::from_code((word >> REASON_SHIFT) as u8)?;
-        Some((reason, sys::from_base_ns(word & TIME_MASK)))
-    }
-
-    /// The `RECORDS` index of the thread running the task, once it has started.
-    pub(crate) fn thread(&self) -> Option<usize> {
-        match self.thread.load(Ordering::SeqCst) {
-            0 => None,
-            n => Some(n as usize - 1),
-        }
-    }
-
-    /// The running thread's CPU clock at the kill, once the monitor has noted it.
-    /// Async-signal-safe.
-    pub(crate) fn cpu_at_kill(&self) -> Option<u64> {
-        match self.cpu_at_kill.load(Ordering::Relaxed) {
-            NO_CPU => None,
-            ns => Some(ns),
-        }
-    }
-
-    /// Notes the running thread's CPU clock and checkpoint count at the kill, the first
-    /// time (monitor).
-    pub(crate) fn note_cpu_at_kill(&self, read: impl FnOnce() -> Option<u64>) {
-        if self.cpu_at_kill.load(Ordering::Relaxed) == NO_CPU {
-            self.checkpoints_at_kill
-                .store(self.checkpoints.load(Ordering::Relaxed), Ordering::Relaxed);
-            if let Some(ns) = read() {
-                self.cpu_at_kill.store(ns, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// True for a task that calls [`checkpoint`] and has not passed one since the
-    /// monitor saw its kill: it has not had the chance to see its cancel. Async-signal-safe.
-    pub(crate) fn cancel_unseen(&self) -> bool {
-        let at_kill = self.checkpoints_at_kill.load(Ordering::Relaxed);
-        self.cpu_at_kill.load(Ordering::Relaxed) != NO_CPU
-            && at_kill != 0
-            && self.checkpoints.load(Ordering::Relaxed) == at_kill
-    }
-
-    /// True once the closure has been called.
-    pub(crate) fn entered(&self) -> bool {
-        self.entered.load(Ordering::SeqCst)
-    }
-
-    /// The kernel id of the thread running the task, once it has started on a pool
-    /// thread with a record.
-    pub(crate) fn tid(&self) -> Option<i32> {
-        match self.tid.load(Ordering::Relaxed) {
-            0 => None,
-            tid => Some(tid),
-        }
-    }
-
-    pub(crate) fn started_ns(&self) -> u64 {
-        self.started_ns.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn cpu_start_ns(&self) -> Option<u64> {
-        match self.cpu_start_ns.load(Ordering::Relaxed) {
-            NO_CPU => None,
-            ns => Some(ns),
-        }
-    }
-
-    /// The CPU time used since the task started on this thread, if it was measured.
-    /// Async-signal-safe (a `clock_gettime` syscall).
-    pub(crate) fn cpu_used_ns(&self) -> Option<u64> {
-        self.cpu_start_ns()
-            .map(|start| sys::async_safe::thread_cpu_ns().saturating_sub(start))
-    }
-
-    fn killed_outcome(&self, how: KillHow, cpu_ns: Option<u64>) -> Killed {
-        let (reason, expired_ns) = self
-            .killed()
-            .unwrap_or((KillReason::Cancelled, sys::async_safe::monotonic_ns()));
-        Killed {
-            reason,
-            how,
-            cpu_ns,
-            expired_ns,
-        }
-    }
-}
-
 thread_local! {
     /// The control of the task running on this thread, for [`checkpoint`]. Const and
     /// without a destructor: no lazy initialisation, no allocation.
@@ -417,9 +251,6 @@ impl Drop for ClosureFrame<'_> {
     }
 }
 
-/// The payload a cancelled task unwinds with: private, so no one else raises it.
-struct CancelUnwind;
-
 /// A cooperative cancellation point, for long-running task code.
 ///
 /// Cheap: one thread-local read, a load and a store. If the running task has been cancelled (its
@@ -445,30 +276,8 @@ pub fn checkpoint() {
         .checkpoints
         .store(n.wrapping_add(1) | 1, Ordering::Relaxed);
     if control.is_cancelled() {
-        cancel_here();
+        crate::handler::unwind_cancelled();
     }
-}
-
-/// Where [`cancel_here`] starts: the freeze gate never freezes a thread with it on the
-/// stack (between the cancel and the unwind). Async-signal-safe.
-pub(crate) fn cancel_entry() -> usize {
-    cancel_here as *const () as usize
-}
-
-#[cold]
-#[inline(never)]
-fn cancel_here() {
-    // A second unwind while unwinding aborts the process.
-    if std::thread::panicking() {
-        return;
-    }
-    // Held until the unwind leaves this frame (its landing pad drops it): by then the
-    // thread counts as panicking, and as unwinding from its cancel, so no freeze comes
-    // between the cancel and the unwind.
-    let _no_freeze = crate::handler::FreezeGuard::new();
-    // A freeze on its way (a redirected return address) is called off.
-    crate::handler::before_unwind();
-    panic::resume_unwind(Box::new(CancelUnwind));
 }
 
 /// The timeout for a futex wait until `deadline`: `Some(None)` for no deadline, `None` if
@@ -490,6 +299,9 @@ struct TaskCell<F, T> {
     /// pool's runners may run it inline from a join.
     pool: usize,
     control: Control,
+    /// The registry of the pool running the task, once it has started on a pool thread
+    /// with a record (for [`JoinHandle::cancel`] to hand the task to the monitor).
+    supervisor: OnceLock<&'static dyn Supervisor>,
     func: UnsafeCell<Option<F>>,
 }
 
@@ -504,34 +316,35 @@ unsafe impl<F: Send, T: Send> Sync for TaskCell<F, T> {}
 pub(crate) struct RunEnv<'a> {
     pub(crate) counters: &'a SlotCounters,
     pub(crate) record: Option<&'static Record>,
-    pub(crate) kills: Option<&'static Kills>,
+    pub(crate) supervisor: Option<&'static dyn Supervisor>,
     /// Measure every task's CPU time, not only budgeted ones.
     pub(crate) cpu_accounting: bool,
-    /// The pool's shared state, for a freeze (as an opaque pointer).
-    pub(crate) pool: *const (),
+    /// The pool, for a freeze.
+    pub(crate) pool: Option<&'a dyn FrozenPool>,
+}
+
+/// What a task needs of the pool's kill registry (`kill.rs` implements it): registries are
+/// never freed, so a task may keep a reference for good.
+pub(crate) trait Supervisor: Sync {
+    /// Watches a started task whose budget or cancel may need enforcing.
+    fn watch(&self, task: Task);
+    /// Counts a cooperative cancel.
+    fn cancelled(&self, reason: KillReason);
 }
 
 /// What the queues carry: run or reject a task without knowing its types.
-pub(crate) trait Runnable: Send + Sync {
+pub(crate) trait Runnable: FrozenTask + Send {
     /// Protocol step 1.
     fn claim(&self) -> bool;
     /// Runs the closure under `catch_unwind`, counts the outcome in `counters`, then
     /// publishes it. Only after winning the claim.
     fn run_claimed(&self, env: &RunEnv<'_>);
-    fn control(&self) -> &Control;
-    fn is_done(&self) -> bool;
-    /// Protocol step 2's decision (async-signal-safe): true for exactly one caller, who
-    /// must then publish.
-    fn decide(&self) -> bool;
-    /// Publishes an abandon (the monitor, after winning [`decide`](Runnable::decide)):
+    /// Publishes an abandon (the monitor, after winning [`decide`](FrozenTask::decide)):
     /// counts it in the slot's counters and resolves the handle with
     /// `Killed { how: Abandoned }`. The closure is still running on its thread.
     fn publish_abandoned(&self, cpu_ns: Option<u64>);
-    /// Publishes a freeze, after winning [`decide`](Runnable::decide): counts it and
-    /// resolves the handle with `Killed { how: Frozen }`.
-    /// Called on the frozen thread, from the signal handler or the freeze trampoline, while
-    /// the closure is still on the stack (and will stay there). Async-signal-safe.
-    fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason);
+    /// The registry of the pool the task started on.
+    fn supervisor(&self) -> &OnceLock<&'static dyn Supervisor>;
     /// Drops the closure unrun and resolves the handle with [`JoinError::Shutdown`]. Only
     /// after winning the claim.
     fn reject_claimed(&self);
@@ -561,8 +374,8 @@ where
             }
             env.counters.record_kill(KillHow::Cancelled);
             let killed = control.killed_outcome(KillHow::Cancelled, None);
-            if let Some(kills) = env.kills {
-                kills.cancelled(killed.reason);
+            if let Some(supervisor) = env.supervisor {
+                supervisor.cancelled(killed.reason);
             }
             drop_quietly(self.join.complete(Err(JoinError::Killed(killed)), None));
             return;
@@ -594,7 +407,7 @@ where
         CURRENT.with(|c| c.set(outer_control));
         let cpu_ns = control.cpu_used_ns();
         let result = result.map_err(|payload| {
-            if payload.is::<CancelUnwind>() {
+            if crate::handler::is_cancel_unwind(&*payload) {
                 JoinError::Killed(control.killed_outcome(KillHow::Cancelled, cpu_ns))
             } else {
                 JoinError::Panicked(PanicPayload::new(payload))
@@ -617,8 +430,8 @@ where
             Ok(_) => env.counters.record_outcome(false),
             Err(JoinError::Killed(killed)) => {
                 env.counters.record_kill(KillHow::Cancelled);
-                if let Some(kills) = env.kills {
-                    kills.cancelled(killed.reason);
+                if let Some(supervisor) = env.supervisor {
+                    supervisor.cancelled(killed.reason);
                 }
             }
             Err(_) => env.counters.record_outcome(true),
@@ -626,16 +439,8 @@ where
         drop_quietly(self.join.complete(result, cpu_ns));
     }
 
-    fn control(&self) -> &Control {
-        &self.control
-    }
-
-    fn is_done(&self) -> bool {
-        self.join.is_complete()
-    }
-
-    fn decide(&self) -> bool {
-        self.join.decide()
+    fn supervisor(&self) -> &OnceLock<&'static dyn Supervisor> {
+        &self.supervisor
     }
 
     fn publish_abandoned(&self, cpu_ns: Option<u64>) {
@@ -651,6 +456,33 @@ where
         std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
     }
 
+    fn reject_claimed(&self) {
+        // SAFETY: step 1, as in `run_claimed`.
+        let func = self.func.with_mut(|func| unsafe { (*func).take() });
+        drop_quietly(func);
+        if self.join.decide() {
+            drop_quietly(self.join.complete(Err(JoinError::Shutdown), None));
+        }
+    }
+}
+
+impl<F, T> FrozenTask for TaskCell<F, T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    fn control(&self) -> &Control {
+        &self.control
+    }
+
+    fn decide(&self) -> bool {
+        self.join.decide()
+    }
+
+    fn is_done(&self) -> bool {
+        self.join.is_complete()
+    }
+
     fn publish_frozen(&self, counters: &SlotCounters, reason_if_none: KillReason) {
         let control = &self.control;
         control.kill(reason_if_none, sys::async_safe::monotonic_ns());
@@ -660,15 +492,6 @@ where
         // A detached task's outcome comes back: a `Killed`, which owns nothing (and the
         // signal handler drops nothing).
         std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
-    }
-
-    fn reject_claimed(&self) {
-        // SAFETY: step 1, as in `run_claimed`.
-        let func = self.func.with_mut(|func| unsafe { (*func).take() });
-        drop_quietly(func);
-        if self.join.decide() {
-            drop_quietly(self.join.complete(Err(JoinError::Shutdown), None));
-        }
     }
 }
 
@@ -687,9 +510,9 @@ impl Task {
         self.run_in(&RunEnv {
             counters,
             record: None,
-            kills: None,
+            supervisor: None,
             cpu_accounting: false,
-            pool: ptr::null(),
+            pool: None,
         })
     }
 
@@ -705,16 +528,15 @@ impl Task {
                     .cpu_start_ns
                     .store(sys::async_safe::thread_cpu_ns(), Ordering::Relaxed);
             }
-            if let (Some(record), Some(kills)) = (env.record, env.kills) {
+            if let (Some(record), Some(supervisor)) = (env.record, env.supervisor) {
                 // Only a wall-clock budget needs the start time (a clock read per task).
                 if control.budget.wall_limit().is_some() {
                     control
                         .started_ns
                         .store(sys::async_safe::monotonic_ns(), Ordering::Relaxed);
                 }
-                control
-                    .kills
-                    .store(kills as *const Kills as *mut Kills, Ordering::Relaxed);
+                // Before `thread` (SeqCst below), for `JoinHandle::cancel`. Set once.
+                let _ = self.0.supervisor().set(supervisor);
                 control.counters.store(
                     env.counters as *const SlotCounters as *mut SlotCounters,
                     Ordering::Relaxed,
@@ -733,7 +555,7 @@ impl Task {
                     // A runtime section: a handoff here would demote this thread while it
                     // holds the monitor's registry lock, and stall the monitor.
                     let section = record.enter_runtime();
-                    kills.watch(Task(self.0.clone()));
+                    supervisor.watch(Task(self.0.clone()));
                     if section {
                         record.leave_runtime();
                     }
@@ -864,6 +686,7 @@ where
         join: JoinState::new(),
         pool,
         control: Control::new(budget),
+        supervisor: OnceLock::new(),
         func: UnsafeCell::new(Some(func)),
     });
     let handle = JoinHandle { task: cell.clone() };
@@ -992,11 +815,9 @@ impl<T> JoinHandle<T> {
         if control.kill(KillReason::Cancelled, sys::async_safe::monotonic_ns())
             && control.thread().is_some()
         {
-            let kills = control.kills.load(Ordering::Relaxed);
-            // SAFETY: set before `thread` (which we read after it, SeqCst) and pointing at
-            // a registry the pool leaked: valid for the rest of the process.
-            if let Some(kills) = unsafe { kills.as_ref() } {
-                kills.watch(task);
+            // Set before `thread`, which was read after it (SeqCst).
+            if let Some(supervisor) = task.0.supervisor().get() {
+                supervisor.watch(task);
             }
         }
     }
