@@ -9,8 +9,9 @@ use crate::error::BuildError;
 use crate::handler::places;
 use crate::handler::{self, Preempt, TimerClock};
 use crate::kill::Kills;
-use crate::pool::{Pool, Shared, Threads};
+use crate::pool::Pool;
 use crate::runtime::carrier::{self, Role};
+use crate::runtime::shared::{Shared, Threads};
 use crate::runtime::{monitor, signal};
 use crate::sync::reserve::Reserve;
 use crate::sys;
@@ -508,5 +509,17 @@ impl Builder {
                 }
             })
             .collect())
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults: one pinned worker per core this thread may run on.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A pool with the default settings; the same as `Pool::builder().build()`.
+    pub fn new() -> Result<Pool, BuildError> {
+        Builder::new().build()
     }
 }

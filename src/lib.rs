@@ -139,6 +139,7 @@ mod builder;
 mod counters;
 mod error;
 mod handler;
+mod join;
 mod kill;
 mod pool;
 mod runtime;
@@ -157,10 +158,11 @@ pub use builder::{
 };
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use handler::{FreezeGuard, TimerClock};
+pub use join::JoinHandle;
 pub use pool::{Handle, Pool};
 pub use service::{CallError, LoadError, Service, ServiceCache, MAX_OUTPUT};
 pub use stats::{SlotStats, Stats};
-pub use task::{checkpoint, JoinHandle};
+pub use task::checkpoint;
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]
@@ -172,9 +174,10 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::counters::SlotCounters;
+    pub use crate::join::{inline_task, new_task};
     pub use crate::runtime::runner::{serve, Serve, Served};
     pub use crate::sync::reserve::{Reserve, Woken};
     pub use crate::sync::sleep::Sleep;
     pub use crate::sync::spawn_gate::Gate;
-    pub use crate::task::{abandon, inline_task, new as new_task, Task};
+    pub use crate::task::{abandon, Task};
 }

@@ -1,401 +1,16 @@
-//! The pool: shared state, spawning, stats and shutdown.
-//!
-//! # Shutdown protocol
-//!
-//! 1. Close the gate (`gate.rs`): from here on every spawn is refused.
-//! 2. Wait until every spawn that got through the gate has pushed and counted its task.
-//!    From here on the set of accepted tasks is final, and so are the counters that count
-//!    them.
-//! 3. `mode = DRAIN`, and wake every sleeping runner. Runners keep running tasks, and exit
-//!    once they find none *and* every accepted task has finished (completed + panicked +
-//!    discarded = accepted, from the counters). Waiting for the others' tasks, not just
-//!    for empty queues, matters: a running task may still be waiting for a queued one
-//!    (through a channel, say), or hold a batch it is moving between queues. A runner that
-//!    exits wakes the sleepers so they can re-check.
-//! 4. Wait for the runners to exit (all of them, or until a deadline).
-//! 5. Deadline passed: `mode = DISCARD`; queued tasks are taken from every queue (by this
-//!    thread, through the stealers, and by runners as they come back from their current
-//!    task) and resolved with `JoinError::Shutdown`. Runners exit as soon as they find no
-//!    work; those still inside a task are detached and exit when it returns.
-//!
-//! `shutdown` called from inside a task of the pool does steps 1–3 and returns: a runner
-//! cannot wait for itself to finish the task it is running.
+//! The pool: [`Pool`], the owner that shuts it down, and [`Handle`], a spawner.
 
 use std::fmt;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::kill::{Kills, Mutex};
-use crossbeam_deque::Injector;
-
 use crate::budget::Budget;
-use crate::builder::Builder;
-use crate::counters::PoolCounters;
-use crate::error::JoinError;
 use crate::error::ShutdownTimedOut;
-use crate::handler::{FrozenPool, Preempt};
-use crate::runtime::runner::{self, steal};
-use crate::runtime::slot::Slot;
+use crate::join::JoinHandle;
+use crate::kill::Kills;
+use crate::runtime::runner;
+use crate::runtime::shared::{Mode, Shared};
 use crate::stats::{PreemptSnapshot, SlotStats, Stats};
-use crate::sync::loom::{AtomicU8, Futex, Ordering};
-use crate::sync::sleep::Sleep;
-use crate::sync::spawn_gate::Gate;
-use crate::task::{self, JoinHandle, Task};
-
-/// Where a pool is in its life; see the shutdown protocol. Only ever moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Running,
-    Drain,
-    Discard,
-}
-
-const RUNNING: u8 = 0;
-const DRAIN: u8 = 1;
-const DISCARD: u8 = 2;
-
-/// State shared by the pool, its handles and its runners.
-pub(crate) struct Shared {
-    pub(crate) injector: Injector<Task>,
-    pub(crate) slots: Box<[Slot]>,
-    pub(crate) sleep: Sleep,
-    gate: Gate,
-    /// Unique per pool for the life of the process (an address could be reused).
-    id: usize,
-    /// `RUNNING`, `DRAIN` or `DISCARD`; only ever increases.
-    mode: AtomicU8,
-    pub(crate) counters: PoolCounters,
-    /// Pool threads (runners, standbys, carriers, the monitor) that have neither exited
-    /// nor been frozen; shutdown waits on this word for zero. A futex, not a mutex: a
-    /// freeze counts its thread out from the signal handler.
-    live: Futex,
-    pub(crate) spin: Duration,
-    /// The budget of a task spawned without one.
-    pub(crate) default_budget: Budget,
-    /// Measure every task's CPU time.
-    pub(crate) cpu_accounting: bool,
-    /// Preemption settings and per-slot reserves; `None` with preemption off.
-    pub(crate) preempt: Option<Preempt>,
-    /// The kill registry (its handler half is `preempt`'s ledger); `None` with
-    /// preemption off.
-    pub(crate) kills: Option<&'static Kills>,
-    pub(crate) threads: Threads,
-}
-
-/// How the pool makes threads, and the handles of those it made.
-pub(crate) struct Threads {
-    pub(crate) name: String,
-    pub(crate) stack_size: Option<usize>,
-    /// Each slot's CPU affinity (`None`: leave it alone).
-    pub(crate) affinity: Vec<Option<Vec<usize>>>,
-    handles: Mutex<Vec<thread::JoinHandle<()>>>,
-}
-
-impl Threads {
-    pub(crate) fn new(
-        name: String,
-        stack_size: Option<usize>,
-        affinity: Vec<Option<Vec<usize>>>,
-    ) -> Threads {
-        Threads {
-            name,
-            stack_size,
-            affinity,
-            handles: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Drop for Shared {
-    /// The last reference is gone: every pool thread has exited (a frozen or abandoned
-    /// one holds a reference for as long as it lives), so the kill registry goes back for
-    /// reuse.
-    fn drop(&mut self) {
-        if let Some(kills) = self.kills {
-            // Maybe in a task (the last handle dropped there): the spare list's lock.
-            let _no_freeze = crate::handler::FreezeGuard::new();
-            kills.recycle();
-        }
-    }
-}
-
-impl Shared {
-    pub(crate) fn new(
-        cores: Vec<Option<usize>>,
-        spin: Duration,
-        preempt: Option<Preempt>,
-        kills: Option<&'static Kills>,
-        threads: Threads,
-        default_budget: Budget,
-        cpu_accounting: bool,
-    ) -> Self {
-        let workers = cores.len();
-        Self {
-            injector: Injector::new(),
-            slots: cores.into_iter().map(Slot::new).collect(),
-            sleep: Sleep::new(workers),
-            gate: Gate::new(),
-            id: {
-                static NEXT: std::sync::atomic::AtomicUsize =
-                    std::sync::atomic::AtomicUsize::new(1);
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            },
-            mode: AtomicU8::new(RUNNING),
-            counters: PoolCounters::default(),
-            live: Futex::new(0),
-            spin,
-            default_budget,
-            cpu_accounting,
-            preempt,
-            kills,
-            threads,
-        }
-    }
-
-    pub(crate) fn spawn<F, T>(self: &Arc<Self>, func: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        self.spawn_with(self.default_budget, func)
-    }
-
-    pub(crate) fn spawn_with<F, T>(self: &Arc<Self>, budget: Budget, func: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        // A task spawning must not be frozen inside the spawn: it may hold the gate's
-        // ticket, or the slot's deque mid-push.
-        let _no_freeze = crate::handler::FreezeGuard::new();
-        if budget.invalid().is_some() {
-            return task::rejected_with(func, JoinError::InvalidBudget(budget));
-        }
-        if !budget.is_unlimited() {
-            match self.kills {
-                None => return task::rejected_with(func, JoinError::BudgetUnsupported),
-                Some(kills) if kills.handler_replaced() => {
-                    return task::rejected_with(func, JoinError::KillsUnenforceable)
-                }
-                Some(_) => {}
-            }
-        }
-        runner::with_current(|current| match current {
-            Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(budget, func),
-            _ => self.spawn_outside(budget, func),
-        })
-    }
-
-    /// A spawn from a thread that holds no slot of this pool: through the gate into the
-    /// injector.
-    pub(crate) fn spawn_outside<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let Some(entered) = self.gate.enter_outside() else {
-            return self.refuse(func);
-        };
-        let (task, handle) = task::with_budget(func, self.id, budget);
-        self.injector.push(task);
-        drop(entered);
-        self.sleep.notify_one();
-        handle
-    }
-
-    pub(crate) fn refuse<F, T>(&self, func: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        task::rejected(func)
-    }
-
-    /// Rejects a queued task (counted only if no joiner claimed it first).
-    pub(crate) fn discard(&self, task: Task) {
-        if task.reject() {
-            self.counters.discarded.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The pool's identity, stored in its tasks so a join runs a task inline only on a
-    /// runner of the pool that spawned it.
-    pub(crate) fn id(&self) -> usize {
-        self.id
-    }
-
-    pub(crate) fn gate(&self) -> &Gate {
-        &self.gate
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.gate.is_closed()
-    }
-
-    /// Acquire: a runner that sees `DRAIN` sees every push and count that shutdown step 2
-    /// waited for.
-    pub(crate) fn mode(&self) -> Mode {
-        match self.mode.load(Ordering::Acquire) {
-            RUNNING => Mode::Running,
-            DRAIN => Mode::Drain,
-            _ => Mode::Discard,
-        }
-    }
-
-    /// Shutdown step 3's exit condition for a runner that found no work.
-    pub(crate) fn may_exit(&self) -> bool {
-        match self.mode() {
-            Mode::Running => false,
-            Mode::Drain => self.all_finished(),
-            Mode::Discard => true,
-        }
-    }
-
-    /// Every accepted task has finished. Called after `mode()` returned `DRAIN`, so the
-    /// accepted counts are final (shutdown step 2). A finished count read stale only delays
-    /// the answer: the runner that finished the task counted it before its next sleep
-    /// fence, so either its own re-check or ours sees both counts (the fence argument of
-    /// `sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
-    /// counts from the wake (`runner::serve`).
-    fn all_finished(&self) -> bool {
-        self.unfinished() == 0
-    }
-
-    /// Shutdown steps 1–3. Idempotent.
-    fn close(&self) {
-        self.gate
-            .close(self.slots.iter().map(|slot| &*slot.spawning));
-        let _ = self
-            .mode
-            .compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
-        self.sleep.notify_all();
-    }
-
-    /// Shutdown step 5.
-    fn discard_queued(&self) {
-        self.mode.store(DISCARD, Ordering::SeqCst);
-        self.sleep.notify_all();
-        let stealers = self.slots.iter().map(|s| &s.stealer);
-        loop {
-            let mut found = false;
-            while let Some(task) = steal(|| self.injector.steal()) {
-                self.discard(task);
-                found = true;
-            }
-            for stealer in stealers.clone() {
-                while let Some(task) = steal(|| stealer.steal()) {
-                    self.discard(task);
-                    found = true;
-                }
-            }
-            if !found {
-                break;
-            }
-        }
-    }
-
-    /// Counts a pool thread in, before it is spawned.
-    pub(crate) fn thread_started(&self) {
-        self.live.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Counts a pool thread out, however it ends (or if it never started).
-    /// Async-signal-safe.
-    pub(crate) fn thread_exited(&self) {
-        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.live.wake_all();
-        }
-    }
-
-    pub(crate) fn keep_handle(&self, handle: thread::JoinHandle<()>) {
-        self.threads.handles.lock().push(handle);
-    }
-
-    /// Joins the threads that have finished (retired carriers), so their handles do not
-    /// pile up.
-    pub(crate) fn join_exited(&self) {
-        let finished: Vec<_> = {
-            let mut handles = self.threads.handles.lock();
-            let (done, running) = handles.drain(..).partition(|h| h.is_finished());
-            *handles = running;
-            done
-        };
-        for handle in finished {
-            let _ = handle.join();
-        }
-    }
-
-    /// Tasks accepted and not finished (running, or queued).
-    fn unfinished(&self) -> u64 {
-        let mut accepted = self.gate.injected();
-        let mut finished = self.counters.discarded.load(Ordering::Relaxed);
-        for slot in self.slots.iter() {
-            let (spawned, done) = slot.counters.accepted_and_finished();
-            accepted += spawned;
-            finished += done;
-        }
-        accepted.saturating_sub(finished)
-    }
-
-    /// Shutdown step 4: true if every pool thread exited (or was frozen) before
-    /// `deadline`.
-    fn wait_for_threads(&self, deadline: Option<Instant>) -> bool {
-        loop {
-            let live = self.live.load(Ordering::SeqCst);
-            if live == 0 {
-                return true;
-            }
-            let Some(timeout) = task::time_left(deadline) else {
-                return false;
-            };
-            self.live.wait(live, timeout);
-        }
-    }
-
-    /// True if `handle` is a frozen thread's: joining it would never return.
-    fn is_frozen(&self, handle: &thread::JoinHandle<()>) -> bool {
-        use std::os::unix::thread::JoinHandleExt;
-        self.kills
-            .is_some_and(|kills| kills.is_lost_thread(handle.as_pthread_t() as usize))
-    }
-
-    fn stats(&self) -> Stats {
-        // Called from task code too: no freeze while it holds the monitor's locks.
-        let _no_freeze = crate::handler::FreezeGuard::new();
-        let preempt: Vec<PreemptSnapshot> = (0..self.slots.len())
-            .map(|i| {
-                self.preempt
-                    .as_ref()
-                    .map_or_else(PreemptSnapshot::default, |p| {
-                        PreemptSnapshot::of(&p.reserves[i])
-                    })
-            })
-            .collect();
-        let slots = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                SlotStats::of(
-                    slot.counters.read(),
-                    slot.core,
-                    self.sleep.counts(i),
-                    preempt[i],
-                )
-            })
-            .collect();
-        let kills = self
-            .preempt
-            .as_ref()
-            .map(|_| ())
-            .and(self.kills)
-            .map(Kills::snapshot)
-            .unwrap_or_default();
-        Stats::collect(self.gate.injected(), &self.counters, slots, &preempt, kills)
-    }
-}
 
 /// A pool of runner threads, one per slot, each pinned to its own core.
 ///
@@ -406,16 +21,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A builder with the defaults: one pinned worker per core this thread may run on.
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
-    /// A pool with the default settings; the same as `Pool::builder().build()`.
-    pub fn new() -> Result<Pool, crate::BuildError> {
-        Builder::new().build()
-    }
-
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
         Pool { shared }
     }
@@ -432,7 +37,7 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.shared.spawn(func)
+        JoinHandle::new(self.shared.spawn(func))
     }
 
     /// Like [`spawn`](Pool::spawn), with a [`Budget`] of CPU and/or wall-clock time for
@@ -446,7 +51,7 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.shared.spawn_with(budget, func)
+        JoinHandle::new(self.shared.spawn_with(budget, func))
     }
 
     /// A cheap, cloneable handle that can spawn onto this pool from anywhere, including
@@ -464,7 +69,7 @@ impl Pool {
 
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        stats(&self.shared)
     }
 
     /// True once shutdown has begun: spawns are refused from then on.
@@ -494,28 +99,7 @@ impl Pool {
     }
 
     fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
-        let _no_freeze = crate::handler::FreezeGuard::new();
-        let shared = &self.shared;
-        shared.close();
-        if runner::with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared))) {
-            return Ok(());
-        }
-        if !shared.wait_for_threads(deadline) {
-            shared.discard_queued();
-            return Err(ShutdownTimedOut {
-                busy_runners: shared.unfinished() as usize,
-            });
-        }
-        let handles = std::mem::take(&mut *shared.threads.handles.lock());
-        for thread in handles {
-            if self.shared.is_frozen(&thread) {
-                // Detached: a frozen thread never exits.
-                continue;
-            }
-            // A pool thread never unwinds (it aborts instead), so join cannot fail.
-            let _ = thread.join();
-        }
-        Ok(())
+        self.shared.shutdown_until(deadline)
     }
 }
 
@@ -554,7 +138,7 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.shared.spawn(func)
+        JoinHandle::new(self.shared.spawn(func))
     }
 
     /// The same as [`Pool::spawn_with`].
@@ -563,12 +147,12 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.shared.spawn_with(budget, func)
+        JoinHandle::new(self.shared.spawn_with(budget, func))
     }
 
     /// The same as [`Pool::stats`].
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        stats(&self.shared)
     }
 
     /// The same as [`Pool::is_shutdown`].
@@ -595,11 +179,45 @@ impl fmt::Debug for Handle {
     }
 }
 
-impl FrozenPool for Shared {
-    /// A frozen thread: counted out (it never exits), and the runners woken, since its
-    /// task now counts as finished and shutdown may be waiting for it. Async-signal-safe.
-    fn thread_frozen(&self) {
-        self.sleep.notify_all();
-        self.thread_exited();
-    }
+/// A snapshot of the pool's counters.
+fn stats(shared: &Shared) -> Stats {
+    // Called from task code too: no freeze while it holds the monitor's locks.
+    let _no_freeze = crate::handler::FreezeGuard::new();
+    let preempt: Vec<PreemptSnapshot> = (0..shared.slots.len())
+        .map(|i| {
+            shared
+                .preempt
+                .as_ref()
+                .map_or_else(PreemptSnapshot::default, |p| {
+                    PreemptSnapshot::of(&p.reserves[i])
+                })
+        })
+        .collect();
+    let slots = shared
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            SlotStats::of(
+                slot.counters.read(),
+                slot.core,
+                shared.sleep.counts(i),
+                preempt[i],
+            )
+        })
+        .collect();
+    let kills = shared
+        .preempt
+        .as_ref()
+        .map(|_| ())
+        .and(shared.kills)
+        .map(Kills::snapshot)
+        .unwrap_or_default();
+    Stats::collect(
+        shared.gate().injected(),
+        &shared.counters,
+        slots,
+        &preempt,
+        kills,
+    )
 }

@@ -36,8 +36,8 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread;
 
+use super::shared::{Mode, Shared};
 use crate::handler::{self, Record, TimerClock, NO_TIMER, RECORDS};
-use crate::pool::{Mode, Shared};
 use crate::runtime::runner::{Runner, Served};
 use crate::sync::reserve::Woken;
 use crate::sys::{self, async_safe, AltStack, TimerId};

@@ -3,5 +3,6 @@
 pub(crate) mod carrier;
 pub(crate) mod monitor;
 pub(crate) mod runner;
+pub(crate) mod shared;
 pub(crate) mod signal;
 pub(crate) mod slot;

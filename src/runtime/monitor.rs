@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use crate::handler::places;
 use crate::handler::FrozenPool;
 use crate::kill::Kills;
-use crate::pool::Shared;
 use crate::runtime::carrier::{self, Role};
+use crate::runtime::shared::Shared;
 use crate::sync::loom::Ordering;
 use crate::sys::{self, async_safe};
 

@@ -27,12 +27,12 @@ use std::time::Instant;
 
 use crossbeam_deque::{Steal, Worker};
 
+use super::shared::{Mode, Shared};
 use crate::budget::Budget;
 use crate::handler::Record;
-use crate::pool::{Mode, Shared};
 use crate::runtime::slot::Slot;
 use crate::sync::sleep::Sleep;
-use crate::task::{self, JoinHandle, RunEnv, Supervisor, Task};
+use crate::task::{self, Joiner, RunEnv, Supervisor, Task};
 
 /// While spinning, how many `pause` instructions between two looks at the queues (a look
 /// is a few loads of lines that stay cached until a spawn writes them), and how many looks
@@ -162,7 +162,7 @@ impl Runner {
     }
 
     /// A spawn from a task running on this runner: it goes to the slot's own deque.
-    pub(crate) fn spawn_local<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
+    pub(crate) fn spawn_local<F, T>(&self, budget: Budget, func: F) -> Joiner<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,

@@ -98,7 +98,7 @@ impl<T> JoinState<T> {
         }
     }
 
-    fn cpu_time(&self) -> Option<Duration> {
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
         match self.cpu_ns.load(Ordering::Relaxed) {
             NO_CPU => None,
             ns => Some(Duration::from_nanos(ns)),
@@ -153,7 +153,7 @@ impl<T> JoinState<T> {
 
     /// The handle is dropped: if the task is complete, its output is dropped here (the
     /// caller's thread); otherwise whoever completes it drops it.
-    fn detach(&self) {
+    pub(crate) fn detach(&self) {
         let prev = self.word.fetch_or(DETACHED, Ordering::AcqRel);
         if prev & COMPLETE != 0 {
             // SAFETY: complete (Acquire above), and this is the only handle, being dropped:
@@ -169,7 +169,7 @@ impl<T> JoinState<T> {
     }
 
     /// Protocol step 4. Returns true once complete, false if `deadline` passed first.
-    fn wait(&self, deadline: Option<Instant>) -> bool {
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_complete() {
             return true;
         }
@@ -202,7 +202,7 @@ impl<T> JoinState<T> {
     /// # Safety
     ///
     /// The caller is the task's only `JoinHandle`, and it has seen `is_complete()` (Acquire).
-    unsafe fn take(&self) -> Result<T, JoinError> {
+    pub(crate) unsafe fn take(&self) -> Result<T, JoinError> {
         // SAFETY: the caller's contract: the runner wrote the cell before setting
         // `COMPLETE` and never touches it again; no other handle exists.
         match self.output.with_mut(|out| unsafe { (*out).take() }) {
@@ -588,6 +588,11 @@ impl Task {
         self.0.publish_abandoned(cpu_ns);
     }
 
+    /// The registry of the pool the task started on, once it has.
+    pub(crate) fn supervisor(&self) -> Option<&'static dyn Supervisor> {
+        self.0.supervisor().get().copied()
+    }
+
     /// The same task, for the monitor's registry.
     pub(crate) fn same(&self, other: &Task) -> bool {
         ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
@@ -616,8 +621,9 @@ pub(crate) fn drop_quietly<V>(value: V) {
     }
 }
 
-/// The handle's view of a task, whatever the closure's type.
-trait Join<T>: Send + Sync {
+/// The handle's view of a task, whatever the closure's type (`join.rs`'s `JoinHandle`
+/// holds one).
+pub(crate) trait Join<T>: Send + Sync {
     fn state(&self) -> &JoinState<T>;
     /// The task as the monitor holds it; `None` for a task that was never queued.
     fn task(self: Arc<Self>) -> Option<Task>;
@@ -665,10 +671,13 @@ impl<T: Send> Join<T> for JoinState<T> {
 // the handle, never shared, so `T: Send` suffices.
 unsafe impl<T: Send> Sync for JoinState<T> {}
 
+/// The task's result side, for a `JoinHandle`.
+pub(crate) type Joiner<T> = Arc<dyn Join<T>>;
+
 /// Makes a task for `func`, spawned on the pool identified by `pool`, and the handle that
 /// will receive its result.
 #[cfg_attr(not(loom), allow(dead_code))]
-pub fn new<F, T>(func: F, pool: usize) -> (Task, JoinHandle<T>)
+pub(crate) fn new<F, T>(func: F, pool: usize) -> (Task, Joiner<T>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -677,7 +686,7 @@ where
 }
 
 /// [`new`] with a budget.
-pub(crate) fn with_budget<F, T>(func: F, pool: usize, budget: Budget) -> (Task, JoinHandle<T>)
+pub(crate) fn with_budget<F, T>(func: F, pool: usize, budget: Budget) -> (Task, Joiner<T>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -689,12 +698,12 @@ where
         supervisor: OnceLock::new(),
         func: UnsafeCell::new(Some(func)),
     });
-    let handle = JoinHandle { task: cell.clone() };
-    (Task(cell), handle)
+    let joiner: Joiner<T> = cell.clone();
+    (Task(cell), joiner)
 }
 
 /// A handle resolved at once with [`JoinError::Shutdown`], for a spawn on a closed pool.
-pub(crate) fn rejected<F, T>(func: F) -> JoinHandle<T>
+pub(crate) fn rejected<F, T>(func: F) -> Joiner<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -703,15 +712,13 @@ where
 }
 
 /// A handle resolved at once with `error`; `func` is dropped unrun.
-pub(crate) fn rejected_with<F, T>(func: F, error: JoinError) -> JoinHandle<T>
+pub(crate) fn rejected_with<F, T>(func: F, error: JoinError) -> Joiner<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     drop_quietly(func);
-    JoinHandle {
-        task: Arc::new(JoinState::completed(Err(error))),
-    }
+    Arc::new(JoinState::completed(Err(error)))
 }
 
 /// The monitor's abandon of a task, as `kill.rs` does it (for the loom tests): decide,
@@ -723,122 +730,4 @@ pub fn abandon(task: &Task) -> bool {
     }
     task.publish_abandoned(None);
     true
-}
-
-/// The second reference a joiner would run inline (for the loom tests).
-#[cfg(loom)]
-pub fn inline_task<T>(handle: &JoinHandle<T>) -> Option<Task> {
-    handle.task.clone().inline().map(|(_, task)| task)
-}
-
-/// An owned permission to wait for a task and take its result.
-///
-/// Dropping the handle detaches the task: it still runs, and its result is dropped.
-#[must_use = "dropping a JoinHandle detaches the task; call join() to get its result"]
-pub struct JoinHandle<T> {
-    task: Arc<dyn Join<T>>,
-}
-
-impl<T> JoinHandle<T> {
-    /// Waits for the task and returns its value, or why there is none.
-    ///
-    /// Called from inside a task of the same pool while the awaited task is still queued,
-    /// it runs that task right here, on the calling runner, instead of blocking: so a task
-    /// may spawn and join children even on a one-worker pool. It never runs any *other*
-    /// task while it waits (a joiner that holds a lock cannot be handed an unrelated task
-    /// that wants the same lock).
-    pub fn join(self) -> Result<T, JoinError> {
-        let state = self.task.state();
-        if !state.is_complete() {
-            if let Some((pool, task)) = self.task.clone().inline() {
-                crate::runtime::runner::run_inline(pool, task);
-            }
-        }
-        state.wait(None);
-        // SAFETY: `wait(None)` returns only once complete; `self` is the only handle and is
-        // consumed here.
-        unsafe { state.take() }
-    }
-
-    /// Waits at most `timeout`. On time-out the handle comes back in `Err`, so the caller
-    /// can wait again or drop it.
-    ///
-    /// Unlike [`join`](JoinHandle::join) it never runs the task inline, since that could
-    /// not be stopped at the deadline: inside a one-worker pool, a timed join of a queued
-    /// child times out, and a later `join` runs it.
-    pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JoinError>, Self> {
-        // A deadline too far away to represent is no deadline (still never inline).
-        self.wait_and_take(Instant::now().checked_add(timeout))
-    }
-
-    /// Waits until `deadline` at the latest. On time-out the handle comes back in `Err`.
-    /// Like [`join_timeout`](JoinHandle::join_timeout), it never runs the task inline.
-    pub fn join_deadline(self, deadline: Instant) -> Result<Result<T, JoinError>, Self> {
-        self.wait_and_take(Some(deadline))
-    }
-
-    fn wait_and_take(self, deadline: Option<Instant>) -> Result<Result<T, JoinError>, Self> {
-        let state = self.task.state();
-        if state.wait(deadline) {
-            // SAFETY: complete; `self` is the only handle and is consumed here.
-            Ok(unsafe { state.take() })
-        } else {
-            Err(self)
-        }
-    }
-
-    /// Like [`join`](JoinHandle::join), and also returns the CPU time the task used, when
-    /// it was measured: for a task with a [`Budget`], or for every task of a pool built
-    /// with [`Builder::cpu_accounting`](crate::Builder::cpu_accounting). (Measuring costs
-    /// two `clock_gettime` syscalls per task, about 1 µs on a VM, more than a short task's
-    /// whole dispatch.)
-    pub fn join_with_cpu_time(self) -> (Result<T, JoinError>, Option<Duration>) {
-        let task = self.task.clone();
-        let result = self.join();
-        (result, task.state().cpu_time())
-    }
-
-    /// Asks the task to stop: sets its cancel flag, so its next
-    /// [`checkpoint`] unwinds, and freezes it if it has not returned when its budget's
-    /// grace period has passed (the pool default's, for a task spawned without one). A task
-    /// still queued never starts. Returns at once; `join` tells the outcome, which is
-    /// [`Killed`] with [`KillReason::Cancelled`] unless the task finished (or its budget
-    /// ran out) first. Without preemption only the cooperative part applies.
-    pub fn cancel(&self) {
-        // Runtime code (the monitor's registry lock): no freeze of a task calling this.
-        let _no_freeze = crate::handler::FreezeGuard::new();
-        crate::sys::init_time_base();
-        let Some(task) = self.task.clone().task() else {
-            return;
-        };
-        let control = task.control();
-        if control.kill(KillReason::Cancelled, sys::async_safe::monotonic_ns())
-            && control.thread().is_some()
-        {
-            // Set before `thread`, which was read after it (SeqCst).
-            if let Some(supervisor) = task.0.supervisor().get() {
-                supervisor.watch(task);
-            }
-        }
-    }
-
-    /// True once the task has finished (with a value, a panic, or a rejection): `join`
-    /// will then return at once.
-    pub fn is_finished(&self) -> bool {
-        self.task.state().is_complete()
-    }
-}
-
-impl<T> Drop for JoinHandle<T> {
-    fn drop(&mut self) {
-        self.task.state().detach();
-    }
-}
-
-impl<T> std::fmt::Debug for JoinHandle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinHandle")
-            .field("finished", &self.is_finished())
-            .finish()
-    }
 }
