@@ -37,7 +37,11 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        JoinHandle::new(self.shared.spawn(func))
+        JoinHandle::new(runner::spawn(
+            &self.shared,
+            self.shared.default_budget,
+            func,
+        ))
     }
 
     /// Like [`spawn`](Pool::spawn), with a [`Budget`] of CPU and/or wall-clock time for
@@ -51,7 +55,7 @@ impl Pool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        JoinHandle::new(self.shared.spawn_with(budget, func))
+        JoinHandle::new(runner::spawn(&self.shared, budget, func))
     }
 
     /// A cheap, cloneable handle that can spawn onto this pool from anywhere, including
@@ -99,7 +103,8 @@ impl Pool {
     }
 
     fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimedOut> {
-        self.shared.shutdown_until(deadline)
+        let inside = runner::inside(&self.shared);
+        self.shared.shutdown_until(deadline, inside)
     }
 }
 
@@ -138,7 +143,11 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        JoinHandle::new(self.shared.spawn(func))
+        JoinHandle::new(runner::spawn(
+            &self.shared,
+            self.shared.default_budget,
+            func,
+        ))
     }
 
     /// The same as [`Pool::spawn_with`].
@@ -147,7 +156,7 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        JoinHandle::new(self.shared.spawn_with(budget, func))
+        JoinHandle::new(runner::spawn(&self.shared, budget, func))
     }
 
     /// The same as [`Pool::stats`].

@@ -53,8 +53,11 @@ use std::panic;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, Ordering};
 
-use super::Defer;
-use super::{chain, Record, Running, CARRIED, IN_TASK, MAX_THREADS, RECORDS};
+use super::chain::chain;
+use super::ledger::Defer;
+use super::record::{
+    Record, Running, CARRIED, FATE_ABANDONED, IN_TASK, MAX_THREADS, NO_TIMER, RECORDS,
+};
 use crate::budget::KillReason;
 use crate::handler::places;
 use crate::sys::async_safe::{self, Wait};
@@ -774,7 +777,7 @@ extern "C" fn trampoline_entry(index: usize, sp: usize) -> usize {
     let stdio_held = places::stdio_held_by(record.std_thread_id.load(Ordering::Relaxed));
     let due = !stdio_held
         && running.is_some_and(|r| r.chain().any(|t| ptr::eq(t.task.control(), target)));
-    if !due && (stdio_held || record.fate() != super::FATE_ABANDONED) {
+    if !due && (stdio_held || record.fate() != FATE_ABANDONED) {
         // No task of this thread is to be frozen (its kill is over): go on.
         if record
             .redirect_slot
@@ -843,7 +846,7 @@ fn stop_abandoned(record: &Record) -> ! {
         async_safe::sleep_ns(1_000_000);
     }
     let kills = record.preempt().ledger;
-    kills.abandoned_thread_exits(record);
+    record.abandoned_thread_exits();
     kills.frozen_thread(
         record.stack_bytes.load(Ordering::Relaxed),
         record.pthread.load(Ordering::Relaxed),
@@ -856,8 +859,8 @@ fn stop_abandoned(record: &Record) -> ! {
 /// Async-signal-safe.
 pub(super) fn drop_timers(record: &Record) {
     for timer in [&record.cpu_timer, &record.precise_timer] {
-        let id = timer.swap(super::NO_TIMER, Ordering::Relaxed);
-        if id != super::NO_TIMER {
+        let id = timer.swap(NO_TIMER, Ordering::Relaxed);
+        if id != NO_TIMER {
             async_safe::delete_timer(crate::sys::TimerId(id));
         }
     }
@@ -1023,7 +1026,7 @@ pub(crate) extern "C" fn on_fault(
             // runtime section), the process ends as it would have without us (std's
             // message and abort) rather than deadlock later.
             if !matches!(gate(record, running, context, Wait::None, true), Gate::Now) {
-                chain(signal, info, context);
+                chain(signal, info, context, on_fault as *const () as usize);
                 async_safe::set_errno(errno);
                 return;
             }
@@ -1048,7 +1051,7 @@ pub(crate) extern "C" fn on_fault(
             kills.refused();
         }
     }
-    chain(signal, info, context);
+    chain(signal, info, context, on_fault as *const () as usize);
     async_safe::set_errno(errno);
 }
 

@@ -4,10 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::Record;
 use crate::budget::KillReason;
 use crate::sync::loom::Futex;
-use crate::sys::async_safe;
 
 /// Why a freeze was deferred.
 #[derive(Debug, Clone, Copy)]
@@ -116,22 +114,7 @@ impl KillLedger {
         self.standby_bell.fetch_add(1, Ordering::Release);
         self.standby_bell.wake_one();
     }
-    /// An abandoned thread's closure has returned, or the thread has stopped for good at a
-    /// safe point (`freeze.rs`, `stop_abandoned`): it leaves the lost list (its CPU time
-    /// since the abandon is added to the total). On that thread; async-signal-safe
-    /// (atomics and a clock read).
-    ///
-    /// No lock: the thread is demoted, and a lock it held while the kernel gave it no CPU
-    /// time would stall the monitor. The monitor drops its entry once the record is no
-    /// longer its (`finish_outside_handoffs`).
-    pub(crate) fn abandoned_thread_exits(&self, record: &Record) {
-        let at = record.abandoned_cpu_at.load(Ordering::Relaxed);
-        let used = async_safe::thread_cpu_ns().saturating_sub(at);
-        self.counters
-            .abandoned_cpu_exited
-            .fetch_add(used, Ordering::Relaxed);
-        record.abandoned_exited.store(true, Ordering::SeqCst);
-    }
+
     /// Takes a frozen place; false at the cap. Async-signal-safe.
     pub(crate) fn reserve_frozen(&self) -> bool {
         let taken = self.reserved.fetch_add(1, Ordering::Relaxed);
@@ -141,10 +124,12 @@ impl KillLedger {
         self.reserved.fetch_sub(1, Ordering::Relaxed);
         false
     }
+
     /// Gives a place back (a redirect undone by a panic). Async-signal-safe.
     pub(crate) fn unreserve_frozen(&self) {
         self.reserved.fetch_sub(1, Ordering::Relaxed);
     }
+
     pub(crate) fn deferred(&self, why: Defer) {
         let c = &self.counters;
         c.deferred.fetch_add(1, Ordering::Relaxed);
@@ -154,21 +139,26 @@ impl KillLedger {
             _ => 0,
         };
     }
+
     pub(crate) fn refused(&self) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
     }
+
     pub(crate) fn redirected(&self) {
         self.counters.redirected.fetch_add(1, Ordering::Relaxed);
     }
+
     /// Counts a cooperative cancel.
     pub(crate) fn cancelled(&self, reason: KillReason) {
         self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
+
     /// Counts a frozen task, and remembers its thread (`thread`: once per thread, for the
     /// innermost of the tasks frozen with it). Async-signal-safe.
     pub(crate) fn frozen(&self, reason: KillReason) {
         self.counters.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
+
     /// Counts a frozen thread and remembers it, for shutdown. Async-signal-safe.
     pub(crate) fn frozen_thread(&self, stack_bytes: usize, pthread: usize) {
         let c = &self.counters;

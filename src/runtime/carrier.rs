@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::thread;
 
 use super::shared::{Mode, Shared};
-use crate::handler::{self, Record, TimerClock, NO_TIMER, RECORDS};
+use crate::handler::{self, Record, NO_TIMER, RECORDS};
 use crate::runtime::runner::{Runner, Served};
 use crate::sync::reserve::Woken;
 use crate::sys::{self, async_safe, AltStack, TimerId};
@@ -165,7 +165,7 @@ fn lifecycle(
                         // counted out of the pool and its slot's carriers by the monitor,
                         // it retires once the monitor has given its slot away.
                         record.await_outside_handoff();
-                        preempt.ledger.abandoned_thread_exits(record);
+                        record.abandoned_thread_exits();
                         reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
                         return true;
                     }
@@ -251,7 +251,7 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     };
     let alt = AltStack::new(ALT_STACK)?;
     alt.install()?;
-    sys::unblock_signal(preempt.signal);
+    async_safe::unblock_signal(preempt.signal);
     let mut state = ThreadState {
         record: None,
         alt: Some(alt),
@@ -282,18 +282,12 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     handler::set_this_record(Some(record));
     record.bind(preempt, index);
     let token = handler::token(index_in_table);
-    let precise = sys::create_thread_timer(sys::TimerClock::Monotonic, preempt.signal, token)?;
+    let precise = sys::create_thread_timer(handler::PRECISE_CLOCK, preempt.signal, token)?;
     record.precise_timer.store(precise.0, Ordering::Relaxed);
-    if preempt.clock == TimerClock::ThreadCpu {
-        let cpu = sys::create_thread_timer(sys::TimerClock::ThreadCpu, preempt.signal, token)?;
-        record.cpu_timer.store(cpu.0, Ordering::Relaxed);
-        // The period counts this thread's CPU time, and expiries are only noticed on the
-        // kernel tick. A period of a whole tick would put the first expiry after a task
-        // starts anywhere up to two ticks later; an eighth of a tick makes every tick
-        // that finds the thread busy deliver one (the kernel folds the rest into the
-        // overrun count), so the handler looks at each running task once per tick.
-        let period = (preempt.tick_ns / 8).max(1);
-        async_safe::set_timer(cpu, period, period, false);
+    if let Some((clock, period)) = preempt.clock.lifelong_timer(preempt.tick_ns) {
+        let timer = sys::create_thread_timer(clock, preempt.signal, token)?;
+        record.cpu_timer.store(timer.0, Ordering::Relaxed);
+        async_safe::set_timer(timer, period, period, false);
     }
     if pin_now {
         pin(shared, index)?;

@@ -6,3 +6,4 @@ pub(crate) mod runner;
 pub(crate) mod shared;
 pub(crate) mod signal;
 pub(crate) mod slot;
+pub(crate) mod steal;

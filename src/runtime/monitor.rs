@@ -132,7 +132,7 @@ fn sweep(
         }
         if let Some(cpus) = &shared.threads.affinity[slot] {
             if !status.allows_exactly(cpus) && record.serving_slot().is_some() {
-                sys::set_thread_affinity(tid, &sys::cpu_set(cpus));
+                async_safe::set_thread_affinity(tid, &sys::cpu_set(cpus));
             }
         }
         if sys::thread_policy(tid) != Some(libc::SCHED_OTHER) && record.serving_slot().is_some() {

@@ -25,10 +25,12 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_deque::{Steal, Worker};
+use crossbeam_deque::Worker;
 
 use super::shared::{Mode, Shared};
+use super::steal::{self, steal, Source};
 use crate::budget::Budget;
+use crate::counters::SlotCounters;
 use crate::handler::Record;
 use crate::runtime::slot::Slot;
 use crate::sync::sleep::Sleep;
@@ -41,11 +43,6 @@ use crate::task::{self, Joiner, RunEnv, Supervisor, Task};
 const PAUSES_PER_CHECK: u32 = 4;
 const SPIN_ROUNDS_PER_YIELD: u32 = 8;
 
-/// A runner whose own deque never empties (a task that keeps spawning) would never look at
-/// the injector; every this many looks it takes from the injector first, as Go's scheduler
-/// does with its global queue.
-const INJECTOR_EVERY: u32 = 61;
-
 thread_local! {
     /// The runner on this thread, if any, while its loop is on the stack.
     static CURRENT: Cell<*const Runner> = const { Cell::new(ptr::null()) };
@@ -56,7 +53,7 @@ pub(crate) struct Runner {
     index: usize,
     /// xorshift state for picking the first victim to steal from.
     rng: Cell<u32>,
-    /// Looks for work so far, to look at the injector first every `INJECTOR_EVERY` times.
+    /// Looks for work so far (the steal policy's `look`, `steal.rs`).
     looks: Cell<u32>,
     /// This thread's record for the signal handler; `None` with preemption off.
     record: Option<&'static Record>,
@@ -91,6 +88,30 @@ pub(crate) fn run_inline(pool: usize, task: Task) {
         Some(runner) if runner.shared.id() == pool => runner.run_nested(task),
         _ => drop(task),
     });
+}
+
+/// Spawns `func` on the pool of `shared` with `budget`: onto the running slot's deque from
+/// a task of that pool, through the gate into the injector from anywhere else.
+pub(crate) fn spawn<F, T>(shared: &Arc<Shared>, budget: Budget, func: F) -> Joiner<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // A task spawning must not be frozen inside the spawn: it may hold the gate's
+    // ticket, or the slot's deque mid-push.
+    let _no_freeze = crate::handler::FreezeGuard::new();
+    if let Some(error) = shared.refuses_budget(budget) {
+        return task::rejected_with(func, error);
+    }
+    with_current(|current| match current {
+        Some(runner) if Arc::ptr_eq(&runner.shared, shared) => runner.spawn_local(budget, func),
+        _ => shared.spawn_outside(budget, func),
+    })
+}
+
+/// True on a thread running a task of the pool of `shared`.
+pub(crate) fn inside(shared: &Arc<Shared>) -> bool {
+    with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared)))
 }
 
 impl Runner {
@@ -247,28 +268,27 @@ impl Serve for Runner {
         let local = self.local();
         let looks = self.looks.get().wrapping_add(1);
         self.looks.set(looks);
-        if looks % INJECTOR_EVERY != 0 {
-            if let Some(task) = local.pop() {
-                return Some(task);
-            }
-        }
-        if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
-            self.slot().counters.took_from_injector();
-            self.share_surplus();
-            return Some(task);
-        }
-        if let Some(task) = local.pop() {
-            return Some(task);
-        }
         let slots = &self.shared.slots;
         let start = self.next_victim() % slots.len();
-        for i in 0..slots.len() {
-            let victim = (start + i) % slots.len();
-            if victim == self.index {
-                continue;
-            }
-            if let Some(task) = steal(|| slots[victim].stealer.steal_batch_and_pop(local)) {
-                self.slot().counters.stole();
+        for source in steal::order(looks, self.index, slots.len(), start) {
+            let (task, counted): (_, fn(&SlotCounters)) = match source {
+                Source::Local => {
+                    if let Some(task) = local.pop() {
+                        return Some(task);
+                    }
+                    continue;
+                }
+                Source::Injector => (
+                    steal(|| self.shared.injector.steal_batch_and_pop(local)),
+                    SlotCounters::took_from_injector,
+                ),
+                Source::Victim(victim) => (
+                    steal(|| slots[victim].stealer.steal_batch_and_pop(local)),
+                    SlotCounters::stole,
+                ),
+            };
+            if let Some(task) = task {
+                counted(&self.slot().counters);
                 self.share_surplus();
                 return Some(task);
             }
@@ -340,17 +360,6 @@ impl Runner {
     fn pause(&self) {
         if let Some(record) = self.record {
             record.pause();
-        }
-    }
-}
-
-/// `Steal::Retry` means a concurrent operation got in the way, not that the queue is empty.
-pub(crate) fn steal(mut attempt: impl FnMut() -> Steal<Task>) -> Option<Task> {
-    loop {
-        match attempt() {
-            Steal::Success(task) => return Some(task),
-            Steal::Empty => return None,
-            Steal::Retry => std::hint::spin_loop(),
         }
     }
 }

@@ -21,15 +21,14 @@
 //! `shutdown` called from inside a task of the pool does steps 1–3 and returns: a runner
 //! cannot wait for itself to finish the task it is running.
 
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::kill::{Kills, Mutex};
 use crossbeam_deque::Injector;
 
-use super::runner::{self, steal};
 use super::slot::Slot;
+use super::steal::steal;
 use crate::budget::Budget;
 use crate::counters::PoolCounters;
 use crate::error::JoinError;
@@ -150,38 +149,21 @@ impl Shared {
         }
     }
 
-    pub(crate) fn spawn<F, T>(self: &Arc<Self>, func: F) -> Joiner<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        self.spawn_with(self.default_budget, func)
-    }
-
-    pub(crate) fn spawn_with<F, T>(self: &Arc<Self>, budget: Budget, func: F) -> Joiner<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        // A task spawning must not be frozen inside the spawn: it may hold the gate's
-        // ticket, or the slot's deque mid-push.
-        let _no_freeze = crate::handler::FreezeGuard::new();
+    /// Why a spawn with `budget` must be refused at once, if it must: an invalid
+    /// budget, a budget on a pool without preemption, or kills another handler has made
+    /// unenforceable.
+    pub(crate) fn refuses_budget(&self, budget: Budget) -> Option<JoinError> {
         if budget.invalid().is_some() {
-            return task::rejected_with(func, JoinError::InvalidBudget(budget));
+            return Some(JoinError::InvalidBudget(budget));
         }
-        if !budget.is_unlimited() {
-            match self.kills {
-                None => return task::rejected_with(func, JoinError::BudgetUnsupported),
-                Some(kills) if kills.handler_replaced() => {
-                    return task::rejected_with(func, JoinError::KillsUnenforceable)
-                }
-                Some(_) => {}
-            }
+        if budget.is_unlimited() {
+            return None;
         }
-        runner::with_current(|current| match current {
-            Some(runner) if Arc::ptr_eq(&runner.shared, self) => runner.spawn_local(budget, func),
-            _ => self.spawn_outside(budget, func),
-        })
+        match self.kills {
+            None => Some(JoinError::BudgetUnsupported),
+            Some(kills) if kills.handler_replaced() => Some(JoinError::KillsUnenforceable),
+            Some(_) => None,
+        }
     }
 
     /// A spawn from a thread that holds no slot of this pool: through the gate into the
@@ -359,14 +341,16 @@ impl Shared {
     }
 
     /// Shutdown steps 1–5 (see the module docs); from inside a task of the pool, 1–3.
+    /// `inside`: called from a task of this pool, whose runner cannot wait for itself.
     pub(crate) fn shutdown_until(
-        self: &Arc<Self>,
+        &self,
         deadline: Option<Instant>,
+        inside: bool,
     ) -> Result<(), ShutdownTimedOut> {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let shared = self;
         shared.close();
-        if runner::with_current(|r| r.is_some_and(|r| Arc::ptr_eq(&r.shared, shared))) {
+        if inside {
             return Ok(());
         }
         if !shared.wait_for_threads(deadline) {

@@ -2,7 +2,33 @@
 //! loads, nothing that allocates, locks or touches `errno` without restoring it. The zone
 //! (`src/handler/`) calls `sys` only through this module (`tools/fence.py` checks it).
 
-use super::TimerId;
+/// A POSIX timer (`timer_t`), stored as an integer so it fits in an atomic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimerId(pub(crate) usize);
+
+/// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
+/// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
+pub(super) static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+
+/// glibc's `struct dl_find_object` (2.35 and later).
+#[repr(C)]
+pub(super) struct DlFindObject {
+    flags: u64,
+    map_start: *mut libc::c_void,
+    map_end: *mut libc::c_void,
+    link_map: *mut libc::c_void,
+    eh_frame: *mut libc::c_void,
+    reserved: [u64; 7],
+}
+
+pub(super) type DlFindObjectFn =
+    unsafe extern "C" fn(*mut libc::c_void, *mut DlFindObject) -> libc::c_int;
+
+/// glibc's `_dl_find_object`, if this glibc has it (2.35 and later): looked up at run
+/// time, so the crate still loads on older ones (where the handler's walk then finds
+/// nothing walkable, and such kills end abandoned).
+pub(super) static DL_FIND_OBJECT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`: a real syscall,
 /// about 0.5 µs on a VM).
@@ -137,14 +163,14 @@ pub(crate) unsafe fn interrupted_sp(context: *mut libc::c_void) -> usize {
 /// `_dl_find_object` (async-signal-safe by its contract: lock-free). `None` if no
 /// object is loaded there, or this glibc has no such function.
 pub(crate) fn eh_frame_hdr_at(pc: usize) -> Option<usize> {
-    let f = super::DL_FIND_OBJECT.load(std::sync::atomic::Ordering::Relaxed);
+    let f = DL_FIND_OBJECT.load(std::sync::atomic::Ordering::Relaxed);
     if f == 0 {
         return None;
     }
     // SAFETY: a non-null `dlsym` result for `_dl_find_object`, whose type this is.
-    let f: super::DlFindObjectFn = unsafe { std::mem::transmute(f) };
+    let f: DlFindObjectFn = unsafe { std::mem::transmute(f) };
     // SAFETY: all-zero is a valid `dl_find_object`.
-    let mut found: super::DlFindObject = unsafe { std::mem::zeroed() };
+    let mut found: DlFindObject = unsafe { std::mem::zeroed() };
     // SAFETY: `found` is a valid out-pointer; the address is only looked up.
     let rc = unsafe { f(pc as *mut libc::c_void, &mut found) };
     (rc == 0 && !found.eh_frame.is_null()).then_some(found.eh_frame as usize)
@@ -539,10 +565,52 @@ pub(crate) unsafe fn call_handler(
 
 /// `CLOCK_MONOTONIC` ns as ns since the time base (0 before it is set). Async-signal-safe.
 pub(crate) fn since_base_ns(ns: u64) -> u64 {
-    ns.saturating_sub(super::BASE.get().map_or(0, |b| b.0))
+    ns.saturating_sub(BASE.get().map_or(0, |b| b.0))
 }
 
 /// The inverse of [`since_base_ns`].
 pub(crate) fn from_base_ns(ns: u64) -> u64 {
-    ns + super::BASE.get().map_or(0, |b| b.0)
+    ns + BASE.get().map_or(0, |b| b.0)
+}
+
+/// Unblocks `signal` on the calling thread: threads inherit their creator's mask, and an
+/// embedder that blocks the pool's signal on the thread that builds it must not silence
+/// the pool's timers.
+pub(crate) fn unblock_signal(signal: i32) {
+    // SAFETY: `set` is initialised by `sigemptyset` before use; the pointers are valid.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Puts thread `tid` of this process under `SCHED_IDLE` (lowering another thread's
+/// priority needs no privilege). Best effort: a thread that has exited is no error.
+pub(crate) fn demote_thread(tid: i32) {
+    // 0 would be the calling thread.
+    if tid <= 0 {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is valid for the call; a stale tid fails with ESRCH.
+    unsafe { libc::syscall(libc::SYS_sched_setscheduler, tid, libc::SCHED_IDLE, &param) };
+}
+
+/// Lets thread `tid` of this process run on `cpus`. Best effort, as [`demote_thread`].
+pub(crate) fn set_thread_affinity(tid: i32, cpus: &libc::cpu_set_t) {
+    // 0 would be the calling thread.
+    if tid <= 0 {
+        return;
+    }
+    // SAFETY: `cpus` is a valid set for the call; a stale tid fails with ESRCH.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            tid,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            cpus as *const libc::cpu_set_t,
+        )
+    };
 }

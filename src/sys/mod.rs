@@ -165,19 +165,6 @@ pub(crate) fn install_action(
     }
 }
 
-/// Unblocks `signal` on the calling thread: threads inherit their creator's mask, and an
-/// embedder that blocks the pool's signal on the thread that builds it must not silence
-/// the pool's timers.
-pub(crate) fn unblock_signal(signal: i32) {
-    // SAFETY: `set` is initialised by `sigemptyset` before use; the pointers are valid.
-    unsafe {
-        let mut set: libc::sigset_t = mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signal);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
-}
-
 /// True if `signal` is blocked on the calling thread.
 pub(crate) fn signal_blocked(signal: i32) -> bool {
     // SAFETY: a null new set only queries; `old` is a valid out-pointer.
@@ -272,64 +259,20 @@ pub(crate) fn set_thread_name(tid: i32, name: &str) {
     let _ = std::fs::write(format!("/proc/self/task/{tid}/comm"), name.as_bytes());
 }
 
-/// Puts thread `tid` of this process under `SCHED_IDLE` (lowering another thread's
-/// priority needs no privilege). Best effort: a thread that has exited is no error.
-pub(crate) fn demote_thread(tid: i32) {
-    // 0 would be the calling thread.
-    if tid <= 0 {
-        return;
-    }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is valid for the call; a stale tid fails with ESRCH.
-    unsafe { libc::syscall(libc::SYS_sched_setscheduler, tid, libc::SCHED_IDLE, &param) };
-}
-
-/// Lets thread `tid` of this process run on `cpus`. Best effort, as [`demote_thread`].
-pub(crate) fn set_thread_affinity(tid: i32, cpus: &libc::cpu_set_t) {
-    // 0 would be the calling thread.
-    if tid <= 0 {
-        return;
-    }
-    // SAFETY: `cpus` is a valid set for the call; a stale tid fails with ESRCH.
-    unsafe {
-        libc::syscall(
-            libc::SYS_sched_setaffinity,
-            tid,
-            mem::size_of::<libc::cpu_set_t>(),
-            cpus as *const libc::cpu_set_t,
-        )
-    };
-}
-
 /// The calling thread's kernel id.
 pub(crate) fn gettid() -> i32 {
     async_safe::gettid()
 }
 
-/// A POSIX timer (`timer_t`), stored as an integer so it fits in an atomic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimerId(pub(crate) usize);
-
-/// Which clock a timer measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimerClock {
-    /// The calling thread's CPU time: advances only while it runs, fires on the kernel tick.
-    ThreadCpu,
-    /// Wall-clock monotonic time, on high-resolution timers.
-    Monotonic,
-}
+pub(crate) use async_safe::TimerId;
 
 /// `timer_create` for a timer that signals the calling thread only (`SIGEV_THREAD_ID`) with
 /// `signal`, passing `token` in `si_value`.
 pub(crate) fn create_thread_timer(
-    clock: TimerClock,
+    clock: libc::clockid_t,
     signal: i32,
     token: u64,
 ) -> io::Result<TimerId> {
-    let clock = match clock {
-        TimerClock::ThreadCpu => libc::CLOCK_THREAD_CPUTIME_ID,
-        TimerClock::Monotonic => libc::CLOCK_MONOTONIC,
-    };
     // SAFETY: all-zero is a valid `sigevent`; the fields used are set below.
     let mut event: libc::sigevent = unsafe { mem::zeroed() };
     event.sigev_notify = libc::SIGEV_THREAD_ID;
@@ -443,9 +386,7 @@ pub(crate) fn restore_normal_policy() -> io::Result<()> {
     }
 }
 
-/// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
-/// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
-pub(super) static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+use async_safe::BASE;
 
 /// Sets the time base (once, outside any handler: the first pool does it).
 pub(crate) fn init_time_base() {
@@ -586,30 +527,12 @@ pub(crate) fn loaded_objects() -> (Vec<LoadedObject>, (u64, u64)) {
     (out.objects, out.counts)
 }
 
-/// glibc's `struct dl_find_object` (2.35 and later).
-#[repr(C)]
-struct DlFindObject {
-    flags: u64,
-    map_start: *mut libc::c_void,
-    map_end: *mut libc::c_void,
-    link_map: *mut libc::c_void,
-    eh_frame: *mut libc::c_void,
-    reserved: [u64; 7],
-}
-
-type DlFindObjectFn = unsafe extern "C" fn(*mut libc::c_void, *mut DlFindObject) -> libc::c_int;
-
-/// glibc's `_dl_find_object`, if this glibc has it (2.35 and later): looked up at run
-/// time, so the crate still loads on older ones (where the handler's walk then finds
-/// nothing walkable, and such kills end abandoned).
-static DL_FIND_OBJECT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// Looks `_dl_find_object` up (normal context; once is enough, repeats are harmless).
 pub(crate) fn init_dl_find_object() {
     // SAFETY: a NUL-terminated name; `dlsym` with RTLD_DEFAULT only reads the loader's
     // tables.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
-    DL_FIND_OBJECT.store(f as usize, std::sync::atomic::Ordering::Relaxed);
+    async_safe::DL_FIND_OBJECT.store(f as usize, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A shared object opened with `dlopen(RTLD_NOW | RTLD_LOCAL)`, closed on drop.
