@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use crate::budget::Budget;
 use crate::error::BuildError;
-use crate::handler::places;
+
 use crate::handler::{self, Preempt, TimerClock};
 use crate::kill::Kills;
 use crate::pool::Pool;
 use crate::runtime::carrier::{self, Role};
 use crate::runtime::shared::{Shared, Threads};
-use crate::runtime::{monitor, signal};
+use crate::runtime::{monitor, signal, text_scan};
 use crate::sync::reserve::Reserve;
 use crate::sys;
 
@@ -292,7 +292,7 @@ impl Builder {
                 source,
             })?;
             sys::init_time_base();
-            places::refresh();
+            text_scan::refresh();
             handler::install_panic_hook();
             Some(Preempt {
                 signal: self.signal,

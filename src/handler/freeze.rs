@@ -154,9 +154,10 @@ impl Drop for FreezeGuard {
     }
 }
 
+// Ordinary context: the pool's build, once.
 /// Installs (once) a panic hook around the current one. It runs the previous hook under
 /// the no-freeze counter (hooks lock stderr and std's backtrace lock), except on a
-/// monitor thread, where it runs none. Normal context.
+/// monitor thread, where it runs none.
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -861,7 +862,7 @@ pub(super) fn drop_timers(record: &Record) {
     for timer in [&record.cpu_timer, &record.precise_timer] {
         let id = timer.swap(NO_TIMER, Ordering::Relaxed);
         if id != NO_TIMER {
-            async_safe::delete_timer(crate::sys::TimerId(id));
+            async_safe::delete_timer(async_safe::TimerId(id));
         }
     }
     record.armed.store(false, Ordering::Relaxed);
@@ -976,6 +977,8 @@ fn cancel_entry() -> usize {
     unwind_cancelled as *const () as usize
 }
 
+// Ordinary context: the task's own thread, at a checkpoint (the handler only compares
+// return addresses with this function's start).
 #[cold]
 #[inline(never)]
 pub(crate) fn unwind_cancelled() {

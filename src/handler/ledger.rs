@@ -76,13 +76,14 @@ pub(crate) struct KillLedger {
     /// Frozen places taken (a place is taken before a freeze and kept for good).
     pub(crate) reserved: AtomicUsize,
     /// The `pthread_t` of every frozen thread (0: an empty place), for shutdown.
-    pub(crate) frozen_threads: Box<[AtomicUsize]>,
+    pub(crate) frozen_threads: &'static [AtomicUsize],
     pub(crate) frozen_count: AtomicUsize,
     pub(crate) counters: KillCounters,
 }
 
 impl KillLedger {
-    /// Ordinary context (it allocates the frozen places).
+    // Ordinary context: a pool's build (it allocates the frozen places, leaked with the
+    // registry that holds this ledger).
     pub(crate) fn new(max_frozen: usize, max_deferral_ns: u64) -> KillLedger {
         KillLedger {
             bell: Futex::new(0),
@@ -90,7 +91,7 @@ impl KillLedger {
             max_deferral_ns,
             max_frozen,
             reserved: AtomicUsize::new(0),
-            frozen_threads: (0..max_frozen).map(|_| AtomicUsize::new(0)).collect(),
+            frozen_threads: Box::leak((0..max_frozen).map(|_| AtomicUsize::new(0)).collect()),
             frozen_count: AtomicUsize::new(0),
             counters: KillCounters::default(),
         }

@@ -35,6 +35,7 @@ pub(crate) struct Preempt {
     /// them (it only takes idle time), so long tasks handed off on one slot do not pile
     /// up on that slot's core while another core has nothing to do.
     pub(crate) carrier_cpus: Option<libc::cpu_set_t>,
+    // Built in ordinary context: with the pool; the handler reads its slots' reserves.
     pub(crate) reserves: Box<[Reserve]>,
     /// Budgets, cancels and freezes; leaked, so task handles may reach it for good.
     pub(crate) ledger: &'static KillLedger,
@@ -477,8 +478,9 @@ impl Record {
         self.abandon_done.store(true, Ordering::SeqCst);
     }
 
+    // Ordinary context: the abandoned thread, retiring.
     /// The abandoned thread retiring waits for the monitor to finish its outside handoff
-    /// (the monitor reads this record until then). Normal context.
+    /// (the monitor reads this record until then).
     pub(crate) fn await_outside_handoff(&self) {
         while self.outside.load(Ordering::SeqCst) {
             self.preempt().ring();

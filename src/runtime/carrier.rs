@@ -262,10 +262,9 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
     record.tid.store(sys::gettid(), Ordering::Relaxed);
     record.reset_fate(sys::gettid());
     record.pthread.store(sys::pthread_self(), Ordering::Relaxed);
-    record.std_thread_id.store(
-        crate::handler::places::current_thread_id(),
-        Ordering::Relaxed,
-    );
+    record
+        .std_thread_id
+        .store(super::text_scan::current_thread_id(), Ordering::Relaxed);
     // The guard area: std checks both sides of the reported stack start, since glibc
     // versions differ on whether the guard is inside the reported stack.
     let (low, size, guard) = sys::current_stack()?;

@@ -7,3 +7,4 @@ pub(crate) mod shared;
 pub(crate) mod signal;
 pub(crate) mod slot;
 pub(crate) mod steal;
+pub(crate) mod text_scan;

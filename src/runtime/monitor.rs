@@ -37,7 +37,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::handler::places;
+use super::text_scan;
 use crate::handler::FrozenPool;
 use crate::kill::Kills;
 use crate::runtime::carrier::{self, Role};
@@ -213,7 +213,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 // thousands of frozen threads are kept (they never finish), and a pass may
                 // come every 250 µs while freezes are deferred.
                 // A library loaded since the last look joins the freeze gate's ranges.
-                places::refresh();
+                text_scan::refresh();
                 kills.check_handler();
                 next_refresh = now + REFRESH;
             }

@@ -6,6 +6,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimerId(pub(crate) usize);
 
+// Built in ordinary context: set once by `sys::init_time_base` before any handler runs;
+// the handler only reads it (`OnceLock::get` is a load).
 /// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
 /// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
 pub(super) static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
