@@ -290,4 +290,32 @@ mod tests {
         assert_eq!(KillReason::from_code(0), None);
         assert_eq!(KillReason::from_code(KillReason::COUNT as u8 + 1), None);
     }
+
+    #[test]
+    fn a_budget_is_invalid_with_a_zero_limit_or_any_part_past_the_maximum() {
+        let ms = Duration::from_millis(1);
+        let over = MAX_BUDGET + Duration::from_nanos(1);
+        assert_eq!(Budget::unlimited().invalid(), None);
+        assert_eq!(Budget::cpu(ms).and_wall(ms).invalid(), None);
+        assert_eq!(
+            Budget::cpu(MAX_BUDGET)
+                .and_wall(MAX_BUDGET)
+                .grace(MAX_BUDGET)
+                .invalid(),
+            None
+        );
+        // A zero grace freezes at once: allowed. A zero limit would never let it start.
+        assert_eq!(Budget::cpu(ms).grace(Duration::ZERO).invalid(), None);
+        assert_eq!(Budget::cpu(Duration::ZERO).invalid(), Some(Duration::ZERO));
+        assert_eq!(Budget::wall(Duration::ZERO).invalid(), Some(Duration::ZERO));
+        assert_eq!(Budget::cpu(over).invalid(), Some(over));
+        assert_eq!(Budget::wall(over).invalid(), Some(over));
+        assert_eq!(Budget::cpu(ms).grace(over).invalid(), Some(over));
+        assert_eq!(Budget::unlimited().grace(over).invalid(), Some(over));
+        // Past the maximum is reported before a zero limit.
+        assert_eq!(
+            Budget::cpu(Duration::ZERO).and_wall(over).invalid(),
+            Some(over)
+        );
+    }
 }

@@ -54,7 +54,7 @@ FOLDERS = {
         "runtime/text_scan",
     ],
     "handler": [
-        "handler", "handler/freeze", "handler/walk", "handler/places", "handler/tick",
+        "handler", "handler/freeze", "handler/walk", "handler/frames", "handler/places", "handler/tick",
         "handler/chain", "handler/record", "handler/ledger", "handler/control",
         "handler/timer",
     ],

@@ -48,13 +48,14 @@
 //!    block forever. The stack, the alternate stack and the thread's TLS stay mapped.
 
 use std::cell::Cell;
-use std::ops::ControlFlow;
 use std::panic;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, Ordering};
 
 use super::chain::chain;
+use super::frames::{Places, Walk};
 use super::ledger::Defer;
+use super::places::Holder;
 use super::record::{
     Record, Running, CARRIED, FATE_ABANDONED, IN_TASK, MAX_THREADS, NO_TIMER, RECORDS,
 };
@@ -375,35 +376,13 @@ fn gate(
     ) else {
         return Gate::Defer(Defer::Runtime);
     };
-    let mut walk = Walk {
-        // Every task frame, those of the tasks this one runs inside included.
+    let mut walk = Walk::new(
         boundary,
         inner_boundary,
-        inner_libs: blocked,
-        lib_prefix: lib_pc && !blocked,
-        lib_exit_cfa: 0,
-        lib_exit_ret: 0,
-        // std's locks and parking call `syscall(SYS_futex)` straight from Rust: one libc
-        // frame. A futex wait deeper in libc is one of its private locks (malloc's), whose
-        // waiter may hold another. `nanosleep` → `clock_nanosleep` is two.
-        wrapper_frames: if wait == Wait::Sleep { 2 } else { 1 },
-        // Every frame down to the closure's, however deep the recursion went, with no cap
-        // (one would defer a deep runaway for ever): frames only go up the stack, whose
-        // size bounds the walk.
-        frames: 0,
-        defer: None,
-        holder_cfa: 0,
-        last_cfa: 0,
-        holder_ret: 0,
-        want_ret: false,
-        reached_boundary: false,
+        wait,
+        lib_pc && !blocked,
         panicking,
-        acquiring: if wait == Wait::Futex {
-            Acquiring::Maybe
-        } else {
-            Acquiring::Ended
-        },
-    };
+    );
     // The handler's own walk, never the unwinder (`walk.rs`), and never outside the
     // thread's own stack.
     let redirect = record.redirect_slot.load(Ordering::Relaxed);
@@ -417,7 +396,7 @@ fn gate(
     let (lo, hi) = record.stack_range();
     let floor = record.guard_lo.load(Ordering::Relaxed);
     super::walk::walk(regs, (lo, hi), floor, redirect, |frame| {
-        each(&mut walk, frame)
+        walk.each(&LivePlaces, frame)
     });
     if let Some(why) = walk.defer {
         return Gate::Defer(why);
@@ -461,143 +440,29 @@ fn gate(
     Gate::Now
 }
 
-/// The state of one walk of the interrupted thread's frames.
-struct Walk {
-    /// Frames whose CFA is above this belong to the runtime, not the task.
-    boundary: usize,
-    /// The same for the innermost task: the interrupted frame must be below it.
-    inner_boundary: usize,
-    /// Still in the innermost frames of a blocked syscall, which may be in libc.
-    inner_libs: bool,
-    /// How many of those frames a waiting syscall's wrapper may have.
-    wrapper_frames: u32,
-    /// Still in the innermost frames of a running thread interrupted inside a library
-    /// (malloc, memcpy): they hold whatever they hold only until they return to the task.
-    lib_prefix: bool,
-    /// Where the outermost of those returns to the task: the CFA of that frame and the
-    /// return address below it.
-    lib_exit_cfa: usize,
-    lib_exit_ret: usize,
-    frames: u32,
-    defer: Option<Defer>,
-    /// The CFA of the outermost lock-holding frame, and the return address stored just
-    /// below it (the next frame's IP).
-    holder_cfa: usize,
-    /// The CFA of the last task frame seen (each must be above the one before).
-    last_cfa: usize,
-    holder_ret: usize,
-    want_ret: bool,
-    reached_boundary: bool,
-    acquiring: Acquiring,
-    /// The thread is unwinding.
-    panicking: bool,
-}
+/// The gate's frame verdicts read the live tables.
+struct LivePlaces;
 
-/// Where the walk is in the frames of a thread blocked acquiring one of std's locks.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Acquiring {
-    /// Blocked in a futex wait, in the libc wrapper's frame so far.
-    Maybe,
-    /// In std's lock slow path.
-    Slow,
-    /// In the stdio or environment functions that are taking the lock.
-    Taker,
-    /// Past them, or not blocked acquiring a lock.
-    Ended,
-}
+impl Places for LivePlaces {
+    fn library(&self, ip: usize) -> Option<bool> {
+        places::library(ip)
+    }
 
-/// The gate's look at one frame of the walk (`walk.rs`), innermost first.
-fn each(walk: &mut Walk, frame: super::walk::Frame) -> ControlFlow<()> {
-    let super::walk::Frame { ip, sp: cfa, start } = frame;
-    // With each frame comes its stack pointer: the CFA of the frame it came from (the
-    // callee), just above the slot that holds the return address into this frame.
-    if walk.want_ret {
-        walk.holder_cfa = cfa;
-        walk.holder_ret = ip;
-        walk.want_ret = false;
+    fn in_unwind_cleanup(&self, ip: usize) -> bool {
+        places::in_unwind_cleanup(ip)
     }
-    if cfa > walk.boundary {
-        walk.reached_boundary = true;
-        return ControlFlow::Break(());
+
+    fn lock_holder(&self, start: usize, ip: usize) -> Holder {
+        places::lock_holder(start, ip)
     }
-    // The interrupted frame is the runtime's (around the innermost closure, which has
-    // not started or has returned): not the task's to freeze in.
-    if walk.frames == 0 && cfa > walk.inner_boundary {
-        walk.defer = Some(Defer::Runtime);
-        return ControlFlow::Break(());
-    }
-    // The stack only grows down: a walk whose frames stop going up (bad unwind info, a
-    // loop) could go on for ever with no frame cap. It defers.
-    if cfa <= walk.last_cfa {
-        walk.defer = Some(Defer::Unwalkable);
-        return ControlFlow::Break(());
-    }
-    walk.last_cfa = cfa;
-    let library = places::library(ip);
-    let in_library = library.is_some();
-    if walk.lib_prefix && !in_library {
-        walk.lib_prefix = false;
-        walk.lib_exit_cfa = cfa;
-        walk.lib_exit_ret = ip;
-    }
-    if walk.lib_prefix && library == Some(false) {
-        // Inside the loader or the unwinder: no return out of it may be redirected.
-        walk.defer = Some(Defer::Library);
-        return ControlFlow::Break(());
-    }
-    if in_library && walk.lib_prefix {
-        // Inside the library the running thread was interrupted in.
-    } else if in_library {
-        // A waiting syscall's wrapper is one or two frames deep (`syscall`; `nanosleep`
-        // and `clock_nanosleep`); more means the wait is inside library code that may
-        // hold a lock while it waits for another.
-        walk.inner_libs &= walk.frames < walk.wrapper_frames;
-        if !walk.inner_libs {
-            walk.defer = Some(Defer::Library);
-            return ControlFlow::Break(());
-        }
-    } else {
-        walk.inner_libs = false;
-    }
-    // On its way from the cancel to the unwinder (`panicking` is not set yet): it has
-    // seen its cancel, and is about to run its destructors. (A thread already panicking
-    // only passes through: `cancel_here` returns at once then.)
-    if start == cancel_entry() && !walk.panicking {
-        walk.defer = Some(Defer::NoFreeze);
-        return ControlFlow::Break(());
-    }
-    // Finishing a caught unwind (std no longer counts the thread as panicking): the
-    // closure's destructors have run, and the runtime is about to publish.
-    if places::in_unwind_cleanup(ip) {
-        walk.defer = Some(Defer::Panicking);
-        return ControlFlow::Break(());
-    }
-    let holder = places::lock_holder(start, ip);
-    // A thread blocked in a futex wait inside std's lock slow path is waiting for that
-    // lock: the stdio or environment functions right around it are the ones taking it,
-    // and hold nothing yet. The first other frame ends that run; a holder past it holds.
-    let acquiring = if in_library {
-        None
-    } else {
+
+    fn acquiring(&self, ip: usize) -> Option<bool> {
         places::acquiring(ip)
-    };
-    walk.acquiring = match (walk.acquiring, acquiring) {
-        // The run starts where the wait is (a futex wait, a contended lock), and may go
-        // on through the reentrant lock around it.
-        (Acquiring::Maybe, Some(true)) | (Acquiring::Slow, Some(_)) => Acquiring::Slow,
-        (Acquiring::Slow | Acquiring::Taker, _) if holder == places::Holder::Acquires => {
-            Acquiring::Taker
-        }
-        (Acquiring::Maybe, _) if in_library => Acquiring::Maybe,
-        _ => Acquiring::Ended,
-    };
-    if holder != places::Holder::No && walk.acquiring != Acquiring::Taker {
-        walk.holder_cfa = 0;
-        walk.holder_ret = 0;
-        walk.want_ret = true;
     }
-    walk.frames += 1;
-    ControlFlow::Continue(())
+
+    fn is_cancel_entry(&self, start: usize) -> bool {
+        start == cancel_entry()
+    }
 }
 
 /// Points a lock holder's return address at the trampoline, if it still holds `ret`.

@@ -54,6 +54,7 @@ use crate::sys::async_safe;
 
 mod chain;
 mod control;
+mod frames;
 mod freeze;
 mod ledger;
 pub(crate) mod places;

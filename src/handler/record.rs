@@ -771,13 +771,46 @@ pub(crate) fn init_magic(seed: u32) {
 }
 
 pub(crate) fn token(index: usize) -> u64 {
-    (u64::from(MAGIC.load(Ordering::Relaxed)) << 32) | index as u64
+    pack_token(MAGIC.load(Ordering::Relaxed), index)
 }
 
-pub(super) fn record_of(token: u64) -> Option<&'static Record> {
-    let magic = MAGIC.load(Ordering::Relaxed);
+/// The token of record `index` under `magic`.
+fn pack_token(magic: u32, index: usize) -> u64 {
+    (u64::from(magic) << 32) | (index as u64 & 0xffff_ffff)
+}
+
+/// The record index a token names, if it carries `magic` (set: non-zero) and names a
+/// record of the table.
+fn index_of(magic: u32, token: u64) -> Option<usize> {
     if magic == 0 || (token >> 32) as u32 != magic {
         return None;
     }
-    RECORDS.get((token & 0xffff_ffff) as usize)
+    let index = (token & 0xffff_ffff) as usize;
+    (index < MAX_THREADS).then_some(index)
+}
+
+pub(super) fn record_of(token: u64) -> Option<&'static Record> {
+    RECORDS.get(index_of(MAGIC.load(Ordering::Relaxed), token)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_names_its_record_under_its_magic_only() {
+        let magic = 0x5eed_0001;
+        for index in [0, 1, 77, MAX_THREADS - 1] {
+            assert_eq!(index_of(magic, pack_token(magic, index)), Some(index));
+            // Another process's (or an embedder's) value on the same signal.
+            assert_eq!(index_of(magic ^ 2, pack_token(magic, index)), None);
+        }
+        assert_eq!(
+            index_of(magic, pack_token(magic, MAX_THREADS)),
+            None,
+            "past the table"
+        );
+        assert_eq!(index_of(0, pack_token(0, 3)), None, "no magic set yet");
+        assert_eq!(index_of(magic, 0), None, "a zero sigval");
+    }
 }

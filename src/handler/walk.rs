@@ -16,6 +16,8 @@
 
 use core::ops::ControlFlow;
 
+use super::frames::Frame;
+
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, Register, RegisterRule,
     UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
@@ -38,16 +40,6 @@ struct OnStack;
 impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for OnStack {
     type Rules = [(Register, RegisterRule<T>); 24];
     type Stack = [UnwindTableRow<T, Self>; 4];
-}
-
-/// One frame of the walk: where it is (`ip`: the interrupted PC for the first, a return
-/// address for the others), its stack pointer (the CFA of the frame below it), and the
-/// start of its function.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Frame {
-    pub(super) ip: usize,
-    pub(super) sp: usize,
-    pub(super) start: usize,
 }
 
 /// How a walk ended.
