@@ -68,7 +68,7 @@ impl<T> JoinHandle<T> {
     }
 
     /// Like [`join`](JoinHandle::join), and also returns the CPU time the task used, when
-    /// it was measured: for a task with a [`Budget`], or for every task of a pool built
+    /// it was measured: for a task with a [`Budget`](crate::Budget), or for every task of a pool built
     /// with [`Builder::cpu_accounting`](crate::Builder::cpu_accounting). (Measuring costs
     /// two `clock_gettime` syscalls per task, about 1 µs on a VM, more than a short task's
     /// whole dispatch.)
@@ -79,10 +79,10 @@ impl<T> JoinHandle<T> {
     }
 
     /// Asks the task to stop: sets its cancel flag, so its next
-    /// [`checkpoint`] unwinds, and freezes it if it has not returned when its budget's
+    /// [`checkpoint`](crate::checkpoint) unwinds, and freezes it if it has not returned when its budget's
     /// grace period has passed (the pool default's, for a task spawned without one). A task
     /// still queued never starts. Returns at once; `join` tells the outcome, which is
-    /// [`Killed`] with [`KillReason::Cancelled`] unless the task finished (or its budget
+    /// [`Killed`](crate::Killed) with [`KillReason::Cancelled`](crate::KillReason::Cancelled) unless the task finished (or its budget
     /// ran out) first. Without preemption only the cooperative part applies.
     pub fn cancel(&self) {
         // Runtime code (the monitor's registry lock): no freeze of a task calling this.

@@ -45,11 +45,11 @@ impl Pool {
     }
 
     /// Like [`spawn`](Pool::spawn), with a [`Budget`] of CPU and/or wall-clock time for
-    /// this task instead of the pool's default ([`Builder::default_budget`]). When it runs
+    /// this task instead of the pool's default ([`Builder::default_budget`](crate::Builder::default_budget)). When it runs
     /// out, the task is cancelled (its next [`checkpoint`](crate::checkpoint) unwinds),
     /// and frozen if it has not returned within the budget's grace period; the handle then
-    /// resolves with [`JoinError::Killed`]. On a pool built with preemption off, a task
-    /// with a budget is not run: its handle resolves with [`JoinError::BudgetUnsupported`].
+    /// resolves with [`JoinError::Killed`](crate::JoinError::Killed). On a pool built with preemption off, a task
+    /// with a budget is not run: its handle resolves with [`JoinError::BudgetUnsupported`](crate::JoinError::BudgetUnsupported).
     pub fn spawn_with<F, T>(&self, budget: Budget, func: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,

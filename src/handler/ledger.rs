@@ -117,6 +117,7 @@ impl KillLedger {
     }
 
     /// Takes a frozen place; false at the cap. Async-signal-safe.
+    #[must_use = "false: the frozen cap is reached and the kill must be refused"]
     pub(crate) fn reserve_frozen(&self) -> bool {
         let taken = self.reserved.fetch_add(1, Ordering::Relaxed);
         if taken < self.max_frozen {

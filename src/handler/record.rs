@@ -303,6 +303,7 @@ impl Record {
 
     /// Decides the fate of thread `tid`, if this record is still its own and its fate
     /// undecided; true if this call decided it. Async-signal-safe.
+    #[must_use = "false: another kill decided the thread's fate first"]
     pub(crate) fn decide_fate_of(&self, tid: i32, fate: u8) -> bool {
         let undecided = u64::from(tid as u32) << 8 | u64::from(FATE_NONE);
         self.fate
@@ -317,6 +318,7 @@ impl Record {
 
     /// [`decide_fate_of`](Record::decide_fate_of) on the record's own thread.
     /// Async-signal-safe.
+    #[must_use = "false: another kill decided the thread's fate first"]
     pub(crate) fn decide_fate(&self, fate: u8) -> bool {
         self.decide_fate_of(self.tid.load(Ordering::Relaxed), fate)
     }
@@ -332,6 +334,7 @@ impl Record {
 
     /// The freeze's claim on the thread (on the thread itself, from the handler or the
     /// trampoline): true if its fate is, or now becomes, frozen. Async-signal-safe.
+    #[must_use = "false: the thread was abandoned, not frozen"]
     pub(crate) fn claim_freeze(&self) -> bool {
         self.decide_fate(FATE_FROZEN) || self.fate() == FATE_FROZEN
     }
@@ -689,6 +692,7 @@ impl Record {
     /// The task has returned. False if the slot was handed off while it ran: the thread is
     /// now the task's carrier and must not touch the slot again.
     #[inline]
+    #[must_use = "false: the slot was handed off, and the thread must not touch it again"]
     pub(crate) fn end_task(&self) -> bool {
         compiler_fence(Ordering::SeqCst);
         let kept = self
@@ -720,6 +724,7 @@ impl Record {
     /// false (and enters nothing) if the slot was already handed off.
     ///
     /// [`leave_runtime`]: Record::leave_runtime
+    #[must_use = "true: the section was entered and must be left with `leave_runtime`"]
     pub(crate) fn enter_runtime(&self) -> bool {
         // SeqCst, both: against the monitor taking the slot from outside (it writes the
         // state, then reads `depth`; see `begin_outside_handoff`). On x86_64 the RMW is

@@ -6,6 +6,53 @@
 //! (`Arc<dyn Runnable>`, type-erased, what the queues carry) and a [`JoinHandle<T>`]
 //! (`Arc<dyn Join<T>>`, what the caller keeps).
 //!
+//! # Lifecycle
+//!
+//! A task's state lives in three words, each written by one protocol, so each race has
+//! one winner. (`docs/DESIGN.md`, "A task's life", tells the same story in prose.)
+//!
+//! | word | where | bits / fields | who may change it |
+//! |---|---|---|---|
+//! | task word | [`JoinState`], this file | `CLAIMED` `DECIDED` `COMPLETE` `WAITING` `DETACHED` | `CLAIMED`: a queue's consumer or an inline joiner. `DECIDED`: the closure's thread (it returned or unwound), the freeze on that thread, or the monitor abandoning it. `COMPLETE`: `DECIDED`'s winner only. `WAITING`: the joiner. `DETACHED`: the handle's drop. Each bit is set once, by `fetch_or`. |
+//! | kill word | `Control`, `handler/control.rs` | reason and time of the first kill (one compare-exchange), the thread running the task, CPU clocks, checkpoint counts | The kill: [`JoinHandle::cancel`](crate::JoinHandle::cancel), the monitor (a budget ran out), a freeze (`reason_if_none`). The thread, CPU start and start time: the runner, before the closure starts (`thread` last, SeqCst). Checkpoint count: the task's thread. The CPU clock at the kill: the monitor. |
+//! | thread record | `Record`, `handler/record.rs` | `state` (`IDLE`, `IN_TASK`, `CARRIED`), the running closure, the freeze asked for, a pending redirect, `fate` (none, frozen, abandoned) | `state`: the runner (`IDLE` ↔ `IN_TASK`); `IN_TASK` → `CARRIED` by the handler's handoff or the monitor's outside handoff, racing the runner's `end_task` on one compare-exchange. `fate`: the freeze (on the thread) or the monitor, one compare-exchange with the thread's id. |
+//!
+//! The states a task goes through, and what moves it on:
+//!
+//! ```text
+//! queued ──claim──▶ running ──returns or unwinds───────────────▶ decided by its thread ─┐
+//!   │                 │ budget out, or cancel: kill word set                              │
+//!   │ cancelled       ▼                                                                   │
+//!   │ before the  cancelled ──unwinds at a checkpoint───────────▶ decided by its thread ─┤
+//!   │ claim: never    │ grace period over                                                 │
+//!   │ starts          ▼                                                                   │
+//!   │             freeze asked ──the gate says now──▶ frozen (fate, then decided) ────────┤
+//!   │                 │ deferred, or a holder's return redirected: asked again            │
+//!   │                 │ the bound passed                                                  │
+//!   │                 ▼                                                                   │
+//!   │             abandoned (decided, then fate) ─────────────────────────────────────────┤
+//!   │ shutdown out of time                                                                ▼
+//!   └───────────▶ rejected ───────────────────────────────────────▶ COMPLETE: the joiner wakes
+//! ```
+//!
+//! The orderings every path keeps:
+//!
+//! 1. The kill word is set (SeqCst) before anyone acts on it: the claim's winner checks it
+//!    before starting the closure; `cancel` reads `thread` after setting it, and the runner
+//!    writes `thread` after the registry, so one of the two hands the task to the monitor.
+//! 2. `DECIDED` comes before the outcome is written, `COMPLETE` after (Release), and the
+//!    handle reads it after seeing `COMPLETE` (Acquire). The loser of `DECIDED` writes
+//!    nothing: a closure that returns after its task was frozen or abandoned drops its
+//!    value on its own thread.
+//! 3. A freeze first claims the thread's fate, then decides each task on the thread (an
+//!    inline join stacks several). The monitor first decides the task, then claims the
+//!    thread's fate; if a freeze got the fate first, the freeze counts the thread.
+//! 4. A thread whose task was decided by the monitor waits for the monitor to finish with
+//!    its record (`Record::await_fate`) before it moves on.
+//!
+//! Results a caller must act on are `#[must_use]`: winning a claim, a decision, a fate
+//! or a frozen place, keeping the slot at a task's end, entering a runtime section.
+//!
 //! # Protocol (the task word, a [`Futex`])
 //!
 //! The word has three bits: `CLAIMED` (some thread has taken the right to run or reject the
@@ -105,6 +152,7 @@ impl<T> JoinState<T> {
         }
     }
 
+    #[must_use = "the claim's winner must run or reject the task"]
     /// Protocol step 1: true for exactly one caller.
     fn claim(&self) -> bool {
         // Acquire: the winner reads the closure, written before the task was published.
@@ -113,6 +161,7 @@ impl<T> JoinState<T> {
 
     /// Protocol step 2's decision: true for exactly one caller, who must then `complete`.
     /// Async-signal-safe.
+    #[must_use = "the decision's winner must publish the outcome"]
     pub(crate) fn decide(&self) -> bool {
         self.word.fetch_or(DECIDED, Ordering::AcqRel) & DECIDED == 0
     }
@@ -254,9 +303,9 @@ impl Drop for ClosureFrame<'_> {
 /// A cooperative cancellation point, for long-running task code.
 ///
 /// Cheap: one thread-local read, a load and a store. If the running task has been cancelled (its
-/// budget ran out, or [`JoinHandle::cancel`] was called), it unwinds from here with a
+/// budget ran out, or [`JoinHandle::cancel`](crate::JoinHandle::cancel) was called), it unwinds from here with a
 /// private payload, so destructors run and the mutexes the task holds are poisoned; its
-/// handle resolves with [`Killed`] and [`KillHow::Cancelled`]. Outside a task of a pool,
+/// handle resolves with [`Killed`](crate::Killed) and [`KillHow::Cancelled`]. Outside a task of a pool,
 /// and while the thread is already panicking, it does nothing. A task that catches the unwind (with `catch_unwind`) and goes on is
 /// unwound again at its next checkpoint, and frozen when its grace period is over.
 #[inline]
@@ -300,7 +349,7 @@ struct TaskCell<F, T> {
     pool: usize,
     control: Control,
     /// The registry of the pool running the task, once it has started on a pool thread
-    /// with a record (for [`JoinHandle::cancel`] to hand the task to the monitor).
+    /// with a record (for [`JoinHandle::cancel`](crate::JoinHandle::cancel) to hand the task to the monitor).
     supervisor: OnceLock<&'static dyn Supervisor>,
     func: UnsafeCell<Option<F>>,
 }
@@ -334,6 +383,7 @@ pub(crate) trait Supervisor: Sync {
 
 /// What the queues carry: run or reject a task without knowing its types.
 pub(crate) trait Runnable: FrozenTask + Send {
+    #[must_use = "the claim's winner must run or reject the task"]
     /// Protocol step 1.
     fn claim(&self) -> bool;
     /// Runs the closure under `catch_unwind`, counts the outcome in `counters`, then
@@ -578,6 +628,7 @@ impl Task {
     /// Protocol step 2's decision, for the monitor abandoning the task: false if it was
     /// decided already (it returned, unwound or was frozen). On true, call
     /// [`publish_abandoned`](Task::publish_abandoned).
+    #[must_use = "the decision's winner must publish the outcome"]
     pub(crate) fn decide(&self) -> bool {
         self.0.decide()
     }
