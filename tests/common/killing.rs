@@ -264,3 +264,22 @@ pub fn spin_forever() -> ! {
         x = black_box(x.wrapping_add(1));
     }
 }
+
+/// A short budget, for runaways that should be killed soon.
+pub const SHORT: Duration = Duration::from_millis(20);
+
+#[track_caller]
+pub fn killed(result: Result<impl std::fmt::Debug, JoinError>) -> Killed {
+    match result {
+        Err(JoinError::Killed(k)) => k,
+        other => panic!("expected a kill, got {other:?}"),
+    }
+}
+
+/// Recursion with no end: overflows the stack of whatever thread runs it.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+pub fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 32]);
+    recurse(black_box(depth + 1)).wrapping_add(frame[7])
+}
