@@ -2,7 +2,7 @@
 //!
 //! # Protocol
 //!
-//! 1. A task with a budget registers here when it starts (`task.rs`, `Task::run_in`), with
+//! 1. A task with a budget registers here when it starts (`task/mod.rs`, `Task::run_in`), with
 //!    its thread and its CPU clock at start; a running task whose handle calls `cancel`
 //!    registers then. A task cancelled while queued never starts (its runner sees the flag).
 //! 2. The monitor ([`Kills::enforce`]) wakes when the earliest watch is due: a wall
@@ -230,7 +230,7 @@ impl Kills {
     ///
     /// 0. Only a task whose closure has started (one resolved before never waits for the
     ///    monitor, see 5).
-    /// 1. Decide the task's outcome (`task.rs` step 2), count it, publish `Abandoned`:
+    /// 1. Decide the task's outcome (`task/mod.rs` step 2), count it, publish `Abandoned`:
     ///    its join resolves now. Lost the decision: the task ended first, nothing to do.
     /// 2. Decide the thread's fate (with its id, so a record another thread has claimed
     ///    since is never touched), and list it as lost: lost to a freeze that is under
@@ -244,7 +244,7 @@ impl Kills {
     /// 5. Mark the thread as fully abandoned: if its closure returned meanwhile, it has
     ///    been waiting for this (`Record::await_fate`), then drops its value and retires.
     ///    If its handler runs again, it stops the thread for good at the first point the
-    ///    gate accepts (`freeze.rs`, `settle`).
+    ///    gate accepts (`handler/freeze.rs`, `settle`).
     fn abandon(&self, watch: &Watch, thread: usize, count_out: &dyn Fn()) {
         let control = watch.task.control();
         let record = &RECORDS[thread];
@@ -445,7 +445,7 @@ impl Kills {
         }
         // A thread that does not look at its requests may have blocked the pool's signal:
         // then its handler never runs, and no freeze can ever happen. The standby maker
-        // looks in `/proc` every 20 ms (`monitor.rs`; not here: `/proc` reads wait for the
+        // looks in `/proc` every 20 ms (`runtime/monitor.rs`; not here: `/proc` reads wait for the
         // process's memory-map lock); two sightings in a row, with the latest request not
         // looked at, and a thread caught once between the kernel setting up its signal
         // frame and the handler's first store is not taken for one that blocked it.

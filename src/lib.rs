@@ -60,7 +60,7 @@
 //! `errno` and lock ownership are never torn. (An inline join is a plain nested call.) A
 //! handoff changes only which thread holds the slot; the interrupted task resumes on its
 //! own thread when the handler returns. The signal handler touches only atomics and raw
-//! syscalls (`src/handler/` is the marked zone), chains deliveries that are not its own
+//! syscalls (`src/handler/` is the zone, fenced by `tools/fence.py`), chains deliveries that are not its own
 //! to the handler installed before it, and stays out of the way of the embedder's signals
 //! (see [`Builder::signal`]).
 //! The crate never unwinds a task from an arbitrary instruction; destructors run only on

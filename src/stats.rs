@@ -6,7 +6,7 @@
 //! a spawn when its task is accepted, an outcome by the thread that won the task's claim,
 //! before the handle resolves. So a caller that has joined N tasks sees at least N
 //! outcomes, and shutdown uses "finished = accepted" to know that no task is left
-//! (`pool.rs`, shutdown step 3). No ordering is promised between different counters while
+//! (`runtime/shared.rs`, shutdown step 3). No ordering is promised between different counters while
 //! the pool runs; once it is quiescent (every handle joined, or after shutdown) they are
 //! exact.
 

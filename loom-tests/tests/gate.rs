@@ -1,4 +1,4 @@
-//! The spawn gate of `src/gate.rs`, explored by loom: once `close` returns, every spawn
+//! The spawn gate of `src/sync/spawn_gate.rs`, explored by loom: once `close` returns, every spawn
 //! that got through the gate has pushed and counted its task (so shutdown's "accepted"
 //! count is final), and every later spawn is refused.
 #![cfg(loom)]

@@ -1,4 +1,4 @@
-//! The task and join protocol of `src/task.rs`, explored by loom: every handle resolves
+//! The task and join protocol of `src/task/mod.rs`, explored by loom: every handle resolves
 //! exactly once with the task's own outcome, and a join never sleeps through a completion.
 #![cfg(loom)]
 

@@ -1,4 +1,4 @@
-//! The standby reserve of `src/reserve.rs`, explored by loom: a handoff's grant reaches
+//! The standby reserve of `src/sync/reserve.rs`, explored by loom: a handoff's grant reaches
 //! exactly one standby, no wake-up is lost, the slot's state passes from the old holder to
 //! the new one in order, and a runner that found no standby is always noticed by the next
 //! standby to park (or finds it itself).

@@ -1,4 +1,4 @@
-//! The runner loop of `src/runner.rs` (`serve`) with the sleep protocol of `src/sleep.rs`,
+//! The runner loop of `src/runtime/runner.rs` (`serve`) with the sleep protocol of `src/sync/sleep.rs`,
 //! over a model queue, explored by loom: a runner never sleeps through queued work, every
 //! task accepted before shutdown runs before the runners exit, and shutdown wakes every
 //! sleeper. A lost wake-up shows up as a loom deadlock (a runner blocked forever).

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering}
 use crate::sys::async_safe;
 
 /// The action that was installed for each signal before ours, for chaining. Written once
-/// per signal by `signal.rs` before our handler is installed for it.
+/// per signal by `runtime/signal.rs` before our handler is installed for it.
 pub(crate) struct Previous {
     handler: AtomicUsize,
     flags: AtomicI32,
@@ -28,7 +28,7 @@ impl Previous {
         }
     }
 
-    /// Records `action` as the one to chain to. Called by `signal.rs` under its
+    /// Records `action` as the one to chain to. Called by `runtime/signal.rs` under its
     /// installation lock, before the handler is installed.
     pub(crate) fn store(&self, action: &libc::sigaction) {
         // SAFETY: `sigset_t` is plain bits, `MASK_WORDS` u64 long.

@@ -1,7 +1,7 @@
-//! The gated freeze. **Part of the handler's marked zone**: everything here is reached from
-//! the signal handler and may only use atomics, raw syscalls and its own stack walk
+//! The gated freeze. **Part of the handler's zone**: everything here is reached from the
+//! signal handler and may only use atomics, raw syscalls and its own stack walk
 //! (`walk.rs`: never libgcc's unwinder, which takes a lock once a JIT has registered
-//! frames). The functions that run in normal context say so.
+//! frames). The items that run only in normal context are marked `// Ordinary context:`.
 //!
 //! # Protocol (the crate docs' "Soundness": a hard kill freezes, only where it is safe)
 //!

@@ -1,8 +1,8 @@
-//! The signal handler and everything it reaches. **Marked zone: async-signal-safe only.**
+//! The signal handler and everything it reaches. **The zone: async-signal-safe only.**
 //!
 //! The handler interrupts task code at an arbitrary instruction, possibly inside `malloc`,
-//! inside a `RefCell` borrow, or holding std's stdout lock. So everything in this file, and
-//! everything it calls, may only:
+//! inside a `RefCell` borrow, or holding std's stdout lock. So everything in this folder,
+//! and everything it calls, may only:
 //!
 //! - load, store and read-modify-write atomics;
 //! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`
@@ -10,14 +10,32 @@
 //!   `futex`, `gettid`, `getpid`, `tgkill`, `rt_sigprocmask`, `sigaction`,
 //!   `process_vm_readv` on itself);
 //! - walk the interrupted thread's stack with `walk.rs` (`gimli` over unwind tables that
-//!   `places.rs` recorded in normal context; reads of the thread's own stack only);
+//!   `runtime/text_scan.rs` recorded in `places.rs` in normal context; reads of the
+//!   thread's own stack only);
 //! - call [`Reserve::take_standby`], [`Reserve::give_back`], [`Reserve::grant`],
-//!   [`Reserve::want`] and [`Reserve::unwant`] (`reserve.rs`: atomics, a fence, and a
+//!   [`Reserve::want`] and [`Reserve::unwant`] (`sync/reserve.rs`: atomics, a fence, and a
 //!   futex wake through `Futex::wake_one`, which is the raw `sys::futex_wake` syscall
 //!   outside loom).
 //!
 //! It must not allocate, lock (std or parking_lot), panic, format, touch a lazily
-//! initialised thread-local, or unwind; it saves and restores `errno`. It never switches
+//! initialised thread-local, or unwind; it saves and restores `errno`.
+//!
+//! The fence (`tools/fence.py`, run by CI): files here import only this folder,
+//! `budget`, `counters`, `sync::{loom, reserve}` and `sys::async_safe`; nothing in the
+//! folder above it (the runtime, the task layer, the kill registry) is reachable from
+//! here except through the traits this zone defines ([`FrozenTask`], [`FrozenPool`]); and
+//! zone code allocates, locks, formats and unwraps nowhere but in items marked
+//! `// Ordinary context:` (they run only on ordinary threads; the handler never calls
+//! them) or `// Built in ordinary context:` (values made and dropped outside the handler,
+//! which it only reads). Everything else here is async-signal-safe whichever thread runs
+//! it: the runner calls `Record::start_task` per task, the monitor `Record::nudge`.
+//!
+//! The files: `mod.rs` (the entry, [`on_signal`]), `tick.rs` (steps 1–4 below), `timer.rs`
+//! (the clocks' policy), `record.rs` (the records, [`Preempt`], [`Running`] and the
+//! traits), `control.rs` (a task's kill word), `ledger.rs` (the handler's half of the kill
+//! registry), `freeze.rs` (the gated freeze, the trampoline, the fault handler),
+//! `frames.rs` (the gate's verdict over frames), `walk.rs` (the stack walk), `places.rs`
+//! (the tables the gate reads), `chain.rs` (deliveries for the previous action). It never switches
 //! the thread to other code: a handoff only changes *who holds the slot*, and the
 //! interrupted task resumes on this thread when the handler returns (the crate docs'
 //! "Soundness").
@@ -43,7 +61,7 @@
 //!    than half its quantum is caught by the next tick instead: at most `tick − q/2` late.)
 //! 3. It has run the quantum and the runner is inside a runtime section (a spawn pushing to
 //!    the slot's deque): set `pending`; the section hands off as it ends.
-//! 4. Otherwise hand off (`reserve.rs` steps 3–5): mark the record `CARRIED`, grant the
+//! 4. Otherwise hand off (`sync/reserve.rs` steps 3–5): mark the record `CARRIED`, grant the
 //!    slot to a standby, and demote this thread to `SCHED_IDLE`, so the kernel runs the
 //!    standby ahead of it on the same core. The task runs on here, in the gaps, and this
 //!    thread may now use idle time on any core of the pool (the task never leaves it).

@@ -78,7 +78,7 @@ pub(crate) trait FrozenPool: Sync {
 }
 
 /// The task whose closure is running on a thread, as the freeze sees it: a struct on the
-/// stack of `task.rs`'s `run_claimed`, alive (and, once frozen, forever) while the closure
+/// stack of `task/mod.rs`'s `run_claimed`, alive (and, once frozen, forever) while the closure
 /// runs. Its address is also the stack boundary of the closure's frames.
 pub(crate) struct Running<'a> {
     pub(crate) task: &'a dyn FrozenTask,
@@ -90,7 +90,7 @@ pub(crate) struct Running<'a> {
     /// The thread's no-freeze counter when the closure started: the runtime code around
     /// an inline join holds it up by one, and the joined closure may still be frozen.
     pub(crate) no_freeze_base: u32,
-    /// An address in the frame that calls the closure (`task.rs`, `call_user`), while the
+    /// An address in the frame that calls the closure (`task/mod.rs`, `call_user`), while the
     /// closure is on the stack; 0 before and after. Frames below it are the task's; the
     /// ones above are the runtime's, around the closure.
     pub(crate) closure_frame: AtomicUsize,
@@ -200,7 +200,7 @@ pub(crate) struct Record {
     /// The handler is running on this thread (with the pool's signal blocked).
     pub(super) handling: AtomicBool,
     /// Times in a row the standby maker found this thread, asked to freeze, with the
-    /// pool's signal blocked (`monitor.rs`).
+    /// pool's signal blocked (`runtime/monitor.rs`).
     pub(super) sigblocked_seen: AtomicU8,
     /// The running task is unwinding from its cancel (`checkpoint`); cleared when its
     /// closure ends.
@@ -541,7 +541,7 @@ impl Record {
         )
     }
 
-    /// The task's closure is about to run on this thread (`task.rs`). From here until
+    /// The task's closure is about to run on this thread (`task/mod.rs`). From here until
     /// [`leave_user`](Record::leave_user) the thread may be frozen.
     pub(crate) fn enter_user(&self, running: &Running<'_>) {
         compiler_fence(Ordering::SeqCst);

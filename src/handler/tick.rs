@@ -68,7 +68,7 @@ pub(crate) fn poke(index: usize, preempt: &Preempt) {
     record.nudge(preempt.signal);
 }
 
-/// Step 4, `reserve.rs` steps 3–5.
+/// Step 4, `sync/reserve.rs` steps 3–5.
 fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
     if reserve.carriers() >= preempt.max_carriers {
         reserve.counters.at_cap.fetch_add(1, Ordering::Relaxed);
@@ -76,7 +76,7 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
     }
     let index = record.index.load(Ordering::Relaxed);
     if !reserve.take_standby() {
-        // The next standby to park pokes this runner (see `reserve.rs`); the next tick
+        // The next standby to park pokes this runner (see `sync/reserve.rs`); the next tick
         // retries too. Look once more after saying so, in case one parked in between
         // (its poke will then be a harmless extra look).
         reserve.want(index);

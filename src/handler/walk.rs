@@ -1,11 +1,11 @@
 //! The handler's own walk of the interrupted thread's frames. **Part of the handler's
-//! marked zone.** It never calls the unwinder (libgcc's `_Unwind_Find_FDE` takes a mutex
+//! zone.** It never calls the unwinder (libgcc's `_Unwind_Find_FDE` takes a mutex
 //! once anything has registered frames with `__register_frame`, as every JIT does: a
 //! handler walking with it on a thread interrupted inside it deadlocks, and every later
 //! unwind in the process with it). Instead it reads the unwind tables of the loaded
 //! objects (`.eh_frame_hdr`'s binary search table, then the FDE and CIE) with `gimli`,
 //! without allocating (the rules live on the handler's stack), from tables of objects
-//! recorded in normal context (`places::unwind_tables`). Frames of code with no tables
+//! recorded in normal context (`places::unwind_tables`, filled by `runtime/text_scan.rs`). Frames of code with no tables
 //! there (a JIT's, registered at run time) are unwalkable: the gate defers.
 //!
 //! Memory it reads: those objects' tables, and the thread's own stack, never anything

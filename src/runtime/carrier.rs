@@ -7,7 +7,7 @@
 //!     │            │ granted a slot (reserve.rs step 2)
 //!     │            ▼
 //!     │         RUNNER ──(shutdown: no work left)──► close the slot's reserve, exit
-//!     │            │ handed off inside a task (handler/mod.rs)
+//!     │            │ handed off inside a task (handler/tick.rs)
 //!     │            ▼
 //!     │         CARRIER: runs its one task on at SCHED_IDLE
 //!     │            │ task returned
@@ -17,7 +17,7 @@
 //!
 //! 1. A runner that is handed off keeps running its task, demoted to `SCHED_IDLE` by the
 //!    handler and allowed on every core of the pool, and never touches the slot again
-//!    (`reserve.rs` step 5).
+//!    (`sync/reserve.rs` step 5).
 //! 2. When the task returns, the carrier is counted out of the slot's carriers. During
 //!    shutdown it wakes the sleeping runners: they may be waiting for this very task to
 //!    count as finished.
@@ -212,7 +212,7 @@ fn lifecycle(
     }
 }
 
-/// Joins slot `index`'s reserve (`reserve.rs` step 1; `started`: a fresh thread the
+/// Joins slot `index`'s reserve (`sync/reserve.rs` step 1; `started`: a fresh thread the
 /// monitor or the builder counted as starting), then pins itself to the slot's core and,
 /// if a runner of the slot overran while no standby was there, makes it look again now.
 ///

@@ -22,7 +22,7 @@
 //! 1. Read the bell.
 //! 2. Enforce budgets (`kill.rs`): cancel tasks whose budget ran out, ask for freezes
 //!    when grace periods end, abandon kills that found no safe point in time.
-//! 3. Every 100 ms: re-read the loaded libraries for the freeze gate (`places.rs`), and
+//! 3. Every 100 ms: re-read the loaded libraries for the freeze gate (`handler/places.rs`), and
 //!    look for a handler that replaced the pool's.
 //!
 //! The standby maker also does the chores that wait for the process's memory-map lock

@@ -8,12 +8,12 @@
 //!    stolen from a peer slot (starting at a random peer). Every 61st look starts at the
 //!    injector, so a slot whose tasks keep spawning cannot starve it. Finding more than one
 //!    task wakes another sleeping runner to steal the surplus.
-//! 3. Run it on this thread's stack under `catch_unwind` (see `task.rs`). A started task
+//! 3. Run it on this thread's stack under `catch_unwind` (see `task/mod.rs`). A started task
 //!    never moves: it lives and dies on the thread that started it. Back to 1.
 //! 4. No task, and step 1 said so: wake every sleeping peer (they may be waiting for this
 //!    runner's last task to count as finished) and exit. Otherwise spin for the configured time, looking
 //!    for work and yielding now and then so a thread sharing the core (a spawner) can run.
-//! 5. Still nothing: sleep on the slot's word (`sleep.rs`) until a spawn, shutdown, or
+//! 5. Still nothing: sleep on the slot's word (`sync/sleep.rs`) until a spawn, shutdown, or
 //!    an exiting peer wakes it.
 //!
 //! A task that joins a handle of its own pool runs the awaited task inline if it is still

@@ -2,7 +2,7 @@
 //!
 //! # Shutdown protocol
 //!
-//! 1. Close the gate (`gate.rs`): from here on every spawn is refused.
+//! 1. Close the gate (`sync/spawn_gate.rs`): from here on every spawn is refused.
 //! 2. Wait until every spawn that got through the gate has pushed and counted its task.
 //!    From here on the set of accepted tasks is final, and so are the counters that count
 //!    them.
@@ -236,7 +236,7 @@ impl Shared {
     /// accepted counts are final (shutdown step 2). A finished count read stale only delays
     /// the answer: the runner that finished the task counted it before its next sleep
     /// fence, so either its own re-check or ours sees both counts (the fence argument of
-    /// `sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
+    /// `sync/sleep.rs`), and a runner that exits wakes every sleeper, which then acquires its
     /// counts from the wake (`runner::serve`).
     fn all_finished(&self) -> bool {
         self.unfinished() == 0

@@ -2,10 +2,10 @@
 //!
 //! A slot owns a local FIFO deque (crossbeam `Worker`), the `Stealer` other slots and the
 //! shutdown sweep take from, and its counters. The deque's `Worker` end may only be used by
-//! the slot's *holder*, the one runner thread that holds the slot at the time. Today a
-//! slot's holder is the runner started for it, for the life of the pool; preemption will
-//! hand a slot to a standby thread mid-task, which is why the deque lives here and not on
-//! the runner's stack.
+//! the slot's *holder*, the one runner thread that holds the slot at the time. The holder
+//! changes when preemption hands the slot to a standby mid-task (`handler/tick.rs`, or the
+//! monitor from outside, `kill.rs`), which is why the deque lives here and not on the
+//! runner's stack: it moves with the slot.
 
 use std::cell::UnsafeCell;
 
@@ -17,7 +17,7 @@ use crate::task::Task;
 
 pub(crate) struct Slot {
     local: UnsafeCell<Worker<Task>>,
-    /// Up while a task of this slot is spawning (shutdown step 1, in `pool.rs`).
+    /// Up while a task of this slot is spawning (shutdown step 1, in `runtime/shared.rs`).
     pub(crate) spawning: Flag,
     pub(crate) stealer: Stealer<Task>,
     /// The core the holder is pinned to, if pinning is on.

@@ -1,8 +1,10 @@
 //! The one place where the concurrency primitives of the crate come from.
 //!
 //! Under `--cfg loom` they are loom's model-checked versions, so the code that the
-//! `loom-tests/` crate explores is the production code of `task.rs` and `sleep.rs`, not a
-//! copy. Everything else in the crate (deques, thread spawning, pinning) stays on std and is
+//! `loom-tests/` crate explores is the production code, not a copy: the task word's
+//! protocol (`task/mod.rs`: claim, decide, complete, join, detach, abandon), the runner
+//! loop with the sleep protocol (`runtime/runner.rs`'s `serve` over `sync/sleep.rs`), the
+//! spawn gate (`sync/spawn_gate.rs`) and the standby reserve (`sync/reserve.rs`). Everything else in the crate (deques, thread spawning, pinning) stays on std and is
 //! simply not run inside a loom model.
 
 #[cfg(loom)]

@@ -17,7 +17,7 @@
 //!
 //! 3. Take a standby: CAS `ready` one lower, only if it is above zero. None: no handoff
 //!    (the caller asks the monitor for more and retries later).
-//! 4. Mark the runner's own record `CARRIED` (`handler/mod.rs`). Lost that race to a nested
+//! 4. Mark the runner's own record `CARRIED` (`handler/tick.rs`). Lost that race to a nested
 //!    handler invocation: give the standby back (`ready += 1`) and stop.
 //! 5. `grants += 1` (Release) and wake one waiter. From the Release on, the old runner
 //!    never touches the slot again; the standby's Acquire in step 2 makes every write the
@@ -45,7 +45,7 @@
 //! The handler calls steps 3–5 ([`Reserve::take_standby`], [`Reserve::give_back`],
 //! [`Reserve::grant`]), [`Reserve::want`] and [`Reserve::unwant`]: atomics, a fence and
 //! one futex wake, nothing else. They are part of the
-//! signal handler's marked zone (see `handler/mod.rs`).
+//! signal handler's zone (see `handler/mod.rs`; `tools/fence.py` checks it).
 
 use crate::sync::loom::{fence, AtomicU32, AtomicU64, AtomicUsize, Futex, Ordering};
 

@@ -1,5 +1,5 @@
 //! The spawn gate: how shutdown stops accepting tasks and learns that the set of accepted
-//! tasks is final (shutdown steps 1–2 in `pool.rs`).
+//! tasks is final (shutdown steps 1–2 in `runtime/shared.rs`).
 //!
 //! # Protocol
 //!
