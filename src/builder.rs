@@ -279,10 +279,8 @@ impl Builder {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let affinities = self.check()?;
         let workers = affinities.len();
-        let kills = self
-            .preemption
-            .then(|| Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral));
-        let preempt = if let Some(kills) = kills {
+        let mut kills = None;
+        let preempt = if self.preemption {
             signal::install(self.signal).map_err(|source| BuildError::Os {
                 what: "install the preemption signal handler",
                 source,
@@ -291,6 +289,9 @@ impl Builder {
                 what: "install the stack overflow handler",
                 source,
             })?;
+            // Taken after the steps that may fail: a registry is never freed.
+            let registry = Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral);
+            kills = Some(registry);
             sys::init_time_base();
             text_scan::refresh();
             handler::install_panic_hook();
@@ -308,7 +309,7 @@ impl Builder {
                     None
                 },
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
-                ledger: &kills.ledger,
+                ledger: &registry.ledger,
             })
         } else {
             None

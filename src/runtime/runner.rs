@@ -269,8 +269,12 @@ impl Serve for Runner {
         let looks = self.looks.get().wrapping_add(1);
         self.looks.set(looks);
         let slots = &self.shared.slots;
-        let start = self.next_victim() % slots.len();
-        for source in steal::order(looks, self.index, slots.len(), start) {
+        // The steal policy's order (`steal.rs`). The random start of the steals is drawn
+        // only once they are reached.
+        let steals = std::iter::once_with(|| {
+            steal::victims(self.index, slots.len(), self.next_victim() % slots.len())
+        });
+        for source in steal::own_queues(looks).chain(steals.flatten()) {
             let (task, counted): (_, fn(&SlotCounters)) = match source {
                 Source::Local => {
                     if let Some(task) = local.pop() {

@@ -1,7 +1,9 @@
-//! Where a runner looks for its next task: the steal policy, as a pure function over the
-//! look count and the slots ([`order`]), and the retry loop around one steal ([`steal`]).
+//! Where a runner looks for its next task: the steal policy, as pure functions of the look
+//! count and the slots ([`own_queues`], then [`victims`]; `order` in the tests is the two
+//! together), and the retry loop around one steal ([`steal`]).
 //!
-//! A new policy is an edit of [`order`] and its tests; the runner only walks the order.
+//! A new policy is an edit of those two and their tests; the runner only walks the order
+//! (drawing the random start of the steals only once it reaches them).
 
 use crossbeam_deque::Steal;
 
@@ -26,21 +28,25 @@ pub(crate) enum Source {
 /// the injector lands there); then every other slot once, round robin from `start` (a
 /// random slot, so idle runners spread their steals). On every [`INJECTOR_EVERY`]-th look
 /// the injector comes first.
-pub(crate) fn order(
-    look: u32,
-    me: usize,
-    slots: usize,
-    start: usize,
-) -> impl Iterator<Item = Source> {
+#[cfg(test)]
+fn order(look: u32, me: usize, slots: usize, start: usize) -> impl Iterator<Item = Source> {
+    own_queues(look).chain(victims(me, slots, start))
+}
+
+/// The part of [`order`] before the steals: the slot's own deque and the injector.
+pub(crate) fn own_queues(look: u32) -> impl Iterator<Item = Source> {
     let local_first = (look % INJECTOR_EVERY != 0).then_some(Source::Local);
-    let victims = (0..slots)
-        .map(move |i| (start + i) % slots)
-        .filter(move |&victim| victim != me)
-        .map(Source::Victim);
     local_first
         .into_iter()
         .chain([Source::Injector, Source::Local])
-        .chain(victims)
+}
+
+/// The part of [`order`] after: every other slot once, round robin from `start`.
+pub(crate) fn victims(me: usize, slots: usize, start: usize) -> impl Iterator<Item = Source> {
+    (0..slots)
+        .map(move |i| (start + i) % slots)
+        .filter(move |&victim| victim != me)
+        .map(Source::Victim)
 }
 
 /// One steal from a queue, retried while a concurrent operation gets in the way
