@@ -28,9 +28,8 @@ use std::time::Instant;
 use crossbeam_deque::Worker;
 
 use super::shared::{Mode, Shared};
-use super::steal::{self, steal, Source};
+use super::steal::{self, steal};
 use crate::budget::Budget;
-use crate::counters::SlotCounters;
 use crate::handler::Record;
 use crate::runtime::slot::Slot;
 use crate::sync::sleep::Sleep;
@@ -268,31 +267,25 @@ impl Serve for Runner {
         let local = self.local();
         let looks = self.looks.get().wrapping_add(1);
         self.looks.set(looks);
+        // The order of `steal.rs`: own deque, injector, own deque, peers.
+        if !steal::injector_first(looks) {
+            if let Some(task) = local.pop() {
+                return Some(task);
+            }
+        }
+        if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
+            self.slot().counters.took_from_injector();
+            self.share_surplus();
+            return Some(task);
+        }
+        if let Some(task) = local.pop() {
+            return Some(task);
+        }
         let slots = &self.shared.slots;
-        // The steal policy's order (`steal.rs`). The random start of the steals is drawn
-        // only once they are reached.
-        let steals = std::iter::once_with(|| {
-            steal::victims(self.index, slots.len(), self.next_victim() % slots.len())
-        });
-        for source in steal::own_queues(looks).chain(steals.flatten()) {
-            let (task, counted): (_, fn(&SlotCounters)) = match source {
-                Source::Local => {
-                    if let Some(task) = local.pop() {
-                        return Some(task);
-                    }
-                    continue;
-                }
-                Source::Injector => (
-                    steal(|| self.shared.injector.steal_batch_and_pop(local)),
-                    SlotCounters::took_from_injector,
-                ),
-                Source::Victim(victim) => (
-                    steal(|| slots[victim].stealer.steal_batch_and_pop(local)),
-                    SlotCounters::stole,
-                ),
-            };
-            if let Some(task) = task {
-                counted(&self.slot().counters);
+        let start = self.next_victim() % slots.len();
+        for victim in steal::victims(self.index, slots.len(), start) {
+            if let Some(task) = steal(|| slots[victim].stealer.steal_batch_and_pop(local)) {
+                self.slot().counters.stole();
                 self.share_surplus();
                 return Some(task);
             }

@@ -86,7 +86,7 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::budget::{Budget, KillHow, KillReason};
@@ -349,15 +349,18 @@ struct TaskCell<F, T> {
     pool: usize,
     control: Control,
     /// The registry of the pool running the task, once it has started on a pool thread
-    /// with a record (for [`JoinHandle::cancel`](crate::JoinHandle::cancel) to hand the task to the monitor).
-    supervisor: OnceLock<&'static dyn Supervisor>,
+    /// with a record (for [`JoinHandle::cancel`](crate::JoinHandle::cancel) to hand the
+    /// task to the monitor). Written once, by the claim's winner, before it publishes
+    /// `control.thread` (SeqCst); read only by whoever has seen `thread` set.
+    supervisor: std::cell::UnsafeCell<Option<&'static dyn Supervisor>>,
     func: UnsafeCell<Option<F>>,
 }
 
 // SAFETY: `Sync` lets the queue entry and the handle share `&TaskCell`. `join` is `Sync` on
 // its own (below); `func` is touched only by the thread that won the claim (step 1), so no
 // two threads ever reach it at once. The closure is moved to that thread, never shared, so
-// `F: Send` suffices.
+// `F: Send` suffices. `supervisor` is written once by the claim's winner before a SeqCst
+// store of `control.thread`, and read only after a SeqCst load has seen that store.
 unsafe impl<F: Send, T: Send> Sync for TaskCell<F, T> {}
 
 /// Where a task runs: the slot whose counters count its outcome, and with preemption on,
@@ -393,8 +396,14 @@ pub(crate) trait Runnable: FrozenTask + Send {
     /// counts it in the slot's counters and resolves the handle with
     /// `Killed { how: Abandoned }`. The closure is still running on its thread.
     fn publish_abandoned(&self, cpu_ns: Option<u64>);
-    /// The registry of the pool the task started on.
-    fn supervisor(&self) -> &OnceLock<&'static dyn Supervisor>;
+    /// Records the registry of the pool the task starts on.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the claim's winner, before it stores `control.thread`.
+    unsafe fn set_supervisor(&self, supervisor: &'static dyn Supervisor);
+    /// The registry of the pool the task started on, once `control.thread` is set.
+    fn supervisor(&self) -> Option<&'static dyn Supervisor>;
     /// Drops the closure unrun and resolves the handle with [`JoinError::Shutdown`]. Only
     /// after winning the claim.
     fn reject_claimed(&self);
@@ -489,8 +498,17 @@ where
         drop_quietly(self.join.complete(result, cpu_ns));
     }
 
-    fn supervisor(&self) -> &OnceLock<&'static dyn Supervisor> {
-        &self.supervisor
+    unsafe fn set_supervisor(&self, supervisor: &'static dyn Supervisor) {
+        // SAFETY: the caller's contract: the only write, before `thread` publishes it.
+        unsafe { *self.supervisor.get() = Some(supervisor) };
+    }
+
+    fn supervisor(&self) -> Option<&'static dyn Supervisor> {
+        // SeqCst load of `thread`, after the SeqCst store that follows the write.
+        self.control.thread()?;
+        // SAFETY: written once before `thread` was set, which this thread has seen; never
+        // written again.
+        unsafe { *self.supervisor.get() }
     }
 
     fn publish_abandoned(&self, cpu_ns: Option<u64>) {
@@ -585,8 +603,8 @@ impl Task {
                         .started_ns
                         .store(sys::async_safe::monotonic_ns(), Ordering::Relaxed);
                 }
-                // Before `thread` (SeqCst below), for `JoinHandle::cancel`. Set once.
-                let _ = self.0.supervisor().set(supervisor);
+                // SAFETY: this thread won the claim; `thread` is stored below.
+                unsafe { self.0.set_supervisor(supervisor) };
                 control.counters.store(
                     env.counters as *const SlotCounters as *mut SlotCounters,
                     Ordering::Relaxed,
@@ -641,7 +659,7 @@ impl Task {
 
     /// The registry of the pool the task started on, once it has.
     pub(crate) fn supervisor(&self) -> Option<&'static dyn Supervisor> {
-        self.0.supervisor().get().copied()
+        self.0.supervisor()
     }
 
     /// The same task, for the monitor's registry.
@@ -746,7 +764,7 @@ where
         join: JoinState::new(),
         pool,
         control: Control::new(budget),
-        supervisor: OnceLock::new(),
+        supervisor: std::cell::UnsafeCell::new(None),
         func: UnsafeCell::new(Some(func)),
     });
     let joiner: Joiner<T> = cell.clone();
