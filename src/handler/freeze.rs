@@ -270,14 +270,14 @@ pub(super) fn attempt(record: &Record, context: *mut libc::c_void) {
     }
     let verdict = gate(record, running, context, wait, false);
     match verdict {
-        Gate::Defer(why) => kills.deferred(why),
-        Gate::Redirect { slot, ret } => {
+        Verdict::Defer(why) => kills.deferred(why),
+        Verdict::Redirect { slot, ret } => {
             // At the cap the monitor sees it too, and counts the refusal once.
             if kills.reserve_frozen() {
                 redirect(record, slot, ret);
             }
         }
-        Gate::Now => {
+        Verdict::Now => {
             let Some(reserved) = take_slot_off(record) else {
                 kills.deferred(Defer::NoStandby);
                 return;
@@ -301,7 +301,8 @@ const TRAMPOLINE_STACK: usize = 64 * 1024;
 /// (at most its grace period).
 const GRACE_RUN_NS: u64 = 200_000;
 
-enum Gate {
+/// The freeze gate's verdict on one attempt.
+enum Verdict {
     Defer(Defer),
     Redirect { slot: usize, ret: usize },
     Now,
@@ -315,21 +316,21 @@ fn gate(
     context: *mut libc::c_void,
     wait: Wait,
     overflow: bool,
-) -> Gate {
+) -> Verdict {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `context` is the handler's third argument (the gate's callers' contract).
     let regs = unsafe { super::walk::registers(context) };
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (record, running, context, wait, overflow);
-        return Gate::Defer(Defer::Unwalkable);
+        return Verdict::Defer(Defer::Unwalkable);
     }
     let pc = regs[16];
     let blocked = wait != Wait::None;
     if record.no_freeze.load(Ordering::Relaxed) > running.no_freeze_base
         || record.depth.load(Ordering::Relaxed) > 0
     {
-        return Gate::Defer(Defer::NoFreeze);
+        return Verdict::Defer(Defer::NoFreeze);
     }
 
     // The maximum deferral is counted in the thread's CPU time while it runs (a demoted
@@ -358,7 +359,7 @@ fn gate(
     // may be frozen in, past the maximum deferral.
     let cancel_unwinding = record.cancel_unwinding.load(Ordering::Relaxed);
     if panicking && !overflow && (cancel_unwinding || !forced()) {
-        return Gate::Defer(Defer::Panicking);
+        return Verdict::Defer(Defer::Panicking);
     }
     // Never redirect a return while unwinding: the unwinder reads return addresses.
     let may_redirect = cfg!(target_arch = "x86_64") && !panicking && !overflow;
@@ -366,7 +367,7 @@ fn gate(
     // (A service's own panic is invisible to `panicking`, which reads this std's count;
     // its unwinder is in libgcc_s, whose frames are never redirected.)
     if lib_pc && !blocked && !may_redirect {
-        return Gate::Defer(Defer::Library);
+        return Verdict::Defer(Defer::Library);
     }
     // Between the runtime's frames around the closure and the closure's: outside its
     // closure (just starting, or returned and publishing) the task is the runtime's.
@@ -374,7 +375,7 @@ fn gate(
         running.closure_frame(),
         running.chain().last().and_then(|r| r.closure_frame()),
     ) else {
-        return Gate::Defer(Defer::Runtime);
+        return Verdict::Defer(Defer::Runtime);
     };
     let mut walk = Walk::new(
         boundary,
@@ -399,10 +400,10 @@ fn gate(
         walk.each(&LivePlaces, frame)
     });
     if let Some(why) = walk.defer {
-        return Gate::Defer(why);
+        return Verdict::Defer(why);
     }
     if !walk.reached_boundary {
-        return Gate::Defer(Defer::Unwalkable);
+        return Verdict::Defer(Defer::Unwalkable);
     }
     // The outermost lock holder first: by the time it returns, so have the library
     // frames inside it.
@@ -412,12 +413,12 @@ fn gate(
     let room = |cfa: usize| cfa.saturating_sub(stack_lo) >= TRAMPOLINE_STACK;
     if walk.want_ret || walk.holder_cfa != 0 {
         return if may_redirect && walk.holder_ret != 0 && room(walk.holder_cfa) {
-            Gate::Redirect {
+            Verdict::Redirect {
                 slot: walk.holder_cfa - 8,
                 ret: walk.holder_ret,
             }
         } else {
-            Gate::Defer(Defer::LockHeld)
+            Verdict::Defer(Defer::LockHeld)
         };
     }
     // The thread holds stdout's or stderr's lock, in whatever frame (a guard the task
@@ -426,18 +427,18 @@ fn gate(
     let stdio_held = places::stdio_held_by(record.std_thread_id.load(Ordering::Relaxed));
     if lib_pc && !blocked {
         return if walk.lib_exit_ret != 0 && room(walk.lib_exit_cfa) {
-            Gate::Redirect {
+            Verdict::Redirect {
                 slot: walk.lib_exit_cfa - 8,
                 ret: walk.lib_exit_ret,
             }
         } else {
-            Gate::Defer(Defer::Library)
+            Verdict::Defer(Defer::Library)
         };
     }
     if stdio_held {
-        return Gate::Defer(Defer::LockHeld);
+        return Verdict::Defer(Defer::LockHeld);
     }
-    Gate::Now
+    Verdict::Now
 }
 
 /// The gate's frame verdicts read the live tables.
@@ -693,7 +694,7 @@ pub(super) fn settle(record: &Record, context: *mut libc::c_void) {
     // SAFETY: `context` is the handler's third argument.
     let (_, wait) = unsafe { async_safe::interrupted(context) };
     // A frozen place, like any freeze (past the cap it runs on).
-    if matches!(gate(record, running, context, wait, false), Gate::Now)
+    if matches!(gate(record, running, context, wait, false), Verdict::Now)
         && record.preempt().ledger.reserve_frozen()
     {
         stop_abandoned(record);
@@ -893,7 +894,10 @@ pub(crate) extern "C" fn on_fault(
             // a process-wide lock held (an overflow inside malloc, inside `println!`, in a
             // runtime section), the process ends as it would have without us (std's
             // message and abort) rather than deadlock later.
-            if !matches!(gate(record, running, context, Wait::None, true), Gate::Now) {
+            if !matches!(
+                gate(record, running, context, Wait::None, true),
+                Verdict::Now
+            ) {
                 chain(signal, info, context, on_fault as *const () as usize);
                 async_safe::set_errno(errno);
                 return;
