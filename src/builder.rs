@@ -112,7 +112,7 @@ impl Builder {
             preemption: true,
             quantum: DEFAULT_QUANTUM,
             signal: libc::SIGALRM,
-            clock: TimerClock::ThreadCpu,
+            clock: TimerClock::default(),
             max_carriers: DEFAULT_MAX_CARRIERS,
             standbys: DEFAULT_STANDBYS,
             default_budget: Budget::unlimited(),
