@@ -15,6 +15,10 @@
      which the handler only reads (a table behind a pointer, a boxed slice).
    The comment says why. Everything else in the zone is async-signal-safe, whichever
    thread runs it.
+4. The compiler's half of the fence agrees: clippy denies the same allocating types,
+   locks, printing macros and panicking helpers in the zone (`clippy.toml`, `#![deny]` in
+   `handler/mod.rs` and `sys/async_safe.rs`), and a marked item allows them with
+   `ALLOW`. Each marker carries that attribute, and the attribute appears nowhere else.
 
 Imports are what `tools/imports.py` reads (code paths, not comments).
 
@@ -81,6 +85,7 @@ FORBIDDEN = [
 
 MARK = "// Ordinary context:"
 MARKS = (MARK, "// Built in ordinary context:")
+ALLOW = "#[allow(clippy::disallowed_types, clippy::disallowed_macros, clippy::disallowed_methods)]"
 
 
 def is_zone(mod):
@@ -154,6 +159,7 @@ def check(root):
         if not is_zone(mod):
             continue
         raw = open(path, encoding="utf-8").read()
+        problems += check_allows(os.path.relpath(path, root), raw)
         skip = ordinary_lines(raw)
         code = strip(raw + "\n")
         # `strip` cuts the test module off; keep line numbers by padding.
@@ -169,6 +175,27 @@ def check(root):
     return problems
 
 
+def check_allows(rel, raw):
+    """Every marker comment is followed (after the rest of its comment) by `ALLOW`, and
+    `ALLOW`, or any allow of the zone's clippy lints, appears only there."""
+    problems = []
+    lines = raw.split("\n")
+    blessed = set()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(MARKS):
+            j = i + 1
+            while j < len(lines) and lines[j].strip().startswith("//") and not lines[j].strip().startswith("///"):
+                j += 1
+            if j < len(lines) and lines[j].strip() == ALLOW:
+                blessed.add(j)
+            else:
+                problems.append(f"{rel}:{i + 1}: a marked item without `{ALLOW}` after its marker")
+    for i, line in enumerate(lines):
+        if "clippy::disallowed_" in line and "allow(" in line and i not in blessed:
+            problems.append(f"{rel}:{i + 1}: the zone's clippy lints allowed without a marker comment")
+    return problems
+
+
 PLANTS = [
     # (file, anchor to insert after, text, what must be reported)
     ("handler/ledger.rs", "use crate::sync::loom::Futex;\n", "use crate::kill::Kills;\n",
@@ -180,6 +207,8 @@ PLANTS = [
      "        let _ = format!(\"{}\", 1);\n", "formatting"),
     ("handler/control.rs", "    pub(crate) fn is_cancelled(&self) -> bool {\n",
      "        let _m = std::sync::Mutex::new(0);\n", "lock in the zone"),
+    ("handler/tick.rs", "/// Arms the one-shot precise timer (for a clock that sharpens its ticks).\n",
+     ALLOW + "\n", "allowed without a marker comment"),
 ]
 
 

@@ -156,6 +156,11 @@ impl Drop for FreezeGuard {
 }
 
 // Ordinary context: the pool's build, once.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 /// Installs (once) a panic hook around the current one. It runs the previous hook under
 /// the no-freeze counter (hooks lock stderr and std's backtrace lock), except on a
 /// monitor thread, where it runs none.
@@ -834,6 +839,11 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
 }
 
 // Ordinary context: the task's own thread, at a checkpoint.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 /// The payload a cancelled task unwinds with: private, so no one else raises it.
 struct CancelUnwind;
 
@@ -845,6 +855,11 @@ fn cancel_entry() -> usize {
 
 // Ordinary context: the task's own thread, at a checkpoint (the handler only compares
 // return addresses with this function's start).
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 #[cold]
 #[inline(never)]
 pub(crate) fn unwind_cancelled() {

@@ -84,6 +84,11 @@ pub(crate) struct KillLedger {
 impl KillLedger {
     // Ordinary context: a pool's build (it allocates the frozen places, leaked with the
     // registry that holds this ledger).
+    #[allow(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )]
     pub(crate) fn new(max_frozen: usize, max_deferral_ns: u64) -> KillLedger {
         KillLedger {
             bell: Futex::new(0),

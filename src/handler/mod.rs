@@ -29,6 +29,8 @@
 //! them) or `// Built in ordinary context:` (values made and dropped outside the handler,
 //! which it only reads). Everything else here is async-signal-safe whichever thread runs
 //! it: the runner calls `Record::start_task` per task, the monitor `Record::nudge`.
+//! Clippy holds the same line by type (`clippy.toml`, the `deny` below): each marked item
+//! carries the matching `#[allow]`.
 //!
 //! The files: `mod.rs` (the entry, [`on_signal`]), `tick.rs` (steps 1–4 below), `timer.rs`
 //! (the clocks' policy), `record.rs` (the records, [`Preempt`], [`Running`] and the
@@ -65,6 +67,17 @@
 //!    slot to a standby, and demote this thread to `SCHED_IDLE`, so the kernel runs the
 //!    standby ahead of it on the same core. The task runs on here, in the gaps, and this
 //!    thread may now use idle time on any core of the pool (the task never leaves it).
+
+// The zone: no allocation, lock, printing or panicking helper (clippy.toml), except in
+// items marked `// Ordinary context:` or `// Built in ordinary context:`, which allow them.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )
+)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

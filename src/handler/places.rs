@@ -33,6 +33,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 // Ordinary context: the writer's retired list.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 use std::sync::Mutex;
 
 use crate::sys::async_safe;
@@ -50,6 +55,11 @@ pub(crate) struct SortedRanges {
 }
 
 // Built in ordinary context: by the writer; the handler reads it through the pointer.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 type Table = Vec<(usize, usize, u8)>;
 
 /// Lookups in flight in any [`SortedRanges`] (the handler's, on any thread).
@@ -57,6 +67,11 @@ static TABLE_READERS: AtomicUsize = AtomicUsize::new(0);
 /// Replaced tables not freed yet (a lookup was in flight when they were replaced), as
 /// addresses. Under the writer lock.
 // Ordinary context: the writer's.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 static RETIRED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 impl SortedRanges {
@@ -89,6 +104,11 @@ impl SortedRanges {
     }
 
     // Ordinary context: the one writer (`runtime/text_scan.rs`, under its writer lock).
+    #[allow(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )]
     /// Replaces the table with `ranges`.
     pub(crate) fn replace(&self, mut ranges: Vec<(usize, usize, u8)>) {
         ranges.sort_unstable();
@@ -212,6 +232,11 @@ pub(crate) struct UnwindSource<'a> {
 
 // Ordinary context: the writer's half of the sequence lock, under `runtime/text_scan.rs`'s
 // writer lock.
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 /// Records the unwind tables of every loaded object not recorded yet (`loaded`), and marks
 /// those of objects no longer loaded dead, for reuse.
 pub(crate) fn record_unwind_tables(loaded: &[UnwindSource<'_>]) {

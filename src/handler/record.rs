@@ -36,6 +36,11 @@ pub(crate) struct Preempt {
     /// up on that slot's core while another core has nothing to do.
     pub(crate) carrier_cpus: Option<libc::cpu_set_t>,
     // Built in ordinary context: with the pool; the handler reads its slots' reserves.
+    #[allow(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )]
     pub(crate) reserves: Box<[Reserve]>,
     /// Budgets, cancels and freezes; leaked, so task handles may reach it for good.
     pub(crate) ledger: &'static KillLedger,
@@ -482,6 +487,11 @@ impl Record {
     }
 
     // Ordinary context: the abandoned thread, retiring.
+    #[allow(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )]
     /// The abandoned thread retiring waits for the monitor to finish its outside handoff
     /// (the monitor reads this record until then).
     pub(crate) fn await_outside_handoff(&self) {

@@ -2,12 +2,28 @@
 //! loads, nothing that allocates, locks or touches `errno` without restoring it. The zone
 //! (`src/handler/`) calls `sys` only through this module (`tools/fence.py` checks it).
 
+// The zone: no allocation, lock, printing or panicking helper (clippy.toml), except in
+// items marked `// Ordinary context:` or `// Built in ordinary context:`, which allow them.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::disallowed_types,
+        clippy::disallowed_macros,
+        clippy::disallowed_methods
+    )
+)]
+
 /// A POSIX timer (`timer_t`), stored as an integer so it fits in an atomic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimerId(pub(crate) usize);
 
 // Built in ordinary context: set once by `sys::init_time_base` before any handler runs;
 // the handler only reads it (`OnceLock::get` is a load).
+#[allow(
+    clippy::disallowed_types,
+    clippy::disallowed_macros,
+    clippy::disallowed_methods
+)]
 /// A process-wide time base: `CLOCK_MONOTONIC` ns and the `Instant` read together, so a
 /// kill time stored as ns (all a signal handler can read) converts back to an `Instant`.
 pub(super) static BASE: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
