@@ -109,9 +109,11 @@ def ordinary_lines(text):
         if line.strip().startswith(MARKS) or test_mod:
             start = i
             j = i + 1
-            # Skip the rest of the marker comment, doc comments and attributes.
-            while j < len(lines) and re.match(r"\s*(//|#\[|#!\[)", lines[j]) and not re.match(
-                    r"\s*(pub|fn|impl|struct|enum|static|const|mod|unsafe|extern)\b", lines[j]):
+            # Skip the rest of the marker comment, doc comments and attributes (an attribute
+            # may span lines, as rustfmt wraps a long one).
+            while j < len(lines) and re.match(r"\s*(//|#\[|#!\[)", lines[j]):
+                if lines[j].lstrip().startswith("#"):
+                    j = attribute_end(lines, j)
                 j += 1
             if j >= len(lines):
                 break
@@ -175,6 +177,22 @@ def check(root):
     return problems
 
 
+def attribute_end(lines, i):
+    """The index of the last line of the attribute that starts on line `i`."""
+    depth = 0
+    for k in range(i, len(lines)):
+        depth += lines[k].count("[") - lines[k].count("]")
+        if depth <= 0:
+            return k
+    return len(lines) - 1
+
+
+def attribute_at(lines, i):
+    """The attribute starting on line `i`, on one line, spaces normalised."""
+    text = " ".join(l.strip() for l in lines[i:attribute_end(lines, i) + 1])
+    return re.sub(r"\s+", " ", text.replace("( ", "(").replace(" )", ")").replace(",)", ")"))
+
+
 def check_allows(rel, raw):
     """Every marker comment is followed (after the rest of its comment) by `ALLOW`, and
     `ALLOW`, or any allow of the zone's clippy lints, appears only there."""
@@ -186,12 +204,13 @@ def check_allows(rel, raw):
             j = i + 1
             while j < len(lines) and lines[j].strip().startswith("//") and not lines[j].strip().startswith("///"):
                 j += 1
-            if j < len(lines) and lines[j].strip() == ALLOW:
+            if j < len(lines) and lines[j].lstrip().startswith("#[") and attribute_at(lines, j) == ALLOW:
                 blessed.add(j)
             else:
                 problems.append(f"{rel}:{i + 1}: a marked item without `{ALLOW}` after its marker")
     for i, line in enumerate(lines):
-        if "clippy::disallowed_" in line and "allow(" in line and i not in blessed:
+        if line.lstrip().startswith("#[") and "clippy::disallowed_" in attribute_at(lines, i) \
+                and "allow(" in attribute_at(lines, i) and i not in blessed:
             problems.append(f"{rel}:{i + 1}: the zone's clippy lints allowed without a marker comment")
     return problems
 
