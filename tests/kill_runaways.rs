@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::killing::{good_tasks_still_run, killed, pool, SHORT};
-use common::{in_child, join};
+use common::{in_child_alone, join};
 use microsched::{checkpoint, Budget, KillHow, KillReason};
 
 #[test]
 fn a_bare_loop_is_frozen_and_good_tasks_keep_flowing() {
-    in_child("a_bare_loop_is_frozen_and_good_tasks_keep_flowing", || {
+    in_child_alone("a_bare_loop_is_frozen_and_good_tasks_keep_flowing", || {
         let pool = pool(1);
         let runaway = pool.spawn_with(Budget::cpu(SHORT).grace(Duration::from_millis(5)), || {
             #[allow(clippy::empty_loop)]
@@ -44,7 +44,7 @@ fn a_bare_loop_is_frozen_and_good_tasks_keep_flowing() {
 
 #[test]
 fn a_loop_with_a_checkpoint_is_cancelled_and_its_destructors_run() {
-    in_child(
+    in_child_alone(
         "a_loop_with_a_checkpoint_is_cancelled_and_its_destructors_run",
         || {
             struct Counted(Arc<AtomicUsize>);
@@ -80,7 +80,7 @@ fn a_loop_with_a_checkpoint_is_cancelled_and_its_destructors_run() {
 
 #[test]
 fn an_allocate_and_free_loop_is_frozen_outside_malloc() {
-    in_child("an_allocate_and_free_loop_is_frozen_outside_malloc", || {
+    in_child_alone("an_allocate_and_free_loop_is_frozen_outside_malloc", || {
         // One malloc arena for every thread: a thread frozen inside malloc would leave
         // the allocator locked for all of them, and the checks below would hang.
         // SAFETY: mallopt is safe to call at any time; this only limits arenas.
@@ -127,7 +127,7 @@ impl std::fmt::Display for Slow {
 
 #[test]
 fn a_println_loop_is_frozen_after_it_leaves_the_stdout_lock() {
-    in_child(
+    in_child_alone(
         "a_println_loop_is_frozen_after_it_leaves_the_stdout_lock",
         || {
             let pool = pool(2);
@@ -170,7 +170,7 @@ fn a_println_loop_is_frozen_after_it_leaves_the_stdout_lock() {
 
 #[test]
 fn a_format_loop_is_frozen() {
-    in_child("a_format_loop_is_frozen", || {
+    in_child_alone("a_format_loop_is_frozen", || {
         let pool = pool(1);
         let runaway = pool.spawn_with(Budget::wall(SHORT).grace(Duration::from_millis(1)), || {
             let mut i = 0u64;
@@ -203,7 +203,7 @@ impl std::fmt::Debug for Slow {
 /// work afterwards.
 #[test]
 fn runaways_in_runtime_and_std_calls_leave_no_lock_held() {
-    in_child(
+    in_child_alone(
         "runaways_in_runtime_and_std_calls_leave_no_lock_held",
         || {
             // SAFETY: as in the allocation test.

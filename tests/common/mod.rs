@@ -78,6 +78,17 @@ pub fn in_child(test: &str, body: impl FnOnce()) {
     );
 }
 
+/// [`in_child`], with no other child of this test binary running at the same time: for
+/// tests that assert a freeze (not an abandon), which needs the runaway to get CPU time
+/// within the maximum deferral. Run side by side on a loaded two-core machine, such
+/// children starved each other into abandons now and then.
+#[track_caller]
+pub fn in_child_alone(test: &str, body: impl FnOnce()) {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    in_child(test, body);
+}
+
 /// Spawns the child for `test` and waits for it (at most [`HANG`]).
 pub fn child_output(test: &str, var: &str) -> std::process::Output {
     use std::io::Read;
