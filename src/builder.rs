@@ -279,8 +279,7 @@ impl Builder {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let affinities = self.check()?;
         let workers = affinities.len();
-        let mut kills = None;
-        let preempt = if self.preemption {
+        let (preempt, kills) = if self.preemption {
             signal::install(self.signal).map_err(|source| BuildError::Os {
                 what: "install the preemption signal handler",
                 source,
@@ -291,11 +290,10 @@ impl Builder {
             })?;
             // Taken after the steps that may fail: a registry is never freed.
             let registry = Kills::take(self.signal, self.max_frozen, self.max_freeze_deferral);
-            kills = Some(registry);
             sys::init_time_base();
             text_scan::refresh();
             handler::install_panic_hook();
-            Some(Preempt {
+            let preempt = Preempt {
                 signal: self.signal,
                 clock: self.clock,
                 quantum_ns: self.quantum.as_nanos() as u64,
@@ -310,9 +308,10 @@ impl Builder {
                 },
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
                 ledger: &registry.ledger,
-            })
+            };
+            (Some(preempt), Some(registry))
         } else {
-            None
+            (None, None)
         };
         let cores = affinities
             .iter()

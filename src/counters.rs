@@ -10,14 +10,14 @@ use crate::sync::loom::{AtomicU64, Ordering};
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub struct SlotCounters {
-    completed: AtomicU64,
-    panicked: AtomicU64,
-    cancelled: AtomicU64,
-    frozen: AtomicU64,
-    abandoned: AtomicU64,
-    local_spawns: AtomicU64,
-    from_injector: AtomicU64,
-    stolen: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) frozen: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) local_spawns: AtomicU64,
+    pub(crate) from_injector: AtomicU64,
+    pub(crate) stolen: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -66,21 +66,6 @@ impl SlotCounters {
                 + read(&self.abandoned),
         )
     }
-
-    /// Every counter, read one by one.
-    pub(crate) fn read(&self) -> SlotCounts {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        SlotCounts {
-            completed: read(&self.completed),
-            panicked: read(&self.panicked),
-            cancelled: read(&self.cancelled),
-            frozen: read(&self.frozen),
-            abandoned: read(&self.abandoned),
-            local_spawns: read(&self.local_spawns),
-            from_injector: read(&self.from_injector),
-            stolen: read(&self.stolen),
-        }
-    }
 }
 
 /// Pool-wide counters that no slot owns.
@@ -90,18 +75,4 @@ pub(crate) struct PoolCounters {
     pub(crate) refused: AtomicU64,
     /// Accepted tasks dropped unrun because a shutdown ran out of time.
     pub(crate) discarded: AtomicU64,
-}
-
-/// A slot's counters as read at one moment (one by one, so not a consistent cut while the
-/// pool runs).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SlotCounts {
-    pub(crate) completed: u64,
-    pub(crate) panicked: u64,
-    pub(crate) cancelled: u64,
-    pub(crate) frozen: u64,
-    pub(crate) abandoned: u64,
-    pub(crate) local_spawns: u64,
-    pub(crate) from_injector: u64,
-    pub(crate) stolen: u64,
 }

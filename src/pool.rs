@@ -208,20 +208,14 @@ fn stats(shared: &Shared) -> Stats {
         .enumerate()
         .map(|(i, slot)| {
             SlotStats::of(
-                slot.counters.read(),
+                &slot.counters,
                 slot.core,
                 shared.sleep.counts(i),
                 preempt[i],
             )
         })
         .collect();
-    let kills = shared
-        .preempt
-        .as_ref()
-        .map(|_| ())
-        .and(shared.kills)
-        .map(Kills::snapshot)
-        .unwrap_or_default();
+    let kills = shared.kills.map(Kills::snapshot).unwrap_or_default();
     Stats::collect(
         shared.gate().injected(),
         &shared.counters,

@@ -11,7 +11,7 @@
 //! exact.
 
 use crate::budget::KillReason;
-use crate::counters::{PoolCounters, SlotCounts};
+use crate::counters::{PoolCounters, SlotCounters};
 use crate::sync::loom::{AtomicU64, Ordering};
 
 /// A snapshot of a pool's counters. Counters are read one by one while the pool runs, so a
@@ -155,21 +155,22 @@ pub struct SlotStats {
 impl SlotStats {
     /// `parks` and `unparks` live beside the slot's sleep word (`sync/sleep.rs`).
     pub(crate) fn of(
-        counts: SlotCounts,
+        counters: &SlotCounters,
         core: Option<usize>,
         (parks, unparks): (u64, u64),
         preempt: PreemptSnapshot,
     ) -> SlotStats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SlotStats {
             core,
-            completed: counts.completed,
-            panicked: counts.panicked,
-            cancelled: counts.cancelled,
-            frozen: counts.frozen,
-            abandoned: counts.abandoned,
-            local_spawns: counts.local_spawns,
-            from_injector: counts.from_injector,
-            stolen: counts.stolen,
+            completed: read(&counters.completed),
+            panicked: read(&counters.panicked),
+            cancelled: read(&counters.cancelled),
+            frozen: read(&counters.frozen),
+            abandoned: read(&counters.abandoned),
+            local_spawns: read(&counters.local_spawns),
+            from_injector: read(&counters.from_injector),
+            stolen: read(&counters.stolen),
             parks,
             unparks,
             ticks: preempt.ticks,

@@ -77,23 +77,14 @@ def file_edges(root):
     edges = {}
     for mod, path in mods.items():
         text = strip(open(path, encoding="utf-8").read())
-        parent = mod.rsplit("/", 1)[0] if "/" in mod else ""
         is_folder = path.endswith("mod.rs")
-        base = mod if is_folder else parent  # what `super` means here, for a child file
+        # `super` is the parent of this module (the folder, for a file inside one).
+        parent = mod.rsplit("/", 1)[0] if "/" in mod else ""
         targets = set()
 
         def add(kind, segs):
-            if kind == "crate":
-                full = segs
-            else:  # super
-                here = mod if is_folder else mod
-                up = here.rsplit("/", 1)[0] if "/" in here else ""
-                full = (up.split("/") if up else []) + segs
-            if not full:
-                return
-            target = resolve(full, mods)
-            if target is None and kind == "super":
-                target = resolve((base.split("/") if base else []) + segs, mods)
+            full = segs if kind == "crate" else (parent.split("/") if parent else []) + segs
+            target = resolve(full, mods) if full else None
             if target and target != mod:
                 targets.add(target)
 
@@ -177,25 +168,20 @@ def main():
     args = sys.argv[1:]
     root = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
     mods, edges = file_edges(root)
-    tops = top_edges(edges)
-    for src in sorted(tops):
-        for dst in sorted(tops[src]):
-            print(f"{src} -> {dst}")
-    found = circles(tops)
-    print(f"\n{len(found)} import circle(s) between top-level modules")
-    for comp in found:
-        print(f"circle of {len(comp)}: {' '.join(comp)}")
-    folders = sorted({top(m) for m in mods if "/" in m})
-    for folder in folders:
-        inner = folder_edges(edges, folder)
+    report(top_edges(edges), "between top-level modules", "")
+    for folder in sorted({top(m) for m in mods if "/" in m}):
         print(f"\n{folder}/:")
-        for src in sorted(inner):
-            for dst in sorted(inner[src]):
-                print(f"  {src} -> {dst}")
-        found = circles(inner)
-        print(f"  {len(found)} import circle(s) inside {folder}/")
-        for comp in found:
-            print(f"  circle of {len(comp)}: {' '.join(comp)}")
+        report(folder_edges(edges, folder), f"inside {folder}/", "  ")
+
+
+def report(edges, where, indent):
+    for src in sorted(edges):
+        for dst in sorted(edges[src]):
+            print(f"{indent}{src} -> {dst}")
+    found = circles(edges)
+    print(f"{indent if indent else chr(10)}{len(found)} import circle(s) {where}")
+    for comp in found:
+        print(f"{indent}circle of {len(comp)}: {' '.join(comp)}")
 
 
 if __name__ == "__main__":

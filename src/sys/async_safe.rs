@@ -2,8 +2,7 @@
 //! loads, nothing that allocates, locks or touches `errno` without restoring it. The zone
 //! (`src/handler/`) calls `sys` only through this module (`tools/fence.py` checks it).
 
-// The zone: no allocation, lock, printing or panicking helper (clippy.toml), except in
-// items marked `// Ordinary context:` or `// Built in ordinary context:`, which allow them.
+// Part of the zone: the same lints as at the top of `handler/mod.rs`.
 #![cfg_attr(
     not(test),
     deny(
