@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::killing::{good_tasks_still_run, killed, pool, SHORT};
-use common::{in_child, join, quiet_panics};
+use common::{in_child_alone, join, quiet_panics};
 use microsched::{checkpoint, Budget, KillHow, KillReason};
 
 #[test]
 fn a_mutex_holder_poisons_it_when_cancelled_and_keeps_it_when_frozen() {
-    in_child(
+    in_child_alone(
         "a_mutex_holder_poisons_it_when_cancelled_and_keeps_it_when_frozen",
         || {
             quiet_panics();
@@ -79,7 +79,7 @@ fn a_mutex_holder_poisons_it_when_cancelled_and_keeps_it_when_frozen() {
 
 #[test]
 fn a_task_sleeping_past_its_wall_deadline_is_frozen() {
-    in_child("a_task_sleeping_past_its_wall_deadline_is_frozen", || {
+    in_child_alone("a_task_sleeping_past_its_wall_deadline_is_frozen", || {
         let pool = pool(1);
         let sleeper = pool.spawn_with(Budget::wall(SHORT).grace(Duration::from_millis(2)), || {
             std::thread::sleep(Duration::from_secs(3600));
@@ -100,7 +100,7 @@ fn a_task_sleeping_past_its_wall_deadline_is_frozen() {
 
 #[test]
 fn a_task_unwinding_slowly_from_its_own_panic_is_frozen_after_the_maximum_deferral() {
-    in_child(
+    in_child_alone(
         "a_task_unwinding_slowly_from_its_own_panic_is_frozen_after_the_maximum_deferral",
         || {
             quiet_panics();
@@ -137,7 +137,7 @@ fn a_task_unwinding_slowly_from_its_own_panic_is_frozen_after_the_maximum_deferr
 
 #[test]
 fn cancel_stops_queued_and_running_tasks() {
-    in_child("cancel_stops_queued_and_running_tasks", || {
+    in_child_alone("cancel_stops_queued_and_running_tasks", || {
         let pool = pool(1);
         let ran = Arc::new(AtomicUsize::new(0));
         // Cooperative: unwinds at its checkpoint.
@@ -207,7 +207,7 @@ fn cancel_stops_queued_and_running_tasks() {
 /// (frozen), and shutdown does not wait for either.
 #[test]
 fn a_freeze_inside_an_inline_join_ends_every_task_on_the_thread() {
-    in_child(
+    in_child_alone(
         "a_freeze_inside_an_inline_join_ends_every_task_on_the_thread",
         || {
             let pool = pool(1);

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::killing::{good_tasks_still_run, killed, SHORT};
-use common::{builder, in_child, join};
+use common::{builder, in_child_alone, join};
 use microsched::{Budget, KillHow};
 
 #[test]
 fn shutdown_does_not_wait_for_frozen_threads() {
-    in_child("shutdown_does_not_wait_for_frozen_threads", || {
+    in_child_alone("shutdown_does_not_wait_for_frozen_threads", || {
         let pool = builder(1)
             .default_budget(Budget::cpu(SHORT))
             .build()
@@ -47,7 +47,7 @@ fn shutdown_does_not_wait_for_frozen_threads() {
 /// set) and its handle resolves when it returns.
 #[test]
 fn past_max_frozen_a_hard_kill_is_refused_and_the_task_runs_on() {
-    in_child(
+    in_child_alone(
         "past_max_frozen_a_hard_kill_is_refused_and_the_task_runs_on",
         || {
             let pool = builder(1).max_frozen(1).build().unwrap();
