@@ -108,6 +108,9 @@ struct Point {
     submit_late_p99_us: f64,
     /// CPU the generator used per request, µs (sleeps, clock reads, submissions).
     generator_cpu_us: f64,
+    /// CPU the whole process used per request beyond the calibrated work, µs: idle spins,
+    /// wake-ups, timer expiries, handoffs, thread starts, the generator, everything.
+    cpu_overhead_us: f64,
 }
 
 /// CPU time of the calling thread, ns.
@@ -124,12 +127,13 @@ fn measured(len: usize) -> (usize, usize) {
     (len / 10, len - len / 10)
 }
 
-fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
+fn run_point(sched: &Scheduler, requests: &[Request], classes: usize, per_us: f64) -> Point {
     let done: Arc<Vec<AtomicU64>> =
         Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
     let finished = Arc::new(AtomicUsize::new(0));
     let mut late = Vec::with_capacity(requests.len());
     let cpu_before = thread_cpu_ns();
+    let process_before = common::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
     let start = now_ns() + 2_000_000;
     for (i, r) in requests.iter().enumerate() {
         let due = start + r.due_ns;
@@ -157,6 +161,12 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
     while finished.load(Ordering::Acquire) < requests.len() {
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Everything the process burned from the first arrival to the last completion (the
+    // drain's 2 ms polls included, the same for every scheduler), less the work itself.
+    let process_us =
+        (common::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID) - process_before) as f64 / 1e3;
+    let work_us: f64 = requests.iter().map(|r| r.iters as f64 / per_us).sum();
+    let cpu_overhead_us = (process_us - work_us) / requests.len().max(1) as f64;
     let (warmup, cooldown) = measured(requests.len());
     let mut latency_us = vec![Vec::new(); classes];
     for (i, r) in requests.iter().enumerate().take(cooldown).skip(warmup) {
@@ -172,11 +182,23 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize) -> Point {
         latency_us,
         submit_late_p99_us: percentile(&mut late, 0.99),
         generator_cpu_us,
+        cpu_overhead_us,
     }
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // The long-class and CPU-cost sweep alone: bimodal, loads 0.1-0.8, microsched against
+    // the two FCFS pools, each point sized for 200 long requests (`--scale F` multiplies
+    // the durations, for a rougher look).
+    let fairness = args.iter().any(|a| a == "--fairness");
+    let scale: f64 = args
+        .iter()
+        .position(|a| a == "--scale")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     let write_report = std::env::args().any(|a| a == "--report");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cores = common::allowed_cores();
@@ -185,7 +207,13 @@ fn main() {
     // generator up to that late.
     // SAFETY: a prctl on the calling thread with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
-    let (workloads, loads, seconds) = if quick {
+    let (workloads, loads, seconds) = if fairness {
+        (
+            vec![Workload::bimodal()],
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+            3.0,
+        )
+    } else if quick {
         (
             vec![Workload::bimodal()],
             vec![0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
@@ -276,11 +304,11 @@ fn main() {
             })
             .collect();
         println!(
-            "   classes: {}; latencies in µs; gen late: p99 of how late the generator submitted (µs); gen cpu: its CPU per request (µs), and as a share of the pool's capacity at that load",
+            "   classes: {}; latencies in µs; gen late: p99 of how late the generator submitted (µs); gen cpu: its CPU per request (µs), and as a share of the pool's capacity at that load; cpu ovh: the process's CPU per request beyond the calibrated work (µs)",
             classes.join(", ")
         );
         println!(
-            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
+            "{:<16} {:>5} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7} {:>8}",
             "scheduler",
             "load",
             "short p50",
@@ -291,12 +319,14 @@ fn main() {
             "long p99.9",
             "gen late",
             "gen cpu",
-            "gen cap"
+            "gen cap",
+            "cpu ovh"
         );
         // short p99 per scheduler per load.
         let mut p99 = vec![vec![f64::NAN; loads.len()]; schedulers.len()];
         for (li, &load) in loads.iter().enumerate() {
-            let requests = arrivals(workload, load * capacity, seconds, per_us, 0x5EED);
+            let point_s = point_seconds(workload, load * capacity, seconds, quick) * scale;
+            let requests = arrivals(workload, load * capacity, point_s, per_us, 0x5EED);
             let (warmup, cooldown) = measured(requests.len());
             let counts: Vec<String> = (0..workload.classes.len())
                 .map(|c| {
@@ -309,13 +339,14 @@ fn main() {
                 .collect();
             println!(
                 "-- load {load:.2}: this trace offers {:.3} of capacity; measured requests: {}",
-                offered_load(&requests, per_us, workers, seconds),
+                offered_load(&requests, per_us, workers, point_s),
                 counts.join(", ")
             );
             // Take turns, in an order that rotates from point to point.
-            for k in 0..schedulers.len() {
-                let s = (k + li) % schedulers.len();
-                let point = run_point(&schedulers[s], &requests, workload.classes.len());
+            let active = if fairness { 3 } else { schedulers.len() };
+            for k in 0..active {
+                let s = (k + li) % active;
+                let point = run_point(&schedulers[s], &requests, workload.classes.len(), per_us);
                 let mut short = point.latency_us[0].clone();
                 let mut long = point.latency_us.get(1).cloned().unwrap_or_default();
                 let short_p99 = percentile(&mut short, 0.99);
@@ -338,11 +369,12 @@ fn main() {
                         .collect(),
                     generator_late_p99_us: point.submit_late_p99_us,
                     generator_cpu_us: point.generator_cpu_us,
+                    cpu_overhead_us: point.cpu_overhead_us,
                 });
                 // The generator's CPU per second of arrivals, over the pool's CPU.
                 let gen_share = point.generator_cpu_us * load * capacity / (workers as f64 * 1e6);
                 println!(
-                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1} {:>6.2}%",
+                    "{:<16} {:>5.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1} {:>6.2}% {:>8.1}",
                     names[s],
                     load,
                     percentile(&mut short, 0.5),
@@ -353,7 +385,14 @@ fn main() {
                     percentile(&mut long, 0.999),
                     point.submit_late_p99_us,
                     point.generator_cpu_us,
-                    gen_share * 100.0
+                    gen_share * 100.0,
+                    point.cpu_overhead_us
+                );
+            }
+            if let Some(f) = report::Fairness::at(&rows, wi, load) {
+                println!(
+                    "   load {load:.2}: microsched / best FCFS pool: long p99 {:.2}, long p50 {:.2}; CPU overhead / rayon {:.2}; generator lateness p99 / rayon {:.2}",
+                    f.long_p99_ratio, f.long_p50_ratio, f.cpu_ratio, f.late_ratio
                 );
             }
         }
@@ -410,6 +449,16 @@ fn main() {
             summary = Some(([a, b, c, d], ours / rayon_floor));
         }
     }
+    // The bimodal sweep's fairness and cost fields (workload 0 is bimodal in every mode).
+    let fair = report::Fairness::summary(&rows, 0, &loads);
+    let fair_fields = format!(
+        "long_p99_ratio_vs_fcfs_max={:.2} long_p50_ratio_vs_fcfs_at_0.3={:.2} cpu_overhead_ratio_vs_rayon_max={:.2} generator_late_ratio_vs_rayon_max={:.2}",
+        fair.long_p99_ratio, fair.long_p50_ratio, fair.cpu_ratio, fair.late_ratio
+    );
+    if fairness {
+        println!("\nSUMMARY tail-fairness {fair_fields}");
+        return;
+    }
     // The SUMMARY point again on three more traces (other seeds): one trace's p99 moves
     // with a single VM hiccup, so the SUMMARY reports each scheduler's median over the
     // four, and the spread is printed.
@@ -427,8 +476,9 @@ fn main() {
             offered_load(&requests, per_us, workers, seconds)
         );
         for (s, values) in per_sched.iter_mut().enumerate() {
-            let mut short =
-                run_point(&schedulers[s], &requests, bimodal.classes.len()).latency_us[0].clone();
+            let mut short = run_point(&schedulers[s], &requests, bimodal.classes.len(), per_us)
+                .latency_us[0]
+                .clone();
             let v = percentile(&mut short, 0.99);
             values.push(v);
             line += &format!(" {} {v:.0}", names[s]);
@@ -467,7 +517,7 @@ fn main() {
     )];
     let [a, b, c, d] = [0, 1, 2, 3].map(|s| median(&per_sched[s]));
     let summary = format!(
-        "SUMMARY tail load=0.7 short_p99_us_microsched={a:.0} short_p99_us_fcfs={b:.0} short_p99_us_rayon={c:.0} short_p99_us_thread={d:.0} ratio_fcfs_over_microsched={:.1} max_load_ratio_vs_rayon={max_load_ratio:.2}",
+        "SUMMARY tail load=0.7 short_p99_us_microsched={a:.0} short_p99_us_fcfs={b:.0} short_p99_us_rayon={c:.0} short_p99_us_thread={d:.0} ratio_fcfs_over_microsched={:.1} max_load_ratio_vs_rayon={max_load_ratio:.2} {fair_fields}",
         b / a
     );
 
@@ -508,6 +558,23 @@ fn main() {
         }
     }
     println!("\n{summary}");
+}
+
+/// Seconds of arrivals for a point of `workload` at `rate_per_s`: at least `base`, and
+/// long enough that a class with a small share (the long class of the bimodal workload)
+/// has 230 measured requests on average (so rarely fewer than 200), capped at two minutes (ten seconds in a quick
+/// run).
+fn point_seconds(workload: &Workload, rate_per_s: f64, base: f64, quick: bool) -> f64 {
+    let rarest = workload
+        .classes
+        .iter()
+        .map(|c| c.share)
+        .fold(1.0f64, f64::min);
+    // 80 % of a point's requests are measured (warm-up and cool-down are not).
+    let needed = 230.0 / (0.8 * rarest * rate_per_s);
+    needed
+        .clamp(base, if quick { 10.0 } else { 120.0 })
+        .max(base)
 }
 
 /// The cost of one timer expiry here (the unit every preemptive scheduler pays), measured

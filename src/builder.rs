@@ -33,17 +33,18 @@ pub const MAX_SPIN: Duration = Duration::from_millis(10);
 /// spinning runner costs well under a microsecond. Spinning yields the core every few
 /// rounds, so a spawner that shares the core still runs. See `benches/dispatch.rs` for the
 /// measurement behind the value.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
-/// How long a task may hold its slot before the slot is handed to a standby.
+/// How long a task may hold its slot, while another task waits for it, before the slot is
+/// handed to a standby.
 ///
-/// With the default [`TimerClock::ThreadCpu`], the quantum costs next to nothing whatever
-/// its length (the tick rides on the kernel's own timer interrupt, and the one-shot timer
-/// that sharpens it is disarmed by tasks that end in time); what it sets is how long short
-/// tasks can wait behind a long one, and how often a task of moderate length is handed
-/// off (about 30 µs of CPU each). `cargo bench --bench preempt` measures the throughput
-/// lost at this value against preemption off.
-pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(2);
+/// With the default [`TimerClock::Contention`], a quantum costs nothing while nothing
+/// waits (no timer is armed), and about one timer expiry when something does; what it sets
+/// is how long a short task can wait behind a long one, and how often a task of moderate
+/// length is handed off (tens of µs of CPU each) when the pool is contended.
+/// `cargo bench --bench preempt` measures the throughput lost at this value against
+/// preemption off, and how late the quantum ends.
+pub const DEFAULT_QUANTUM: Duration = Duration::from_micros(500);
 
 /// The shortest quantum accepted: below it, signal delivery alone (2–3 µs) becomes a
 /// visible share of every quantum.

@@ -306,6 +306,7 @@ impl Kills {
             Holder::Neither => {}
         }
         record.abandoned_fully();
+        record.tick_abandoned();
     }
 
     /// Step 7.4 for every abandoned thread whose slot is not with a standby yet; true if

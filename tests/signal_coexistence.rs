@@ -98,9 +98,15 @@ fn an_embedders_sigalrm_handler_still_gets_alarm_and_kill() {
             // alarm(): the kernel's own SIGALRM, while the pool keeps preempting.
             // SAFETY: alarm has no memory effects.
             unsafe { libc::alarm(1) };
-            let busy = pool.spawn(|| spin_for(Duration::from_millis(1300)));
+            // Three busy tasks on the one slot: each of the first two has another waiting
+            // behind it, so each is handed off at its quantum (a task alone is not).
+            let busy: Vec<_> = (0..3)
+                .map(|_| pool.spawn(|| spin_for(Duration::from_millis(450))))
+                .collect();
             wait_for_calls(6);
-            join(busy).unwrap();
+            for handle in busy {
+                join(handle).unwrap();
+            }
             assert!(pool.stats().handoffs >= 2);
             assert_eq!(EMBEDDER_CALLS.load(Ordering::SeqCst), 6);
         },

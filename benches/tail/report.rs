@@ -17,6 +17,66 @@ pub struct Row {
     pub generator_late_p99_us: f64,
     /// CPU the generator used per request, µs.
     pub generator_cpu_us: f64,
+    /// CPU the process used per request beyond the calibrated work, µs.
+    pub cpu_overhead_us: f64,
+}
+
+/// Scheduler indices, in the order of `benches/tail.rs`.
+const MICROSCHED: usize = 0;
+const MICROSCHED_FCFS: usize = 1;
+const RAYON: usize = 2;
+
+/// microsched against the FCFS pools at one load of one workload, or the worst of those
+/// over a sweep.
+pub struct Fairness {
+    /// Long-class p99 over the better of the two FCFS pools' (microsched's with preemption
+    /// off, and rayon).
+    pub long_p99_ratio: f64,
+    /// The same for the long-class p50 (in a summary: at load 0.3).
+    pub long_p50_ratio: f64,
+    /// CPU overhead per request over rayon's.
+    pub cpu_ratio: f64,
+    /// The generator's lateness p99 over its lateness under rayon.
+    pub late_ratio: f64,
+}
+
+impl Fairness {
+    /// The ratios at `load` of workload `w`, if the three schedulers ran there and the
+    /// workload has a long class.
+    pub fn at(rows: &[Row], w: usize, load: f64) -> Option<Fairness> {
+        let find = |s: usize| {
+            rows.iter()
+                .find(|r| r.workload == w && r.scheduler == s && (r.load - load).abs() < 1e-9)
+        };
+        let (ours, fcfs, rayon) = (find(MICROSCHED)?, find(MICROSCHED_FCFS)?, find(RAYON)?);
+        let long = |r: &Row, p: usize| r.classes.get(1).map_or(f64::NAN, |c| c[p]);
+        let best = |p: usize| long(fcfs, p).min(long(rayon, p));
+        Some(Fairness {
+            long_p99_ratio: long(ours, 1) / best(1),
+            long_p50_ratio: long(ours, 0) / best(0),
+            cpu_ratio: ours.cpu_overhead_us / rayon.cpu_overhead_us,
+            late_ratio: ours.generator_late_p99_us / rayon.generator_late_p99_us,
+        })
+    }
+
+    /// The SUMMARY's fields for workload `w`: the largest long-class p99 ratio over loads
+    /// 0.1-0.8, the long p50 ratio at 0.3, and the largest CPU and lateness ratios over
+    /// loads 0.3-0.8 (below 0.3 the overhead is a few µs over a tiny denominator).
+    pub fn summary(rows: &[Row], w: usize, loads: &[f64]) -> Fairness {
+        let within = |lo: f64, hi: f64| {
+            loads
+                .iter()
+                .filter(move |&&l| l >= lo - 1e-9 && l <= hi + 1e-9)
+                .filter_map(move |&l| Fairness::at(rows, w, l))
+        };
+        let max = |v: &mut dyn Iterator<Item = f64>| v.fold(f64::NAN, f64::max);
+        Fairness {
+            long_p99_ratio: max(&mut within(0.1, 0.8).map(|f| f.long_p99_ratio)),
+            long_p50_ratio: max(&mut within(0.3, 0.3).map(|f| f.long_p50_ratio)),
+            cpu_ratio: max(&mut within(0.3, 0.8).map(|f| f.cpu_ratio)),
+            late_ratio: max(&mut within(0.3, 0.8).map(|f| f.late_ratio)),
+        }
+    }
 }
 
 /// Everything the report shows.

@@ -730,11 +730,13 @@ fn stop_abandoned(record: &Record) -> ! {
 /// Deletes the thread's own timers (the freeze, and an abandoned thread's first tick).
 /// Async-signal-safe.
 pub(super) fn drop_timers(record: &Record) {
-    for timer in [&record.cpu_timer, &record.precise_timer] {
-        let id = timer.swap(NO_TIMER, Ordering::Relaxed);
-        if id != NO_TIMER {
-            async_safe::delete_timer(async_safe::TimerId(id));
-        }
+    let cpu = record.cpu_timer.swap(NO_TIMER, Ordering::Relaxed);
+    if cpu != NO_TIMER {
+        async_safe::delete_timer(async_safe::TimerId(cpu));
+    }
+    // Other threads may be arming the precise timer (`TimerClock::Contention`).
+    if let Some(precise) = record.close_precise_timer() {
+        async_safe::delete_timer(precise);
     }
     record.armed.store(false, Ordering::Relaxed);
 }

@@ -106,7 +106,7 @@ pub(crate) use record::{
     init_magic, token, FrozenPool, FrozenTask, Holder, Outside, Preempt, Record, Running,
     FATE_ABANDONED, MAX_THREADS, NO_TIMER, RECORDS,
 };
-pub(crate) use tick::poke;
+pub(crate) use tick::{on_contention, poke, Backlog};
 pub use timer::TimerClock;
 pub(crate) use timer::PRECISE_CLOCK;
 
@@ -176,6 +176,7 @@ fn on_delivery(record: &Record, context: *mut libc::c_void) {
         return;
     }
     if !record.kill_target.load(Ordering::Relaxed).is_null() && direct() {
+        record.tick_for_kill();
         // Returns only if the freeze is deferred (or not for this task).
         freeze::attempt(record, context);
     }

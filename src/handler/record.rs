@@ -80,6 +80,9 @@ pub(crate) trait FrozenPool: Sync {
     /// The thread will never run again: shutdown stops waiting for it, and sleepers look
     /// again. Async-signal-safe (atomics and futex wakes).
     fn thread_frozen(&self);
+    /// Whether a task is queued that no runner has taken yet. Async-signal-safe (atomic
+    /// loads of the queues' ends).
+    fn work_waiting(&self) -> bool;
 }
 
 /// The task whose closure is running on a thread, as the freeze sees it: a struct on the
@@ -149,8 +152,18 @@ pub(crate) struct Record {
     pub(super) depth: AtomicU32,
     /// An overrun was seen inside a runtime section.
     pub(super) pending: AtomicBool,
-    /// The precise timer is armed (one-shot with `ThreadCpu`, periodic with `Monotonic`).
+    /// The precise timer is armed (one-shot with `ThreadCpu` and `Contention`, periodic
+    /// with `Monotonic`).
     pub(super) armed: AtomicBool,
+    /// `Contention`: the start time of the task the one-shot was armed for, and how many
+    /// expiries in a row found a newer task than that (`timer.rs`).
+    pub(super) armed_for: AtomicU64,
+    pub(super) streak: AtomicU32,
+    /// The kill timer (`TimerClock::kill_timer`) is armed.
+    pub(super) kill_ticking: AtomicBool,
+    /// Threads arming this record's precise timer from outside right now: the thread
+    /// deletes its timers only once this is zero (`close_precise_timer`).
+    pub(super) armers: AtomicU32,
     pub(super) start_ns: AtomicU64,
     pub(crate) cpu_timer: AtomicUsize,
     pub(crate) precise_timer: AtomicUsize,
@@ -263,6 +276,10 @@ impl Record {
             depth: AtomicU32::new(0),
             pending: AtomicBool::new(false),
             armed: AtomicBool::new(false),
+            armed_for: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            armers: AtomicU32::new(0),
+            kill_ticking: AtomicBool::new(false),
             start_ns: AtomicU64::new(0),
             cpu_timer: AtomicUsize::new(NO_TIMER),
             precise_timer: AtomicUsize::new(NO_TIMER),
@@ -659,7 +676,81 @@ impl Record {
         self.state.store(FREE, Ordering::Relaxed);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
+        self.streak.store(0, Ordering::Relaxed);
+        self.kill_ticking.store(false, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
+    }
+
+    /// An abandoned thread of a clock with no lifelong tick (`Contention`, `Monotonic`
+    /// once handed off) gets a periodic one, once per kernel tick, so that its handler
+    /// looks now and then for a point where it may stop for good (`freeze.rs`, `settle`)
+    /// instead of burning idle CPU until its closure returns. Called by the monitor.
+    pub(crate) fn tick_abandoned(&self) {
+        let preempt = self.preempt();
+        // A thread whose handler ran for the kill ticks on its CPU clock already.
+        if preempt.clock.lifelong_timer(preempt.tick_ns).is_none()
+            && !self.kill_ticking.load(Ordering::Relaxed)
+        {
+            let tick = preempt.tick_ns.max(1);
+            self.arm_precise_from_anywhere(async_safe::monotonic_ns() + tick, tick);
+        }
+    }
+
+    /// A kill targets this thread: with a clock whose CPU-time timer waits for one, arm it
+    /// (once), so the handler looks again at every kernel tick the thread runs until the
+    /// freeze is done (`TimerClock::kill_timer`). On the record's own thread (the
+    /// handler). Async-signal-safe.
+    pub(super) fn tick_for_kill(&self) {
+        let preempt = self.preempt();
+        if let Some((_, period)) = preempt.clock.kill_timer(preempt.tick_ns) {
+            if !self.kill_ticking.swap(true, Ordering::Relaxed) {
+                let id = self.cpu_timer.load(Ordering::Relaxed);
+                if id != NO_TIMER {
+                    async_safe::set_timer(TimerId(id), period, period, false);
+                }
+            }
+        }
+    }
+
+    /// Takes the precise timer's id out of the record, so no other thread arms it any
+    /// more, and waits until none is in the middle of doing so: the caller may then delete
+    /// it. Async-signal-safe (the wait spans one `timer_settime` of the other thread).
+    pub(crate) fn close_precise_timer(&self) -> Option<TimerId> {
+        let id = self.precise_timer.swap(NO_TIMER, Ordering::SeqCst);
+        while self.armers.load(Ordering::SeqCst) != 0 {
+            async_safe::yield_now();
+        }
+        (id != NO_TIMER).then_some(TimerId(id))
+    }
+
+    /// Arms this record's one-shot from any thread, if the timer still exists (see
+    /// [`close_precise_timer`](Record::close_precise_timer)): at `at_ns` on
+    /// `CLOCK_MONOTONIC`, then every `interval_ns` if that is not 0. Async-signal-safe.
+    pub(crate) fn arm_precise_from_anywhere(&self, at_ns: u64, interval_ns: u64) {
+        self.armers.fetch_add(1, Ordering::SeqCst);
+        let id = self.precise_timer.load(Ordering::SeqCst);
+        if id != NO_TIMER {
+            async_safe::set_timer(TimerId(id), at_ns, interval_ns, true);
+        }
+        self.armers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a task's closure is running on this thread (not runtime code around it).
+    pub(super) fn in_closure(&self) -> bool {
+        !self.running.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Whether a task of this thread's pool is queued that no runner has taken (true if
+    /// that cannot be told: no closure of a pool is running). On the record's own thread
+    /// (the handler). Async-signal-safe.
+    pub(super) fn work_waiting(&self) -> bool {
+        // SAFETY: null or the `Running` of the closure running on this thread, which stays
+        // on this thread's stack while the pointer is set (see `freeze.rs`, `attempt`).
+        let running = unsafe { self.running.load(Ordering::Relaxed).as_ref() };
+        match running.and_then(|r| r.pool) {
+            Some(pool) => pool.work_waiting(),
+            None => true,
+        }
     }
 
     pub(crate) fn precise(&self) -> Option<TimerId> {
@@ -721,8 +812,10 @@ impl Record {
         kept
     }
 
-    /// The runner is about to sleep: stop the periodic timer (no expiries while idle).
+    /// The runner is about to sleep: stop the periodic timer (no expiries while idle),
+    /// and end a streak of expiries that found newer tasks (contention has ended).
     pub(crate) fn pause(&self) {
+        self.streak.store(0, Ordering::Relaxed);
         if self.armed.swap(false, Ordering::Relaxed) {
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);

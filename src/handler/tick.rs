@@ -10,15 +10,51 @@ use crate::sys::async_safe;
 
 /// Steps 1–4 of the module docs, for the record of the thread the handler interrupted.
 pub(super) fn on_tick(record: &Record) {
+    let preempt = record.preempt();
+    let contention = preempt.clock.arms_on_contention();
     if record.state.load(Ordering::Relaxed) != IN_TASK {
+        if contention {
+            // The one-shot found the runner between tasks (or carrying): the next
+            // contention arms it again.
+            record.armed.store(false, Ordering::SeqCst);
+        }
         return;
     }
-    let preempt = record.preempt();
     let reserve = record.reserve();
     reserve.counters.ticks.fetch_add(1, Ordering::Relaxed);
     let now = async_safe::monotonic_ns();
-    let ran = now.saturating_sub(record.start_ns.load(Ordering::Relaxed));
-    if ran < preempt.quantum_ns {
+    let start = record.start_ns.load(Ordering::Relaxed);
+    let ran = now.saturating_sub(start);
+    if contention {
+        // `armed` first, then the queues: a spawner pushes, then reads `armed` (both
+        // SeqCst), so either this sees its task or it sees the timer disarmed and arms it.
+        record.armed.store(false, Ordering::SeqCst);
+        if !record.in_closure() {
+            // Runtime code around a task (its start, where it may wait for the monitor's
+            // lock, or its end): handing off now would demote the thread before the
+            // closure even runs. Look again a quantum from now.
+            arm_contention(record, preempt, now, 0, now);
+            return;
+        }
+        if !record.work_waiting() {
+            // Nobody waits: no handoff, and no timer until someone does.
+            record.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        if ran < preempt.quantum_ns {
+            // A newer task than the one the timer was armed for (or an early nudge):
+            // armed again for this one, later each time in a row (`timer.rs`).
+            let streak = if record.armed_for.load(Ordering::Relaxed) != start {
+                let s = record.streak.load(Ordering::Relaxed);
+                record.streak.store(s.saturating_add(1), Ordering::Relaxed);
+                s + 1
+            } else {
+                record.streak.load(Ordering::Relaxed)
+            };
+            arm_contention(record, preempt, start, streak, now);
+            return;
+        }
+    } else if ran < preempt.quantum_ns {
         // The clock's policy (`timer.rs`) may sharpen a tick that comes too late.
         let start = record.start_ns.load(Ordering::Relaxed);
         if let Some(at) = preempt
@@ -36,7 +72,64 @@ pub(super) fn on_tick(record: &Record) {
         reserve.counters.deferred.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    handoff(record, preempt, reserve);
+    if !handoff(record, preempt, reserve) && contention {
+        // No standby parked (one will poke this runner when it parks), or the slot has
+        // its maximum of carriers: look again a quantum from now.
+        arm_contention(record, preempt, now, 0, now);
+    }
+}
+
+/// `Contention`: arms the record's one-shot for the task that started at `start` (from
+/// its own handler, or from whichever thread saw contention), unless it is armed already.
+fn arm_contention(record: &Record, preempt: &Preempt, start: u64, streak: u32, now: u64) {
+    if record
+        .armed
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    record.armed_for.store(start, Ordering::Relaxed);
+    let at = super::timer::TimerClock::contention_deadline(start, preempt.quantum_ns, streak, now);
+    record.arm_precise_from_anywhere(at, 0);
+}
+
+/// Someone waits (`TimerClock::Contention`): arms the one-shot of every slot holder that is
+/// running a task, for the end of its quantum. `Backlog::One`: a task was just queued, and
+/// no sleeping runner was woken for it; if a holder is between tasks (spinning), or its
+/// slot is changing hands, that runner will take it, and nothing is armed. `Backlog::Many`:
+/// a runner has just started a task with more queued behind it on its own deque, more than
+/// one free runner would take: every busy holder is armed, this one included. Called on
+/// ordinary threads; async-signal-safe (atomics and `timer_settime`).
+pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
+    let busy = |reserve: &Reserve| -> Option<&'static Record> {
+        let record = RECORDS.get(reserve.holder()?)?;
+        (std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
+            && record.state.load(Ordering::SeqCst) == IN_TASK)
+            .then_some(record)
+    };
+    if backlog == Backlog::One && !preempt.reserves.iter().all(|r| busy(r).is_some()) {
+        return;
+    }
+    let now = async_safe::monotonic_ns();
+    for reserve in preempt.reserves.iter() {
+        if let Some(record) = busy(reserve) {
+            if !record.armed.load(Ordering::SeqCst) {
+                let start = record.start_ns.load(Ordering::Relaxed);
+                let streak = record.streak.load(Ordering::Relaxed);
+                arm_contention(record, preempt, start, streak, now);
+            }
+        }
+    }
+}
+
+/// What [`on_contention`] was told about the queued work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backlog {
+    /// One task was just queued.
+    One,
+    /// A runner's own deque still holds tasks as it starts one.
+    Many,
 }
 
 /// Arms the one-shot precise timer (for a clock that sharpens its ticks).
@@ -68,11 +161,12 @@ pub(crate) fn poke(index: usize, preempt: &Preempt) {
     record.nudge(preempt.signal);
 }
 
-/// Step 4, `sync/reserve.rs` steps 3–5.
-fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
+/// Step 4, `sync/reserve.rs` steps 3–5. False if the slot could not be handed off (no
+/// standby parked, or the slot has its maximum of carriers).
+fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) -> bool {
     if reserve.carriers() >= preempt.max_carriers {
         reserve.counters.at_cap.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
     let index = record.index.load(Ordering::Relaxed);
     if !reserve.take_standby() {
@@ -83,7 +177,7 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         if !reserve.take_standby() {
             reserve.counters.no_standby.fetch_add(1, Ordering::Relaxed);
             preempt.ring();
-            return;
+            return false;
         }
     }
     reserve.unwant(index);
@@ -93,7 +187,7 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         .is_err()
     {
         reserve.give_back();
-        return;
+        return true;
     }
     compiler_fence(Ordering::SeqCst);
     // A carrier needs no quantum timer: its task is already demoted.
@@ -103,6 +197,7 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         }
     }
     reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+    record.streak.store(0, Ordering::Relaxed);
     // Grant first: demoted, this thread could be preempted by any normal thread woken on
     // its core and not get the CPU back for a long time, leaving the slot with no holder.
     // The standby woken by the grant does not preempt this thread while it is still at
@@ -116,6 +211,7 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) {
         async_safe::widen_affinity(cpus);
     }
     async_safe::yield_now();
+    true
 }
 
 impl Record {

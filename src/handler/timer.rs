@@ -7,6 +7,10 @@
 //! Every pool thread also has a *precise* timer on [`PRECISE_CLOCK`]: the one-shot, or
 //! (with [`TimerClock::Monotonic`]) the periodic timer itself.
 
+/// `Contention`: the longest streak of expiries that found a newer task, as a power of two
+/// of the quantum (8 quanta: 4 ms at the default quantum, about a kernel tick).
+pub(crate) const MAX_STREAK: u32 = 3;
+
 /// The clock of every pool thread's precise timer.
 pub(crate) const PRECISE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
 
@@ -14,6 +18,21 @@ pub(crate) const PRECISE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TimerClock {
+    /// No tick at all until someone waits. A task that runs while every queue is empty
+    /// never sees a timer. When a task is queued and every runner is busy (the spawner
+    /// sees it as it pushes; a runner sees it as it starts a task with more queued behind
+    /// it), each busy runner's one-shot `CLOCK_MONOTONIC` timer is armed, by whoever saw
+    /// it, for the end of that runner's quantum (POSIX timers belong to the process, so
+    /// any thread may arm them). When it fires, the handler hands the slot off if work is
+    /// still queued and the task has used its quantum; if a newer task is running, it
+    /// re-arms for that task's quantum, after a longer wait each time this happens in a
+    /// row (quantum × 2, × 4, × 8 at most): a stream of short tasks keeps the queue busy
+    /// but never needs preempting, and this keeps its cost to about one expiry per 8
+    /// quanta per runner. The streak ends when the runner goes idle or hands off. No
+    /// timer syscall on a task's own path: a task that ends before its quantum leaves the
+    /// timer to fire once and find it gone.
+    #[default]
+    Contention,
     /// Each thread's own CPU-time clock, which the kernel checks on its tick, plus a
     /// one-shot monotonic timer armed only for a task that is about to reach its quantum.
     /// The tick rides on timer interrupts the kernel takes anyway and never fires for an
@@ -24,8 +43,7 @@ pub enum TimerClock {
     /// sees its first tick about one tick after it wakes: an idle core's tick restarts
     /// then.) A task that blocks in a syscall uses no CPU,
     /// so it is handed off only if a one-shot was armed for it; other slots still steal
-    /// its queue.
-    #[default]
+    /// its queue. Hands off at the quantum whether or not anything waits.
     ThreadCpu,
     /// A periodic monotonic timer per runner, every quantum, armed while the runner is
     /// awake. Preempts blocked tasks too, and allows quanta below the kernel tick, but every
@@ -46,8 +64,26 @@ impl TimerClock {
     /// tick.
     pub(crate) fn lifelong_timer(self, tick_ns: u64) -> Option<(libc::clockid_t, u64)> {
         match self {
-            TimerClock::ThreadCpu => Some((libc::CLOCK_THREAD_CPUTIME_ID, (tick_ns / 8).max(1))),
-            TimerClock::Monotonic => None,
+            TimerClock::ThreadCpu => Some(Self::cpu_ticks(tick_ns)),
+            TimerClock::Monotonic | TimerClock::Contention => None,
+        }
+    }
+
+    /// The CPU-time timer's clock and period: an eighth of a kernel tick, so that every
+    /// tick that finds the thread running delivers one expiry.
+    pub(crate) fn cpu_ticks(tick_ns: u64) -> (libc::clockid_t, u64) {
+        (libc::CLOCK_THREAD_CPUTIME_ID, (tick_ns / 8).max(1))
+    }
+
+    /// A CPU-time timer the thread keeps *disarmed*, if this clock has one: armed (by the
+    /// thread's own handler) only once a kill targets the thread, so that while the kill
+    /// waits for a point where it may freeze, the handler looks again at every kernel tick
+    /// the thread runs, as `ThreadCpu`'s lifelong timer does, and not only when the
+    /// monitor asks again. `Contention` has no other tick a deferred freeze could ride on.
+    pub(crate) fn kill_timer(self, tick_ns: u64) -> Option<(libc::clockid_t, u64)> {
+        match self {
+            TimerClock::Contention => Some(Self::cpu_ticks(tick_ns)),
+            TimerClock::ThreadCpu | TimerClock::Monotonic => None,
         }
     }
 
@@ -60,18 +96,40 @@ impl TimerClock {
     /// core's restarted tick does) cost 10–15 µs per wake-up round trip here.
     pub(crate) fn arm_at_task_start(self, quantum_ns: u64) -> Option<u64> {
         match self {
-            TimerClock::ThreadCpu => None,
+            TimerClock::ThreadCpu | TimerClock::Contention => None,
             TimerClock::Monotonic => Some(quantum_ns),
         }
     }
 
     /// Whether a task's end disarms a one-shot armed for it (`ThreadCpu`); the periodic
-    /// timer of `Monotonic` stays armed while the runner is awake.
+    /// timer of `Monotonic` stays armed while the runner is awake, and the one-shot of
+    /// `Contention` is left to fire (a syscall per task costs more than the rare expiry
+    /// that finds its task gone).
     pub(crate) fn disarm_at_task_end(self) -> bool {
         match self {
             TimerClock::ThreadCpu => true,
-            TimerClock::Monotonic => false,
+            TimerClock::Monotonic | TimerClock::Contention => false,
         }
+    }
+
+    /// Whether ticks come only when someone waits: armed by whoever sees a task queued
+    /// behind busy runners, and a tick hands off only while work is queued.
+    pub(crate) fn arms_on_contention(self) -> bool {
+        matches!(self, TimerClock::Contention)
+    }
+
+    /// `Contention`: the `CLOCK_MONOTONIC` time to arm a busy runner's one-shot at, for
+    /// its task that started at `start_ns`, after `streak` expiries in a row that found a
+    /// newer task than the one they were armed for: the quantum's end, later by a factor
+    /// of 2, 4, 8 as the streak grows (and never before `now_ns`).
+    pub(crate) fn contention_deadline(
+        start_ns: u64,
+        quantum_ns: u64,
+        streak: u32,
+        now_ns: u64,
+    ) -> u64 {
+        let wait = quantum_ns << streak.min(MAX_STREAK);
+        start_ns.saturating_add(wait).max(now_ns)
     }
 
     /// On a tick that finds a task short of its quantum (it started at `start_ns` and has
@@ -94,7 +152,7 @@ impl TimerClock {
             TimerClock::ThreadCpu => (ran_ns.saturating_add(tick_ns) > quantum_ns
                 && ran_ns >= quantum_ns / 2)
                 .then(|| start_ns.saturating_add(quantum_ns)),
-            TimerClock::Monotonic => None,
+            TimerClock::Monotonic | TimerClock::Contention => None,
         }
     }
 }
@@ -128,6 +186,35 @@ mod tests {
         assert_eq!(clock.arm_at_task_start(2 * MS), Some(2 * MS));
         assert!(!clock.disarm_at_task_end());
         assert_eq!(clock.sharpen(0, 1_900_000, 2 * MS, 4 * MS), None);
+    }
+
+    #[test]
+    fn the_contention_clock_keeps_no_timer_and_touches_none_per_task() {
+        let clock = TimerClock::Contention;
+        assert_eq!(TimerClock::default(), clock);
+        assert_eq!(clock.lifelong_timer(4 * MS), None);
+        assert_eq!(clock.arm_at_task_start(MS / 2), None);
+        assert!(!clock.disarm_at_task_end());
+        assert!(clock.arms_on_contention());
+        assert!(!TimerClock::ThreadCpu.arms_on_contention());
+        // Only a kill arms the CPU-time timer.
+        assert_eq!(
+            clock.kill_timer(4 * MS),
+            Some((libc::CLOCK_THREAD_CPUTIME_ID, MS / 2))
+        );
+        assert_eq!(TimerClock::ThreadCpu.kill_timer(4 * MS), None);
+        assert_eq!(clock.sharpen(0, 1_900_000, 2 * MS, 4 * MS), None);
+    }
+
+    #[test]
+    fn a_contention_deadline_is_the_quantum_end_backed_off_by_the_streak() {
+        let q = MS / 2;
+        assert_eq!(TimerClock::contention_deadline(100, q, 0, 0), 100 + q);
+        assert_eq!(TimerClock::contention_deadline(100, q, 1, 0), 100 + 2 * q);
+        assert_eq!(TimerClock::contention_deadline(100, q, 3, 0), 100 + 8 * q);
+        assert_eq!(TimerClock::contention_deadline(100, q, 9, 0), 100 + 8 * q);
+        // Past already: now.
+        assert_eq!(TimerClock::contention_deadline(100, q, 0, 10 * MS), 10 * MS);
     }
 
     #[test]

@@ -287,6 +287,10 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
         let timer = sys::create_thread_timer(clock, preempt.signal, token)?;
         record.cpu_timer.store(timer.0, Ordering::Relaxed);
         async_safe::set_timer(timer, period, period, false);
+    } else if let Some((clock, _)) = preempt.clock.kill_timer(preempt.tick_ns) {
+        // Left disarmed until a kill targets this thread (`Record::tick_for_kill`).
+        let timer = sys::create_thread_timer(clock, preempt.signal, token)?;
+        record.cpu_timer.store(timer.0, Ordering::Relaxed);
     }
     if pin_now {
         pin(shared, index)?;
@@ -324,11 +328,13 @@ impl Drop for ThreadState {
         // Timers first, so no expiry can find the record after it is released.
         if let Some(record) = self.record.take() {
             handler::set_this_record(None);
-            for timer in [&record.cpu_timer, &record.precise_timer] {
-                let id = timer.swap(NO_TIMER, Ordering::Relaxed);
-                if id != NO_TIMER {
-                    sys::delete_timer(TimerId(id));
-                }
+            let cpu = record.cpu_timer.swap(NO_TIMER, Ordering::Relaxed);
+            if cpu != NO_TIMER {
+                sys::delete_timer(TimerId(cpu));
+            }
+            // Other threads may be arming the precise timer (`TimerClock::Contention`).
+            if let Some(precise) = record.close_precise_timer() {
+                sys::delete_timer(precise);
             }
             record.release();
         }

@@ -22,6 +22,7 @@
 
 use std::cell::Cell;
 use std::ptr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +31,7 @@ use crossbeam_deque::Worker;
 use super::shared::{Mode, Shared};
 use super::steal::{self, steal};
 use crate::budget::Budget;
-use crate::handler::Record;
+use crate::handler::{Backlog, Record};
 use crate::runtime::slot::Slot;
 use crate::sync::sleep::Sleep;
 use crate::task::{self, Joiner, RunEnv, Supervisor, Task};
@@ -127,6 +128,10 @@ impl Runner {
             looks: Cell::new(0),
             record,
         };
+        if let (Some(record), Some(preempt)) = (record, &runner.shared.preempt) {
+            // Whoever sees a task queued behind busy runners finds this one through it.
+            preempt.reserves[index].set_holder(record.index.load(Ordering::Relaxed));
+        }
         CURRENT.with(|c| c.set(&runner));
         let served = serve(&runner, &runner.shared.sleep, index);
         CURRENT.with(|c| c.set(ptr::null()));
@@ -209,7 +214,9 @@ impl Runner {
         if let Some(record) = self.record {
             record.leave_runtime();
         }
-        self.shared.sleep.notify_one();
+        if !self.shared.sleep.notify_one() {
+            self.shared.contended(Backlog::One);
+        }
         handle
     }
 }
@@ -308,6 +315,12 @@ impl Serve for Runner {
             }
             Some(record) => {
                 record.begin_task();
+                // More queued behind this task on the slot's own deque (a batch taken, or
+                // spawned by earlier tasks): if every runner is busy now, their quanta
+                // must end on time. One load of the slot's own deque.
+                if !self.local().is_empty() {
+                    self.shared.contended(Backlog::Many);
+                }
                 task.run_in(&env);
                 record.end_task()
             }
@@ -325,7 +338,9 @@ impl Serve for Runner {
     /// Polls the queues, yielding the core every few rounds.
     fn spin_for_work(&self) -> bool {
         let spin = self.shared.spin;
-        if spin.is_zero() {
+        // A carrier (a long task handed off, at `SCHED_IDLE`) runs only on cores that
+        // nothing else wants: a spinning runner would take its core from it.
+        if spin.is_zero() || self.shared.has_carriers() {
             self.pause();
             return false;
         }

@@ -33,7 +33,7 @@ use crate::budget::Budget;
 use crate::counters::PoolCounters;
 use crate::error::JoinError;
 use crate::error::ShutdownTimedOut;
-use crate::handler::{FrozenPool, Preempt};
+use crate::handler::{self, Backlog, FrozenPool, Preempt};
 use crate::sync::loom::{AtomicU8, Futex, Ordering};
 use crate::sync::sleep::Sleep;
 use crate::sync::spawn_gate::Gate;
@@ -179,8 +179,29 @@ impl Shared {
         let (task, handle) = task::with_budget(func, self.id, budget);
         self.injector.push(task);
         drop(entered);
-        self.sleep.notify_one();
+        if !self.sleep.notify_one() {
+            self.contended(Backlog::One);
+        }
         handle
+    }
+
+    /// Whether any slot has a carrier: a long task handed off, which runs on the idle time
+    /// of the pool's cores (one load per slot).
+    pub(crate) fn has_carriers(&self) -> bool {
+        self.preempt
+            .as_ref()
+            .is_some_and(|p| p.reserves.iter().any(|r| r.carriers() > 0))
+    }
+
+    /// Work is queued that no sleeping runner was woken for: the busy runners' quanta
+    /// must end on time (`TimerClock::Contention`, `handler/tick.rs`).
+    #[inline]
+    pub(crate) fn contended(&self, backlog: Backlog) {
+        if let Some(preempt) = &self.preempt {
+            if preempt.clock.arms_on_contention() {
+                handler::on_contention(preempt, backlog);
+            }
+        }
     }
 
     pub(crate) fn refuse<F, T>(&self, func: F) -> Joiner<T>
@@ -378,5 +399,10 @@ impl FrozenPool for Shared {
     fn thread_frozen(&self) {
         self.sleep.notify_all();
         self.thread_exited();
+    }
+
+    /// Loads of the queues' ends only (crossbeam's `is_empty`).
+    fn work_waiting(&self) -> bool {
+        !self.injector.is_empty() || self.slots.iter().any(|s| !s.stealer.is_empty())
     }
 }

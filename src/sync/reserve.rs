@@ -73,6 +73,10 @@ pub struct Reserve {
     /// (0: none). The next standby to park pokes it (`handler::poke`), so the handoff
     /// happens as soon as a standby exists, without the runner polling for one.
     wanted: AtomicUsize,
+    /// The record index + 1 of the thread that holds the slot now (0: none yet), written
+    /// by that thread as it takes the slot: whoever sees a task queued behind busy runners
+    /// reads it to arm their one-shots (`handler/tick.rs`, `on_contention`).
+    holder: AtomicUsize,
     pub(crate) counters: PreemptCounters,
 }
 
@@ -114,8 +118,19 @@ impl Reserve {
             grants: Futex::new(0),
             carriers: AtomicU32::new(0),
             wanted: AtomicUsize::new(0),
+            holder: AtomicUsize::new(0),
             counters: PreemptCounters::default(),
         }
+    }
+
+    /// The thread with record `record` holds the slot now.
+    pub(crate) fn set_holder(&self, record: usize) {
+        self.holder.store(record + 1, Ordering::SeqCst);
+    }
+
+    /// The record index of the slot's holder, if one has taken it.
+    pub(crate) fn holder(&self) -> Option<usize> {
+        self.holder.load(Ordering::SeqCst).checked_sub(1)
     }
 
     /// Step 1. Also ends a start that [`starting`](Reserve::starting) counted, if `started`.
