@@ -191,7 +191,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     // The long-class and CPU-cost sweep alone: bimodal, loads 0.1-0.8, microsched against
     // the two FCFS pools, each point sized for 200 long requests (`--scale F` multiplies
-    // the durations, for a rougher look).
+    // the durations, for a rougher look; `--loads 0.3,0.7` picks the loads).
     let fairness = args.iter().any(|a| a == "--fairness");
     let scale: f64 = args
         .iter()
@@ -210,7 +210,13 @@ fn main() {
     let (workloads, loads, seconds) = if fairness {
         (
             vec![Workload::bimodal()],
-            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+            args.iter()
+                .position(|a| a == "--loads")
+                .and_then(|i| args.get(i + 1))
+                .map_or_else(
+                    || vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                    |v| v.split(',').filter_map(|x| x.parse().ok()).collect(),
+                ),
             3.0,
         )
     } else if quick {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::budget::Budget;
 use crate::error::BuildError;
 
-use crate::handler::{self, Preempt, TimerClock};
+use crate::handler::{self, CarrierLine, Preempt, TimerClock};
 use crate::kill::Kills;
 use crate::pool::Pool;
 use crate::runtime::carrier::{self, Role};
@@ -309,6 +309,8 @@ impl Builder {
                 },
                 reserves: (0..workers).map(|_| Reserve::new()).collect(),
                 ledger: &registry.ledger,
+                line: CarrierLine::new(workers),
+                next_long_look: std::sync::atomic::AtomicU64::new(0),
             };
             (Some(preempt), Some(registry))
         } else {

@@ -305,6 +305,7 @@ impl Kills {
             }
             Holder::Neither => {}
         }
+        record.leave_line();
         record.abandoned_fully();
         record.tick_abandoned();
     }

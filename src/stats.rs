@@ -101,6 +101,11 @@ pub struct Stats {
     /// Overruns left alone because the slot already had
     /// [`max_carriers`](crate::Builder::max_carriers) carriers.
     pub capped: u64,
+    /// Carriers that waited for their turn (older carriers were running: carriers run
+    /// oldest first).
+    pub carrier_waits: u64,
+    /// Of those, waits cut short because the carriers ahead had stopped making progress.
+    pub carrier_waits_cut: u64,
     /// Carriers alive now: threads still running a task that was handed off.
     pub carriers: u64,
     /// Standbys ready to take a slot over now (parked, or about to park).
@@ -189,6 +194,8 @@ pub(crate) struct PreemptSnapshot {
     pub(crate) deferred: u64,
     pub(crate) no_standby: u64,
     pub(crate) capped: u64,
+    pub(crate) carrier_waits: u64,
+    pub(crate) carrier_waits_cut: u64,
     pub(crate) carriers: u64,
     pub(crate) standbys: u64,
     pub(crate) rejoined: u64,
@@ -206,6 +213,8 @@ impl PreemptSnapshot {
             deferred: read(&c.deferred),
             no_standby: read(&c.no_standby),
             capped: read(&c.at_cap),
+            carrier_waits: read(&c.turn_waits),
+            carrier_waits_cut: read(&c.turn_cuts),
             carriers: u64::from(reserve.carriers()),
             standbys: u64::from(reserve.ready()),
             rejoined: read(&c.rejoined),
@@ -259,6 +268,8 @@ impl Stats {
             deferred: total(|p| p.deferred),
             no_standby: total(|p| p.no_standby),
             capped: total(|p| p.capped),
+            carrier_waits: total(|p| p.carrier_waits),
+            carrier_waits_cut: total(|p| p.carrier_waits_cut),
             carriers: total(|p| p.carriers),
             standbys: total(|p| p.standbys),
             rejoined: total(|p| p.rejoined),

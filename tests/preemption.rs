@@ -19,7 +19,11 @@ fn short_tasks_finish_while_a_long_one_runs_on_the_same_slot() {
     in_child(
         "short_tasks_finish_while_a_long_one_runs_on_the_same_slot",
         || {
-            for clock in [TimerClock::ThreadCpu, TimerClock::Monotonic] {
+            for clock in [
+                TimerClock::Contention,
+                TimerClock::ThreadCpu,
+                TimerClock::Monotonic,
+            ] {
                 let pool = builder(1)
                     .quantum(Duration::from_millis(2))
                     .timer_clock(clock)
@@ -73,6 +77,151 @@ fn short_tasks_finish_while_a_long_one_runs_on_the_same_slot() {
 
 /// The same with preemption off: the short tasks wait (the control that shows the test
 /// above can fail).
+/// CPU-bound work until this thread has used `cpu` of CPU time (so a task that waits or
+/// is starved still does exactly its share of work); returns the rounds done.
+fn spin_cpu(cpu: Duration) -> u64 {
+    let now = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is valid for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let end = now() + cpu;
+    let mut rounds = 0u64;
+    // Most of the time in the task's own code, little in the clock read (the vDSO is a
+    // library to the freeze gate, which a carrier waiting for its turn consults).
+    while now() < end {
+        for _ in 0..100_000 {
+            rounds = std::hint::black_box(rounds + 1);
+        }
+    }
+    rounds
+}
+
+/// With the default clock, a task that runs while nothing waits for its slot sees no
+/// timer at all: no tick reaches it, and it is never handed off.
+#[test]
+fn a_task_alone_sees_no_timer() {
+    in_child("a_task_alone_sees_no_timer", || {
+        let pool = builder(2).build().unwrap();
+        for _ in 0..3 {
+            assert!(join(pool.spawn(|| spin_cpu(Duration::from_millis(30)))).unwrap() > 0);
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.ticks, stats.handoffs), (0, 0), "{stats:?}");
+        pool.shutdown();
+    });
+}
+
+/// With the default clock, a task queued behind a busy runner makes the runner's quantum
+/// end: the long task is handed off, the short one finishes first, and both results are
+/// right.
+#[test]
+fn a_task_queued_behind_a_busy_runner_ends_its_quantum() {
+    in_child(
+        "a_task_queued_behind_a_busy_runner_ends_its_quantum",
+        || {
+            let pool = builder(1).build().unwrap();
+            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let long = {
+                let order = order.clone();
+                pool.spawn(move || {
+                    let rounds = spin_cpu(Duration::from_millis(200));
+                    order.lock().unwrap().push("long");
+                    rounds
+                })
+            };
+            std::thread::sleep(Duration::from_millis(20));
+            let short = {
+                let order = order.clone();
+                pool.spawn(move || order.lock().unwrap().push("short"))
+            };
+            join(short).unwrap();
+            assert!(join(long).unwrap() > 0);
+            assert_eq!(*order.lock().unwrap(), ["short", "long"]);
+            assert!(pool.stats().handoffs >= 1);
+            pool.shutdown();
+        },
+    );
+}
+
+/// Carriers run oldest first: on one slot, long task A (more work) is handed off for B,
+/// B (less work) for C, and C keeps the slot. Shared as equals, B would finish before A;
+/// oldest first, A finishes before B, and B waited for its turn.
+#[test]
+fn carriers_finish_oldest_first() {
+    in_child("carriers_finish_oldest_first", || {
+        let pool = builder(1).build().unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let spawn = |name: &'static str, cpu_ms: u64| {
+            let order = order.clone();
+            pool.spawn(move || {
+                let rounds = spin_cpu(Duration::from_millis(cpu_ms));
+                order.lock().unwrap().push(name);
+                rounds
+            })
+        };
+        let a = spawn("a", 300);
+        std::thread::sleep(Duration::from_millis(10));
+        let b = spawn("b", 150);
+        std::thread::sleep(Duration::from_millis(10));
+        let c = spawn("c", 100);
+        for h in [a, b, c] {
+            assert!(join(h).unwrap() > 0);
+        }
+        let order = order.lock().unwrap().clone();
+        let at = |name| order.iter().position(|&n| n == name).unwrap();
+        assert!(at("a") < at("b"), "{order:?} {:?}", pool.stats());
+        let stats = pool.stats();
+        assert!(stats.handoffs >= 2, "{stats:?}");
+        assert!(stats.carrier_waits >= 1, "{stats:?}");
+        pool.shutdown();
+    });
+}
+
+/// Threads arm other runners' timers (`TimerClock::Contention`) while those runners hand
+/// off, retire and shut down: pools come and go under a stream of spawns from several
+/// threads, and every task resolves with its result.
+#[test]
+fn arming_other_runners_timers_races_their_exit_safely() {
+    in_child(
+        "arming_other_runners_timers_races_their_exit_safely",
+        || {
+            for round in 0..20u64 {
+                let pool = builder(2)
+                    .quantum(Duration::from_micros(100))
+                    .build()
+                    .unwrap();
+                let handles: Vec<_> = (0..3)
+                    .map(|t| {
+                        let handle = pool.handle();
+                        std::thread::spawn(move || {
+                            (0..300u64)
+                                .map(|i| {
+                                    let cpu = if i % 50 == 0 { 2 } else { 0 };
+                                    handle.spawn(move || {
+                                        spin_cpu(Duration::from_millis(cpu));
+                                        round * 1000 + t * 300 + i
+                                    })
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for (t, spawner) in handles.into_iter().enumerate() {
+                    for (i, h) in spawner.join().unwrap().into_iter().enumerate() {
+                        assert_eq!(join(h).unwrap(), round * 1000 + t as u64 * 300 + i as u64);
+                    }
+                }
+                pool.shutdown();
+            }
+        },
+    );
+}
+
 #[test]
 fn without_preemption_short_tasks_wait_for_the_long_one() {
     in_child(

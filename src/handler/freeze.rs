@@ -57,7 +57,8 @@ use super::frames::{Places, Walk};
 use super::ledger::Defer;
 use super::places::Holder;
 use super::record::{
-    Record, Running, CARRIED, FATE_ABANDONED, IN_TASK, MAX_THREADS, NO_TIMER, RECORDS,
+    CarrierLine, Preempt, Record, Running, CARRIED, FATE_ABANDONED, IN_TASK, MAX_THREADS, NO_TIMER,
+    RECORDS,
 };
 use crate::budget::KillReason;
 use crate::handler::places;
@@ -446,6 +447,123 @@ fn gate(
     Verdict::Now
 }
 
+/// Whether the thread could be frozen right here, as the freeze gate judges it (no lock of
+/// the process held, not in runtime code, not unwinding): a carrier waiting for its turn
+/// waits only at such a point (`tick.rs`, `wait_turn`). `context` is the handler's third
+/// argument.
+pub(super) fn may_stop_here(record: &Record, context: *mut libc::c_void) -> bool {
+    if context.is_null() || std::thread::panicking() {
+        return false;
+    }
+    let running = record.running.load(Ordering::Relaxed);
+    // SAFETY: as in `attempt`.
+    let Some(running) = (unsafe { running.as_ref() }) else {
+        return false;
+    };
+    // SAFETY: `context` is the handler's third argument.
+    let (_, wait) = unsafe { async_safe::interrupted(context) };
+    matches!(gate(record, running, context, wait, false), Verdict::Now)
+}
+
+/// How long a carrier waiting for its turn sleeps between looks at its kill state and at
+/// the progress of the carriers running ahead of it.
+const TURN_LOOK_NS: u64 = 5_000_000;
+
+/// Carriers running ahead of a waiting one that together get less CPU time than this
+/// share of a look's wall time (in ‰) have stopped making progress (blocked, perhaps on a
+/// lock the waiting one holds): the waiting one runs too.
+const TURN_PROGRESS_PER_MILLE: u64 = 50;
+
+/// A new carrier takes a ticket of the pool's line (`record.rs`, [`CarrierLine`]) and, if
+/// its turn has not come, waits for it here, in the handler, so the carriers handed off
+/// before it finish first instead of all sharing the idle time as equals. It waits only
+/// where the freeze gate would accept a freeze (no lock of the process held, not in
+/// runtime code, not unwinding), and stops waiting as soon as a kill targets its task (the
+/// kill then proceeds as for any carrier), or when the carriers ahead of it stop making
+/// progress (they may be blocked on a lock of the task's own that this one holds): so it
+/// can never deadlock, and it costs nothing but its place in line.
+///
+/// [`CarrierLine`]: CarrierLine
+pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
+    let looks = record.turn_looks.load(Ordering::Relaxed);
+    if looks == 0 || record.state.load(Ordering::Relaxed) != CARRIED {
+        return;
+    }
+    let preempt = record.preempt();
+    let line = &preempt.line;
+    let ticket = record.ticket.load(Ordering::Relaxed);
+    if CarrierLine::may_run(ticket, line.limit()) {
+        record.turn_looks.store(0, Ordering::Relaxed);
+        return;
+    }
+    if !may_stop_here(record, context) || record.kill_pending() {
+        // Not here: look again in a millisecond (the precise timer is free: carriers
+        // have no quantum), up to `TURN_LOOKS` times; meanwhile it runs.
+        record.turn_looks.store(looks - 1, Ordering::Relaxed);
+        if looks > 1 {
+            record.arm_precise_from_anywhere(async_safe::monotonic_ns() + 1_000_000, 0);
+        }
+        return;
+    }
+    record.turn_looks.store(0, Ordering::Relaxed);
+    let reserve = record.reserve();
+    reserve.counters.turn_waits.fetch_add(1, Ordering::Relaxed);
+    record.waiting_turn.store(true, Ordering::SeqCst);
+    // The CPU time of the carriers ahead, at the start of a look, with the line's limit
+    // then: while the limit stays put, the same carriers run (one leaving moves it).
+    let mut ahead = (carriers_ahead(preempt).0, line.limit());
+    let mut look_started = async_safe::monotonic_ns();
+    loop {
+        let limit = line.limit();
+        if CarrierLine::may_run(ticket, limit) || record.kill_pending() {
+            break;
+        }
+        line.wait(limit, TURN_LOOK_NS);
+        let now = async_safe::monotonic_ns();
+        let wall = now.saturating_sub(look_started);
+        if wall >= TURN_LOOK_NS {
+            let (cpu, any_runnable) = carriers_ahead(preempt);
+            let now_ahead = (cpu, line.limit());
+            // Starved by busy runners is not stalled: only carriers that made no progress
+            // and are all blocked in the kernel (on a lock this one may hold) are.
+            if now_ahead.1 == ahead.1
+                && now_ahead.0.saturating_sub(ahead.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
+                && !any_runnable
+            {
+                reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            ahead = now_ahead;
+            look_started = now;
+        }
+    }
+    record.waiting_turn.store(false, Ordering::SeqCst);
+}
+
+/// The carriers of `preempt`'s pool that hold a ticket and are not waiting (the ones a
+/// waiting carrier depends on): their CPU time in ns, and whether any of them is runnable
+/// (not blocked in the kernel). Async-signal-safe (atomic loads, and per carrier a
+/// `clock_gettime` and a read of its `/proc` stat).
+fn carriers_ahead(preempt: &Preempt) -> (u64, bool) {
+    let mut cpu = 0u64;
+    let mut any_runnable = false;
+    for r in RECORDS.iter() {
+        if !std::ptr::eq(r.preempt.load(Ordering::Relaxed), preempt)
+            || !r.in_line.load(Ordering::SeqCst)
+            || r.waiting_turn.load(Ordering::SeqCst)
+        {
+            continue;
+        }
+        let tid = r.tid.load(Ordering::Relaxed);
+        if tid == 0 {
+            continue;
+        }
+        cpu += async_safe::clock_ns(((!(tid as libc::clockid_t)) << 3) | 6).unwrap_or(0);
+        any_runnable |= async_safe::thread_runnable(tid).unwrap_or(false);
+    }
+    (cpu, any_runnable)
+}
+
 /// The gate's frame verdicts read the live tables.
 struct LivePlaces;
 
@@ -800,6 +918,7 @@ fn freeze(record: &Record, running: &Running<'_>, reason: Option<KillReason>, re
     }
     // It was, or just became, a carrier; it will never finish as one.
     reserve.carrier_done();
+    record.leave_line();
     // Every task on the thread ends here: the one running and those it runs inside (an
     // inline join). Each keeps its own kill reason; one without takes the freeze's.
     let now = async_safe::monotonic_ns();

@@ -103,10 +103,10 @@ pub(crate) use freeze::{
 };
 pub(crate) use ledger::KillLedger;
 pub(crate) use record::{
-    init_magic, token, FrozenPool, FrozenTask, Holder, Outside, Preempt, Record, Running,
-    FATE_ABANDONED, MAX_THREADS, NO_TIMER, RECORDS,
+    init_magic, token, CarrierLine, FrozenPool, FrozenTask, Holder, Outside, Preempt, Record,
+    Running, FATE_ABANDONED, MAX_THREADS, NO_TIMER, RECORDS,
 };
-pub(crate) use tick::{on_contention, poke, Backlog};
+pub(crate) use tick::{hand_off_long, on_contention, poke, Backlog};
 pub use timer::TimerClock;
 pub(crate) use timer::PRECISE_CLOCK;
 
@@ -180,7 +180,9 @@ fn on_delivery(record: &Record, context: *mut libc::c_void) {
         // Returns only if the freeze is deferred (or not for this task).
         freeze::attempt(record, context);
     }
-    on_tick(record);
+    on_tick(record, context);
+    // A carrier just handed off, or looking again: it waits for its turn here if it may.
+    freeze::await_turn(record, context);
 }
 
 /// Deliveries of the pool's own signals that reached [`on_signal`] (directly, or through

@@ -44,6 +44,66 @@ pub(crate) struct Preempt {
     pub(crate) reserves: Box<[Reserve]>,
     /// Budgets, cancels and freezes; leaked, so task handles may reach it for good.
     pub(crate) ledger: &'static KillLedger,
+    /// The order in which carriers run (`tick.rs`, `wait_turn`).
+    pub(crate) line: CarrierLine,
+    /// `CLOCK_MONOTONIC` ns before which no runner looks for long tasks on its peers
+    /// again (`tick.rs`, `hand_off_long`).
+    pub(crate) next_long_look: AtomicU64,
+}
+
+/// How many times a carrier whose turn has not come looks for a point where it may wait
+/// for it (the gate refused: it was in a library, holding a lock, ...), a millisecond
+/// apart, before it runs beside the older ones.
+pub(super) const TURN_LOOKS: u32 = 8;
+
+/// Carriers run oldest first. Each carrier the handler hands off takes a ticket; a ticket
+/// below `limit` may run, and `limit` starts at the number of slots (as many carriers as
+/// cores run at once, on the cores' idle time) and moves up by one as each carrier with a
+/// ticket leaves the line (its task ended, froze, or was abandoned). A carrier whose turn
+/// has not come waits in the handler, where the freeze gate would accept a freeze, so it
+/// holds no lock of the process while it waits (`tick.rs`, `wait_turn`). Sharing the
+/// idle time as equals instead (the kernel's way among `SCHED_IDLE` threads) makes equal
+/// long tasks all finish late together, where oldest first finishes most of them early.
+pub(crate) struct CarrierLine {
+    next: AtomicU32,
+    limit: Futex,
+}
+
+impl CarrierLine {
+    pub(crate) fn new(slots: usize) -> CarrierLine {
+        CarrierLine {
+            next: AtomicU32::new(0),
+            limit: Futex::new(slots.min(u32::MAX as usize) as u32),
+        }
+    }
+
+    /// A ticket for a new carrier.
+    pub(super) fn take(&self) -> u32 {
+        self.next.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// The line's limit now (for [`may_run`](CarrierLine::may_run) and a wait on it).
+    pub(super) fn limit(&self) -> u32 {
+        self.limit.load(Ordering::SeqCst)
+    }
+
+    /// Whether `ticket` may run under `limit` (wrapping: tickets are only compared
+    /// with a limit at most 2^31 apart).
+    pub(super) fn may_run(ticket: u32, limit: u32) -> bool {
+        (ticket.wrapping_sub(limit) as i32) < 0
+    }
+
+    /// Waits until the limit moves from `seen`, or `timeout_ns` passes.
+    pub(super) fn wait(&self, seen: u32, timeout_ns: u64) {
+        self.limit
+            .wait(seen, Some(std::time::Duration::from_nanos(timeout_ns)));
+    }
+
+    /// A carrier with a ticket has left the line: the next one may run.
+    fn advance(&self) {
+        self.limit.fetch_add(1, Ordering::SeqCst);
+        self.limit.wake_all();
+    }
 }
 
 impl Preempt {
@@ -161,6 +221,17 @@ pub(crate) struct Record {
     pub(super) streak: AtomicU32,
     /// The kill timer (`TimerClock::kill_timer`) is armed.
     pub(super) kill_ticking: AtomicBool,
+    /// The thread is a carrier holding a ticket of its pool's [`CarrierLine`]; and it is
+    /// waiting for its turn in the handler.
+    pub(super) in_line: AtomicBool,
+    pub(super) waiting_turn: AtomicBool,
+    /// The carrier's ticket, and how many more times it may look for a point to wait at
+    /// (`tick.rs`, `await_turn`).
+    pub(super) ticket: AtomicU32,
+    pub(super) turn_looks: AtomicU32,
+    /// A peer found this runner's task past its quantum: hand it off even if nothing is
+    /// queued at the expiry (`tick.rs`, `hand_off_long`).
+    pub(super) long_seen: AtomicBool,
     /// Threads arming this record's precise timer from outside right now: the thread
     /// deletes its timers only once this is zero (`close_precise_timer`).
     pub(super) armers: AtomicU32,
@@ -280,6 +351,11 @@ impl Record {
             streak: AtomicU32::new(0),
             armers: AtomicU32::new(0),
             kill_ticking: AtomicBool::new(false),
+            in_line: AtomicBool::new(false),
+            waiting_turn: AtomicBool::new(false),
+            ticket: AtomicU32::new(0),
+            turn_looks: AtomicU32::new(0),
+            long_seen: AtomicBool::new(false),
             start_ns: AtomicU64::new(0),
             cpu_timer: AtomicUsize::new(NO_TIMER),
             precise_timer: AtomicUsize::new(NO_TIMER),
@@ -658,6 +734,7 @@ impl Record {
     /// deleted: as it exits, or at the end of its freeze (then from the handler, or the
     /// trampoline, with every signal blocked). Async-signal-safe.
     pub(crate) fn release(&self) {
+        self.leave_line();
         self.running.store(std::ptr::null_mut(), Ordering::Relaxed);
         self.no_freeze.store(0, Ordering::Relaxed);
         self.depth.store(0, Ordering::Relaxed);
@@ -678,6 +755,8 @@ impl Record {
         self.armed.store(false, Ordering::Relaxed);
         self.streak.store(0, Ordering::Relaxed);
         self.kill_ticking.store(false, Ordering::Relaxed);
+        self.long_seen.store(false, Ordering::Relaxed);
+        self.turn_looks.store(0, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
     }
 
@@ -693,6 +772,31 @@ impl Record {
         {
             let tick = preempt.tick_ns.max(1);
             self.arm_precise_from_anywhere(async_safe::monotonic_ns() + tick, tick);
+        }
+    }
+
+    /// When the task on this runner started (`CLOCK_MONOTONIC` ns).
+    pub(crate) fn started_ns(&self) -> u64 {
+        self.start_ns.load(Ordering::Relaxed)
+    }
+
+    /// A kill of the task on this thread is under way: the monitor asks for a freeze, or
+    /// the thread's fate is decided, or its task's cancel flag is set (it must run to see
+    /// it).
+    pub(super) fn kill_pending(&self) -> bool {
+        if !self.kill_target.load(Ordering::Relaxed).is_null() || !self.fate_undecided() {
+            return true;
+        }
+        // SAFETY: as in `work_waiting`.
+        let running = unsafe { self.running.load(Ordering::Relaxed).as_ref() };
+        running.is_some_and(|r| r.chain().any(|r| r.task.control().killed().is_some()))
+    }
+
+    /// The carrier on this thread leaves its pool's line (its task ended, froze, or was
+    /// abandoned): the next carrier may run. Async-signal-safe (atomics, a futex wake).
+    pub(crate) fn leave_line(&self) {
+        if self.in_line.swap(false, Ordering::SeqCst) {
+            self.preempt().line.advance();
         }
     }
 

@@ -9,10 +9,19 @@ use crate::sync::reserve::Reserve;
 use crate::sys::async_safe;
 
 /// Steps 1–4 of the module docs, for the record of the thread the handler interrupted.
-pub(super) fn on_tick(record: &Record) {
+///
+/// `context` is the handler's third argument (null from [`Record::leave_runtime`]): a
+/// carrier waits for its turn only where the freeze gate, which reads it, accepts.
+pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     let preempt = record.preempt();
     let contention = preempt.clock.arms_on_contention();
-    if record.state.load(Ordering::Relaxed) != IN_TASK {
+    let state = record.state.load(Ordering::Relaxed);
+    if state == CARRIED && record.turn_looks.load(Ordering::Relaxed) > 0 {
+        // A carrier that found no point to wait for its turn at: the handler's entry
+        // looks again (`freeze.rs`, `await_turn`).
+        return;
+    }
+    if state != IN_TASK {
         if contention {
             // The one-shot found the runner between tasks (or carrying): the next
             // contention arms it again.
@@ -36,9 +45,14 @@ pub(super) fn on_tick(record: &Record) {
             arm_contention(record, preempt, now, 0, now);
             return;
         }
-        if !record.work_waiting() {
+        let long_seen = record.long_seen.swap(false, Ordering::Relaxed);
+        if !long_seen && !record.work_waiting() {
             // Nobody waits: no handoff, and no timer until someone does.
             record.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        if ran < preempt.quantum_ns && long_seen {
+            // The long task a peer saw has ended meanwhile.
             return;
         }
         if ran < preempt.quantum_ns {
@@ -72,7 +86,7 @@ pub(super) fn on_tick(record: &Record) {
         reserve.counters.deferred.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    if !handoff(record, preempt, reserve) && contention {
+    if !handoff(record, preempt, reserve, context) && contention {
         // No standby parked (one will poke this runner when it parks), or the slot has
         // its maximum of carriers: look again a quantum from now.
         arm_contention(record, preempt, now, 0, now);
@@ -123,6 +137,44 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     }
 }
 
+/// A runner that starts a task (and has not looked for a quantum's half) looks at its
+/// peers: a task that has run past its quantum on one is handed off now
+/// (`TimerClock::Contention`), even if nothing is queued at that instant. Requests keep
+/// arriving on a pool whose runners start tasks, and a task that has shown itself long
+/// should run on the cores' idle time as a carrier, oldest first, not at the priority of
+/// the runners and of the threads that submit the requests (an accept loop, a load
+/// generator), which it would otherwise delay by up to a kernel slice each time they
+/// wake. A pool where nothing else starts never looks. Called on a runner's thread, with
+/// the start time of its own task just read.
+pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
+    if now < preempt.next_long_look.load(Ordering::Relaxed) {
+        return;
+    }
+    preempt.next_long_look.store(
+        now.saturating_add(preempt.quantum_ns / 2),
+        Ordering::Relaxed,
+    );
+    for reserve in preempt.reserves.iter() {
+        let Some(record) = reserve.holder().and_then(|i| RECORDS.get(i)) else {
+            continue;
+        };
+        if !std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
+            || record.state.load(Ordering::SeqCst) != IN_TASK
+        {
+            continue;
+        }
+        let start = record.start_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= preempt.quantum_ns
+            && !record.long_seen.swap(true, Ordering::Relaxed)
+        {
+            // The handler looks now (a one-shot at a time already past fires at once).
+            record.armed.store(true, Ordering::SeqCst);
+            record.armed_for.store(start, Ordering::Relaxed);
+            record.arm_precise_from_anywhere(now, 0);
+        }
+    }
+}
+
 /// What [`on_contention`] was told about the queued work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backlog {
@@ -163,7 +215,12 @@ pub(crate) fn poke(index: usize, preempt: &Preempt) {
 
 /// Step 4, `sync/reserve.rs` steps 3–5. False if the slot could not be handed off (no
 /// standby parked, or the slot has its maximum of carriers).
-fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) -> bool {
+fn handoff(
+    record: &Record,
+    preempt: &Preempt,
+    reserve: &Reserve,
+    context: *mut libc::c_void,
+) -> bool {
     if reserve.carriers() >= preempt.max_carriers {
         reserve.counters.at_cap.fetch_add(1, Ordering::Relaxed);
         return false;
@@ -198,6 +255,13 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) -> bool {
     }
     reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
     record.streak.store(0, Ordering::Relaxed);
+    // A place in the carriers' line, taken before the slot goes: once demoted this thread
+    // may not run again for a while, and the carriers handed off meanwhile are younger.
+    record.ticket.store(preempt.line.take(), Ordering::Relaxed);
+    record.in_line.store(true, Ordering::SeqCst);
+    record
+        .turn_looks
+        .store(super::record::TURN_LOOKS, Ordering::Relaxed);
     // Grant first: demoted, this thread could be preempted by any normal thread woken on
     // its core and not get the CPU back for a long time, leaving the slot with no holder.
     // The standby woken by the grant does not preempt this thread while it is still at
@@ -211,6 +275,11 @@ fn handoff(record: &Record, preempt: &Preempt, reserve: &Reserve) -> bool {
         async_safe::widen_affinity(cpus);
     }
     async_safe::yield_now();
+    // The handler's entry then waits for this carrier's turn (`freeze.rs`, `await_turn`);
+    // from the end of a runtime section (no handler context), at its next expiry.
+    if context.is_null() {
+        record.arm_precise_from_anywhere(async_safe::monotonic_ns() + 1_000_000, 0);
+    }
     true
 }
 
@@ -223,7 +292,7 @@ impl Record {
         let depth = self.depth.fetch_sub(1, Ordering::Release) - 1;
         compiler_fence(Ordering::SeqCst);
         if depth == 0 && self.pending.swap(false, Ordering::Relaxed) {
-            on_tick(self);
+            on_tick(self, std::ptr::null_mut());
         }
     }
 }

@@ -171,6 +171,7 @@ fn lifecycle(
                     }
                     record.set_idle();
                     reserve.carrier_done();
+                    record.leave_line();
                     // The task's outcome was counted before this fence, shutdown stores
                     // `DRAIN` before the sleepers' fence: either this read sees `DRAIN` and
                     // wakes them, or their re-check sees the count.

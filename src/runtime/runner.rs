@@ -321,6 +321,7 @@ impl Serve for Runner {
                 if !self.local().is_empty() {
                     self.shared.contended(Backlog::Many);
                 }
+                self.shared.hand_off_long(record);
                 task.run_in(&env);
                 record.end_task()
             }

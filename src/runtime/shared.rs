@@ -193,6 +193,17 @@ impl Shared {
             .is_some_and(|p| p.reserves.iter().any(|r| r.carriers() > 0))
     }
 
+    /// A runner has started a task (`record` is its own): tasks past their quantum on its
+    /// peers go to the idle time (`handler::hand_off_long`).
+    #[inline]
+    pub(crate) fn hand_off_long(&self, record: &handler::Record) {
+        if let Some(preempt) = &self.preempt {
+            if preempt.clock.arms_on_contention() {
+                handler::hand_off_long(preempt, record.started_ns());
+            }
+        }
+    }
+
     /// Work is queued that no sleeping runner was woken for: the busy runners' quanta
     /// must end on time (`TimerClock::Contention`, `handler/tick.rs`).
     #[inline]

@@ -93,6 +93,9 @@ pub(crate) struct PreemptCounters {
     pub(crate) no_standby: AtomicU64,
     /// Overruns left alone because the slot had its maximum of carriers.
     pub(crate) at_cap: AtomicU64,
+    /// Carriers that waited for their turn, and waits cut short (`handler/tick.rs`).
+    pub(crate) turn_waits: AtomicU64,
+    pub(crate) turn_cuts: AtomicU64,
     /// Carriers that got their priority back and rejoined the reserve.
     pub(crate) rejoined: AtomicU64,
     /// Carriers that exited after their task.

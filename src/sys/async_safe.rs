@@ -66,6 +66,48 @@ pub(crate) fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// Whether thread `tid` of this process is runnable (state `R` in
+/// `/proc/self/task/<tid>/stat`): running or waiting for a CPU, as opposed to blocked in
+/// the kernel. `None` if that cannot be read (the thread exited). Async-signal-safe: the
+/// path is built on the stack, and `open`, `read` and `close` are plain syscalls.
+pub(crate) fn thread_runnable(tid: i32) -> Option<bool> {
+    const PREFIX: &[u8] = b"/proc/self/task/";
+    const SUFFIX: &[u8] = b"/stat\0";
+    let mut path = [0u8; 48];
+    path[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut at = PREFIX.len();
+    let mut digits = [0u8; 12];
+    let mut n = u32::try_from(tid).ok()?;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in digits[..len].iter().rev() {
+        path[at] = digit;
+        at += 1;
+    }
+    path[at..at + SUFFIX.len()].copy_from_slice(SUFFIX);
+    // SAFETY: `path` is NUL-terminated; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is open.
+    let read = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    let text = buf.get(..usize::try_from(read).ok()?)?;
+    // "pid (comm) S ...": the state follows the last ')' (a name may hold parentheses).
+    let close = text.iter().rposition(|&b| b == b')')?;
+    text.get(close + 2).map(|&state| state == b'R')
+}
+
 /// Blocks every signal on the calling thread, for good (the freeze).
 pub(crate) fn block_all_signals() {
     // SAFETY: all-ones is a valid sigset (the kernel ignores SIGKILL and SIGSTOP).
