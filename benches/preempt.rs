@@ -140,7 +140,7 @@ fn main() {
     let mut hol_p99 = 0.0f64;
     for (name, builder, gaps) in [
         (
-            "default (ThreadCpu clock)",
+            "default (Contention clock)",
             quantum_override(Pool::builder()),
             true,
         ),
@@ -178,12 +178,12 @@ fn main() {
         }
     }
     println!(
-        "(back to back: each trial starts right after the last one's handoff, which came on a"
+        "(back to back: each trial starts right after the last one's handoff, with the runners"
     );
     println!(
-        " kernel tick, so the runaway starts just after a tick: the worst phase for a quantum"
+        " still awake. The default clock arms the runaway's one-shot when the short tasks are"
     );
-    println!(" shorter than the tick. With preemption off the runaway was cut to 20 ms.)");
+    println!(" spawned behind it. With preemption off the runaway was cut to 20 ms.)");
 
     println!(
         "\nSUMMARY preempt quantum_us={} tax_pct={tax:.2} cost_per_expiry_us={ours_us:.1} raw_expiry_us={raw_us:.1} hol_p99_us={hol_p99:.0}",

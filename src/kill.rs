@@ -425,6 +425,8 @@ impl Kills {
         let Some((_, at)) = control.killed() else {
             return due;
         };
+        // A carrier waiting for its turn in the handler must run to see its cancel.
+        record.wake_turn();
         let tid = record.tid.load(Ordering::Relaxed);
         control.note_cpu_at_kill(|| sys::thread_cpu_ns_of(tid));
         let freeze_at = at.saturating_add(nanos(budget.grace_period()));

@@ -469,6 +469,10 @@ pub(super) fn may_stop_here(record: &Record, context: *mut libc::c_void) -> bool
 /// the progress of the carriers running ahead of it.
 const TURN_LOOK_NS: u64 = 5_000_000;
 
+/// How long a waiting carrier that is not next in line sleeps between looks at its kill
+/// state when nothing wakes it (the line moving, or the monitor for a kill, wake it).
+const TURN_IDLE_LOOK_NS: u64 = 100_000_000;
+
 /// Carriers running ahead of a waiting one that together get less CPU time than this
 /// share of a look's wall time (in ‰) have stopped making progress (blocked, perhaps on a
 /// lock the waiting one holds): the waiting one runs too.
@@ -511,14 +515,32 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
     record.waiting_turn.store(true, Ordering::SeqCst);
     // The CPU time of the carriers ahead, at the start of a look, with the line's limit
     // then: while the limit stays put, the same carriers run (one leaving moves it).
-    let mut ahead = (carriers_ahead(preempt).0, line.limit());
-    let mut look_started = async_safe::monotonic_ns();
+    // When this carrier became next in line: the CPU time of the carriers ahead then, the
+    // line's limit then, and the time (the baseline of a look for a stall).
+    let mut ahead: Option<(u64, u32)> = None;
+    let mut look_started = 0;
     loop {
+        let seen = line.seen(ticket);
         let limit = line.limit();
         if CarrierLine::may_run(ticket, limit) || record.kill_pending() {
             break;
         }
-        line.wait(limit, TURN_LOOK_NS);
+        // Only the next in line watches the carriers ahead for a stall; the others sleep
+        // until the line moves (or the monitor wakes them for a kill), looking at their
+        // kill state now and then all the same. Dozens of waiting carriers polling every
+        // few milliseconds took measurable CPU time from the ones running.
+        let next = ticket == limit;
+        if !next {
+            ahead = None;
+            line.wait(ticket, seen, TURN_IDLE_LOOK_NS);
+            continue;
+        }
+        let Some(ahead_then) = ahead else {
+            ahead = Some((carriers_ahead(preempt).0, limit));
+            look_started = async_safe::monotonic_ns();
+            continue;
+        };
+        line.wait(ticket, seen, TURN_LOOK_NS);
         let now = async_safe::monotonic_ns();
         let wall = now.saturating_sub(look_started);
         if wall >= TURN_LOOK_NS {
@@ -526,14 +548,14 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
             let now_ahead = (cpu, line.limit());
             // Starved by busy runners is not stalled: only carriers that made no progress
             // and are all blocked in the kernel (on a lock this one may hold) are.
-            if now_ahead.1 == ahead.1
-                && now_ahead.0.saturating_sub(ahead.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
+            if now_ahead.1 == ahead_then.1
+                && now_ahead.0.saturating_sub(ahead_then.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
                 && !any_runnable
             {
                 reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            ahead = now_ahead;
+            ahead = Some(now_ahead);
             look_started = now;
         }
     }

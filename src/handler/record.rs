@@ -57,23 +57,36 @@ pub(crate) struct Preempt {
 pub(super) const TURN_LOOKS: u32 = 8;
 
 /// Carriers run oldest first. Each carrier the handler hands off takes a ticket; a ticket
-/// below `limit` may run, and `limit` starts at the number of slots (as many carriers as
-/// cores run at once, on the cores' idle time) and moves up by one as each carrier with a
-/// ticket leaves the line (its task ended, froze, or was abandoned). A carrier whose turn
+/// below `limit` may run, and `limit` starts at the number of slots plus one (as many
+/// carriers as cores run at once, on the cores' idle time, and one more, so that a core
+/// whose runner sleeps has a carrier to run while another is stuck behind a busy runner:
+/// with exactly one per core, `cargo bench --bench preempt` lost 12.7 % of its
+/// heavy-tailed batch's throughput to idle cores, with one more 5.6 %, as without a line)
+/// and moves up by one as each carrier with a ticket leaves the line (its task ended, froze, or was abandoned). A carrier whose turn
 /// has not come waits in the handler, where the freeze gate would accept a freeze, so it
 /// holds no lock of the process while it waits (`tick.rs`, `wait_turn`). Sharing the
 /// idle time as equals instead (the kernel's way among `SCHED_IDLE` threads) makes equal
 /// long tasks all finish late together, where oldest first finishes most of them early.
 pub(crate) struct CarrierLine {
     next: AtomicU32,
-    limit: Futex,
+    limit: AtomicU32,
+    /// Waiting carriers sleep on the word of their ticket (`ticket % WORDS`), so each
+    /// step of the line wakes the one whose turn it is, not every waiting carrier: with
+    /// one word for all, each step woke dozens of `SCHED_IDLE` threads that then took CPU
+    /// time from the carriers running.
+    words: [Futex; LINE_WORDS],
 }
 
+/// How many futex words a [`CarrierLine`] spreads its waiters over.
+const LINE_WORDS: usize = 64;
+
 impl CarrierLine {
+    /// The line of a pool of `slots` slots.
     pub(crate) fn new(slots: usize) -> CarrierLine {
         CarrierLine {
             next: AtomicU32::new(0),
-            limit: Futex::new(slots.min(u32::MAX as usize) as u32),
+            limit: AtomicU32::new(slots.saturating_add(1).min(u32::MAX as usize) as u32),
+            words: std::array::from_fn(|_| Futex::new(0)),
         }
     }
 
@@ -82,9 +95,19 @@ impl CarrierLine {
         self.next.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// The line's limit now (for [`may_run`](CarrierLine::may_run) and a wait on it).
+    /// The line's limit now (for [`may_run`](CarrierLine::may_run)).
     pub(super) fn limit(&self) -> u32 {
         self.limit.load(Ordering::SeqCst)
+    }
+
+    fn word(&self, ticket: u32) -> &Futex {
+        &self.words[ticket as usize % LINE_WORDS]
+    }
+
+    /// The value of `ticket`'s word, read before the limit and passed to
+    /// [`wait`](CarrierLine::wait): a step of the line after the read changes it.
+    pub(super) fn seen(&self, ticket: u32) -> u32 {
+        self.word(ticket).load(Ordering::SeqCst)
     }
 
     /// Whether `ticket` may run under `limit` (wrapping: tickets are only compared
@@ -93,16 +116,27 @@ impl CarrierLine {
         (ticket.wrapping_sub(limit) as i32) < 0
     }
 
-    /// Waits until the limit moves from `seen`, or `timeout_ns` passes.
-    pub(super) fn wait(&self, seen: u32, timeout_ns: u64) {
-        self.limit
+    /// Waits until `ticket`'s word moves from `seen`, or `timeout_ns` passes.
+    pub(super) fn wait(&self, ticket: u32, seen: u32, timeout_ns: u64) {
+        self.word(ticket)
             .wait(seen, Some(std::time::Duration::from_nanos(timeout_ns)));
     }
 
-    /// A carrier with a ticket has left the line: the next one may run.
+    /// A carrier with a ticket has left the line: the next one may run (its word moves,
+    /// and its sleepers wake).
     fn advance(&self) {
-        self.limit.fetch_add(1, Ordering::SeqCst);
-        self.limit.wake_all();
+        let turn = self.limit.fetch_add(1, Ordering::SeqCst);
+        let word = self.word(turn);
+        word.fetch_add(1, Ordering::SeqCst);
+        word.wake_all();
+    }
+
+    /// Wakes every waiting carrier to look at its kill state.
+    fn wake(&self) {
+        for word in &self.words {
+            word.fetch_add(1, Ordering::SeqCst);
+            word.wake_all();
+        }
     }
 }
 
@@ -790,6 +824,14 @@ impl Record {
         // SAFETY: as in `work_waiting`.
         let running = unsafe { self.running.load(Ordering::Relaxed).as_ref() };
         running.is_some_and(|r| r.chain().any(|r| r.task.control().killed().is_some()))
+    }
+
+    /// If this thread is a carrier waiting for its turn (`freeze.rs`, `await_turn`), wakes
+    /// it to look at its kill state. Called by the monitor.
+    pub(crate) fn wake_turn(&self) {
+        if self.waiting_turn.load(Ordering::SeqCst) {
+            self.preempt().line.wake();
+        }
     }
 
     /// The carrier on this thread leaves its pool's line (its task ended, froze, or was

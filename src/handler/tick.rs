@@ -51,11 +51,12 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
             record.streak.store(0, Ordering::Relaxed);
             return;
         }
-        if ran < preempt.quantum_ns && long_seen {
+        let due = super::timer::TimerClock::contention_due(preempt.quantum_ns);
+        if ran < due && long_seen {
             // The long task a peer saw has ended meanwhile.
             return;
         }
-        if ran < preempt.quantum_ns {
+        if ran < due {
             // A newer task than the one the timer was armed for (or an early nudge):
             // armed again for this one, later each time in a row (`timer.rs`).
             let streak = if record.armed_for.load(Ordering::Relaxed) != start {

@@ -11,6 +11,12 @@
 /// of the quantum (8 quanta: 4 ms at the default quantum, about a kernel tick).
 pub(crate) const MAX_STREAK: u32 = 3;
 
+/// How long a handoff takes from the expiry that starts it to the standby running the
+/// slot, about: the expiry's own lateness, the handler, the standby's wake-up (50–150 µs
+/// in `cargo bench --bench preempt`'s head-of-line test on the VMs this was tuned on).
+/// `Contention` arms its one-shot this much before the quantum's end.
+pub(crate) const HANDOFF_LEAD_NS: u64 = 100_000;
+
 /// The clock of every pool thread's precise timer.
 pub(crate) const PRECISE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
 
@@ -121,15 +127,27 @@ impl TimerClock {
     /// `Contention`: the `CLOCK_MONOTONIC` time to arm a busy runner's one-shot at, for
     /// its task that started at `start_ns`, after `streak` expiries in a row that found a
     /// newer task than the one they were armed for: the quantum's end, later by a factor
-    /// of 2, 4, 8 as the streak grows (and never before `now_ns`).
+    /// of 2, 4, 8 as the streak grows (and never before `now_ns`), less [`HANDOFF_LEAD_NS`]
+    /// (at most half the quantum), so that the slot changes hands at the quantum's end
+    /// rather than that much after it.
     pub(crate) fn contention_deadline(
         start_ns: u64,
         quantum_ns: u64,
         streak: u32,
         now_ns: u64,
     ) -> u64 {
-        let wait = quantum_ns << streak.min(MAX_STREAK);
+        let wait = (quantum_ns << streak.min(MAX_STREAK)) - Self::lead(quantum_ns);
         start_ns.saturating_add(wait).max(now_ns)
+    }
+
+    /// `Contention`: how long a task must have run for an expiry to hand it off (the
+    /// quantum less the lead its one-shot was armed with).
+    pub(crate) fn contention_due(quantum_ns: u64) -> u64 {
+        quantum_ns - Self::lead(quantum_ns)
+    }
+
+    fn lead(quantum_ns: u64) -> u64 {
+        HANDOFF_LEAD_NS.min(quantum_ns / 2)
     }
 
     /// On a tick that finds a task short of its quantum (it started at `start_ns` and has
@@ -209,10 +227,25 @@ mod tests {
     #[test]
     fn a_contention_deadline_is_the_quantum_end_backed_off_by_the_streak() {
         let q = MS / 2;
-        assert_eq!(TimerClock::contention_deadline(100, q, 0, 0), 100 + q);
-        assert_eq!(TimerClock::contention_deadline(100, q, 1, 0), 100 + 2 * q);
-        assert_eq!(TimerClock::contention_deadline(100, q, 3, 0), 100 + 8 * q);
-        assert_eq!(TimerClock::contention_deadline(100, q, 9, 0), 100 + 8 * q);
+        let lead = HANDOFF_LEAD_NS;
+        assert_eq!(
+            TimerClock::contention_deadline(100, q, 0, 0),
+            100 + q - lead
+        );
+        assert_eq!(
+            TimerClock::contention_deadline(100, q, 1, 0),
+            100 + 2 * q - lead
+        );
+        assert_eq!(
+            TimerClock::contention_deadline(100, q, 3, 0),
+            100 + 8 * q - lead
+        );
+        assert_eq!(
+            TimerClock::contention_deadline(100, q, 9, 0),
+            100 + 8 * q - lead
+        );
+        // The lead is at most half a short quantum.
+        assert_eq!(TimerClock::contention_deadline(0, 100_000, 0, 0), 50_000);
         // Past already: now.
         assert_eq!(TimerClock::contention_deadline(100, q, 0, 10 * MS), 10 * MS);
     }
