@@ -171,12 +171,14 @@ fn main() {
         stats.spawned, stats.completed, stats.stolen, stats.parks, stats.unparks
     );
     println!(
-        "SUMMARY dispatch ratio_vs_rayon={:.3} microsched_us={:.2} rayon_us={:.2} thread_spawn_us={:.1} tiny_tasks_ratio_vs_rayon={:.3}",
+        "SUMMARY dispatch ratio_vs_rayon={:.3} microsched_us={:.2} rayon_us={:.2} thread_spawn_us={:.1} tiny_tasks_ratio_vs_rayon={:.3} tiny_cpu_us_per_task_microsched={:.3} tiny_cpu_us_per_task_rayon={:.3}",
         median(&rt.ratios),
         median(&rt.medians("microsched")),
         median(&rt.best_rayon),
         median(&rt.medians("std::thread")),
-        median(&tt.ratios)
+        median(&tt.ratios),
+        median(&tt.cpus("microsched")),
+        median(&tt.cpus("rayon"))
     );
 }
 

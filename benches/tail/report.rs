@@ -131,6 +131,7 @@ impl Report<'_> {
             writeln!(md)?;
             writeln!(md, "{section}")?;
         }
+        self.fairness(&mut md, &plots)?;
         for (w, workload) in self.workloads.iter().enumerate() {
             let slug = slug(workload.name);
             writeln!(md)?;
@@ -176,6 +177,127 @@ impl Report<'_> {
             }
         }
         std::fs::write(root.join("BENCHMARKS.md"), md)?;
+        Ok(())
+    }
+
+    /// The bimodal workload's (workload 0) long class and CPU cost against the FCFS pools,
+    /// per load: the ratios, and a plot of the CPU overhead per request.
+    fn fairness(&self, md: &mut String, plots: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let Some(workload) = self.workloads.first() else {
+            return Ok(());
+        };
+        if workload.classes.len() < 2 {
+            return Ok(());
+        }
+        writeln!(md)?;
+        writeln!(md, "## Long class and CPU cost ({})", workload.name)?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "Per load: microsched's long-class p99 and p50 over the better of the two FCFS \
+             pools' (microsched with preemption off, rayon); the CPU the whole process used \
+             per request beyond the calibrated work (µs: idle spins, wake-ups, timer \
+             expiries, handoffs, thread starts, the load generator), per scheduler, and \
+             microsched's over rayon's; and the generator's lateness p99 (µs) under \
+             microsched and rayon."
+        )?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "| load | long p99 ratio | long p50 ratio | CPU µs/request: microsched / FCFS / rayon | CPU ratio vs rayon | generator late p99: microsched / rayon |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        for &load in self.loads {
+            let (Some(f), Some(ours), Some(fcfs), Some(rayon)) = (
+                Fairness::at(self.rows, 0, load),
+                self.row(0, MICROSCHED, load),
+                self.row(0, MICROSCHED_FCFS, load),
+                self.row(0, RAYON, load),
+            ) else {
+                continue;
+            };
+            writeln!(
+                md,
+                "| {load:.2} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.2} | {:.0} / {:.0} |",
+                f.long_p99_ratio,
+                f.long_p50_ratio,
+                ours.cpu_overhead_us,
+                fcfs.cpu_overhead_us,
+                rayon.cpu_overhead_us,
+                f.cpu_ratio,
+                ours.generator_late_p99_us,
+                rayon.generator_late_p99_us
+            )?;
+        }
+        writeln!(md)?;
+        let slug = slug(workload.name);
+        let file = format!("{slug}-cpu.svg");
+        self.plot_cpu(&plots.join(&file))?;
+        writeln!(
+            md,
+            "![CPU overhead per request against load](docs/tail/{file})"
+        )?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "The long class's p99 against load is plotted with the workload's tables below."
+        )?;
+        Ok(())
+    }
+
+    /// CPU overhead per request of each scheduler against load, bimodal workload.
+    fn plot_cpu(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let points = |s: usize| -> Vec<(f64, f64)> {
+            self.loads
+                .iter()
+                .filter_map(|&l| self.row(0, s, l).map(|r| (l, r.cpu_overhead_us)))
+                .filter(|(_, v)| v.is_finite())
+                .collect()
+        };
+        let all: Vec<f64> = (0..self.schedulers.len())
+            .flat_map(points)
+            .map(|(_, v)| v)
+            .collect();
+        let hi = all.iter().copied().fold(10.0, f64::max) * 1.15;
+        let lo = all.iter().copied().fold(0.0, f64::min).min(0.0);
+        let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "{}: process CPU per request beyond the work",
+                    self.workloads[0].name
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0f64..1.0, lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("load (fraction of capacity)")
+            .y_desc("CPU overhead per request, µs")
+            .draw()?;
+        for (s, name) in self.schedulers.iter().enumerate() {
+            let colour = COLOURS[s % COLOURS.len()];
+            let pts = points(s);
+            if pts.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
         Ok(())
     }
 

@@ -809,6 +809,12 @@ impl Record {
         }
     }
 
+    /// Whether the precise timer is armed (`TimerClock::Contention`: someone saw this
+    /// runner busy while work waited).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
+    }
+
     /// When the task on this runner started (`CLOCK_MONOTONIC` ns).
     pub(crate) fn started_ns(&self) -> u64 {
         self.start_ns.load(Ordering::Relaxed)

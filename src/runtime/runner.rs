@@ -201,11 +201,13 @@ impl Runner {
             }
         }
         let slot = self.slot();
+        let mut starts_backlog = false;
         let handle = match self.shared.gate().enter_inside(&slot.spawning) {
             None => self.shared.refuse(func),
             Some(entered) => {
                 let (task, handle) = task::with_budget(func, self.shared.id(), budget);
                 slot.counters.local_spawn();
+                starts_backlog = self.local().is_empty();
                 self.local().push(task);
                 drop(entered);
                 handle
@@ -214,7 +216,7 @@ impl Runner {
         if let Some(record) = self.record {
             record.leave_runtime();
         }
-        if !self.shared.sleep.notify_one() {
+        if !self.shared.sleep.notify_one() && starts_backlog {
             self.shared.contended(Backlog::One);
         }
         handle
@@ -318,7 +320,7 @@ impl Serve for Runner {
                 // More queued behind this task on the slot's own deque (a batch taken, or
                 // spawned by earlier tasks): if every runner is busy now, their quanta
                 // must end on time. One load of the slot's own deque.
-                if !self.local().is_empty() {
+                if !record.is_armed() && !self.local().is_empty() {
                     self.shared.contended(Backlog::Many);
                 }
                 self.shared.hand_off_long(record);
