@@ -202,11 +202,12 @@ impl Builder {
         self
     }
 
-    /// Which clock drives preemption (default [`TimerClock::ThreadCpu`]: nearly free; a
-    /// handoff lands between the quantum and one kernel tick past half of it, 2–5 ms at the
-    /// default quantum and HZ=250; tasks blocked in syscalls are not preempted).
-    /// [`TimerClock::Monotonic`] hands off within tens of µs of the quantum, any quantum,
-    /// at one timer expiry per quantum per busy runner.
+    /// Which clock drives preemption (default [`TimerClock::Contention`]: no timer while
+    /// nothing waits; when a task is queued behind busy runners, their quantum ends on time,
+    /// at about one timer expiry each). [`TimerClock::ThreadCpu`] ticks on the kernel's
+    /// tick and hands off whether or not anything waits, between the quantum and one tick
+    /// after it; [`TimerClock::Monotonic`] hands off within tens of µs of the quantum, any
+    /// quantum, at one timer expiry per quantum per busy runner.
     pub fn timer_clock(mut self, clock: TimerClock) -> Builder {
         self.clock = clock;
         self

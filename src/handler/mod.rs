@@ -6,9 +6,11 @@
 //!
 //! - load, store and read-modify-write atomics;
 //! - make raw syscalls and vDSO reads (`sys::async_safe`: `clock_gettime`, `timer_settime`
-//!   on this thread's own timers, `sched_setscheduler`, `sched_setaffinity`, `sched_yield`,
-//!   `futex`, `gettid`, `getpid`, `tgkill`, `rt_sigprocmask`, `sigaction`,
-//!   `process_vm_readv` on itself);
+//!   on this pool's timers (another thread's only through `Record::arm_precise_from_anywhere`,
+//!   which its owner waits out before deleting it), `sched_setscheduler`,
+//!   `sched_setaffinity`, `sched_yield`, `futex`, `gettid`, `getpid`, `tgkill`,
+//!   `rt_sigprocmask`, `sigaction`, `process_vm_readv` on itself, and `open`/`read`/`close`
+//!   of a thread's `/proc` stat);
 //! - walk the interrupted thread's stack with `walk.rs` (`gimli` over unwind tables that
 //!   `runtime/text_scan.rs` recorded in `places.rs` in normal context; reads of the
 //!   thread's own stack only);
@@ -55,6 +57,11 @@
 //! # On a tick ([`on_tick`])
 //!
 //! 1. No task running (idle, spinning, or a carrier's already-demoted task): return.
+//!    With the default clock (`TimerClock::Contention`), the tick is the one-shot that
+//!    someone armed when work was queued behind this runner: if nothing is queued any
+//!    more (and no peer saw the task past its quantum), return and arm nothing; if a
+//!    newer task runs, arm again for its quantum (later each time in a row); if the
+//!    closure is not running yet (or any more), look again a quantum later.
 //! 2. The task has run less than the quantum: return. With the CPU-time clock, which only
 //!    fires on the kernel tick, if the quantum will end before the next tick and the task
 //!    has already run half of it, arm the thread's one-shot monotonic timer for the exact
@@ -67,6 +74,10 @@
 //!    slot to a standby, and demote this thread to `SCHED_IDLE`, so the kernel runs the
 //!    standby ahead of it on the same core. The task runs on here, in the gaps, and this
 //!    thread may now use idle time on any core of the pool (the task never leaves it).
+//!    The new carrier takes a ticket of the pool's line (`record.rs`, `CarrierLine`).
+//! 5. After the tick (`on_delivery`): a carrier whose turn has not come waits for it in
+//!    the handler where the freeze gate would accept a freeze (`freeze.rs`,
+//!    `await_turn`), or looks again a millisecond later.
 
 // The zone: no allocation, lock, printing or panicking helper (clippy.toml), except in
 // items marked `// Ordinary context:` or `// Built in ordinary context:`, which allow them.

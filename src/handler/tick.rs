@@ -126,6 +126,13 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     if backlog == Backlog::One && !preempt.reserves.iter().all(|r| busy(r).is_some()) {
         return;
     }
+    // A demoted thread (a carrier spawning) arms nothing: it may get no CPU for a long
+    // while in the middle of an arming, and a runner that exits or freezes waits for
+    // armings in flight before it deletes its timer. The runners arm each other as they
+    // start tasks with more queued.
+    if async_safe::demoted() {
+        return;
+    }
     let now = async_safe::monotonic_ns();
     for reserve in preempt.reserves.iter() {
         if let Some(record) = busy(reserve) {

@@ -55,6 +55,9 @@ pub(crate) struct Runner {
     rng: Cell<u32>,
     /// Looks for work so far (the steal policy's `look`, `steal.rs`).
     looks: Cell<u32>,
+    /// The last task taken from the injector left more there: the task about to start
+    /// has a backlog behind it (`execute`).
+    injector_backlog: Cell<bool>,
     /// This thread's record for the signal handler; `None` with preemption off.
     record: Option<&'static Record>,
 }
@@ -126,6 +129,7 @@ impl Runner {
             index,
             rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
             looks: Cell::new(0),
+            injector_backlog: Cell::new(false),
             record,
         };
         if let (Some(record), Some(preempt)) = (record, &runner.shared.preempt) {
@@ -284,6 +288,10 @@ impl Serve for Runner {
         }
         if let Some(task) = steal(|| self.shared.injector.steal_batch_and_pop(local)) {
             self.slot().counters.took_from_injector();
+            // Spawns after the first of a backlog arm nobody (`Shared::spawn_outside`): the
+            // runner that takes from it does, if more is left.
+            self.injector_backlog
+                .set(self.shared.preempt.is_some() && !self.shared.injector.is_empty());
             self.share_surplus();
             return Some(task);
         }
@@ -320,7 +328,8 @@ impl Serve for Runner {
                 // More queued behind this task on the slot's own deque (a batch taken, or
                 // spawned by earlier tasks): if every runner is busy now, their quanta
                 // must end on time. One load of the slot's own deque.
-                if !record.is_armed() && !self.local().is_empty() {
+                let injector_backlog = self.injector_backlog.replace(false);
+                if !record.is_armed() && (injector_backlog || !self.local().is_empty()) {
                     self.shared.contended(Backlog::Many);
                 }
                 self.shared.hand_off_long(record);

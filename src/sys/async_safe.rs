@@ -395,6 +395,12 @@ pub(crate) fn demote_to_idle() -> bool {
     unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param) == 0 }
 }
 
+/// Whether the calling thread runs at `SCHED_IDLE` (a carrier, or an abandoned thread).
+pub(crate) fn demoted() -> bool {
+    // SAFETY: pid 0 is the calling thread; no memory is passed.
+    unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) == libc::SCHED_IDLE as libc::c_long }
+}
+
 /// `sched_yield`: lets the scheduler pick another thread now.
 pub(crate) fn yield_now() {
     // SAFETY: no arguments, no memory.
