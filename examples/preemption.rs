@@ -46,15 +46,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "preemption off (FCFS)",
         Pool::builder().workers(1).preemption(false).build()?,
     )?;
-    run("preemption on (2 ms)", Pool::builder().workers(1).build()?)?;
-    // A quantum below the kernel tick (4 ms at HZ=250) needs the Monotonic clock to be
-    // honoured: the default CPU-time clock only looks at a task on the tick.
+    // The default: 500 µs, armed when the short requests are queued behind the long one.
     run(
-        "Monotonic, 500 µs",
+        "preemption on (500 µs)",
+        Pool::builder().workers(1).build()?,
+    )?;
+    // The previous default looks at a task only on the kernel tick (4 ms at HZ=250).
+    run(
+        "ThreadCpu, 2 ms",
         Pool::builder()
             .workers(1)
-            .quantum(Duration::from_micros(500))
-            .timer_clock(TimerClock::Monotonic)
+            .quantum(Duration::from_millis(2))
+            .timer_clock(TimerClock::ThreadCpu)
             .build()?,
     )?;
     Ok(())
