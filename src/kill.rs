@@ -305,9 +305,11 @@ impl Kills {
             }
             Holder::Neither => {}
         }
+        // Both before `abandoned_fully`, which lets the thread move on (and its record be
+        // claimed by another thread).
         record.leave_line();
-        record.abandoned_fully();
         record.tick_abandoned();
+        record.abandoned_fully();
     }
 
     /// Step 7.4 for every abandoned thread whose slot is not with a standby yet; true if

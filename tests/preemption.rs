@@ -187,6 +187,47 @@ fn carriers_finish_oldest_first() {
     });
 }
 
+/// A carrier waits for its turn only so long: behind carriers that never end (tasks meant
+/// to run until told to stop, no budget), a younger one still runs and its join resolves
+/// while they go on.
+#[test]
+fn a_carrier_behind_carriers_that_never_end_still_finishes() {
+    in_child(
+        "a_carrier_behind_carriers_that_never_end_still_finishes",
+        || {
+            let pool = builder(1).build().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let forever = |stop: Arc<AtomicBool>| {
+                move || {
+                    let mut rounds = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        rounds = std::hint::black_box(rounds + 1);
+                    }
+                    rounds
+                }
+            };
+            // Two places in the line (one slot, one spare): both taken by tasks that run
+            // until `stop`.
+            let a = pool.spawn(forever(stop.clone()));
+            std::thread::sleep(Duration::from_millis(10));
+            let b = pool.spawn(forever(stop.clone()));
+            std::thread::sleep(Duration::from_millis(10));
+            let c = pool.spawn(|| spin_cpu(Duration::from_millis(50)));
+            std::thread::sleep(Duration::from_millis(10));
+            let d = pool.spawn(|| spin_cpu(Duration::from_millis(20)));
+            assert!(join(d).unwrap() > 0);
+            assert!(join(c).unwrap() > 0);
+            assert!(!a.is_finished() && !b.is_finished());
+            stop.store(true, Ordering::Relaxed);
+            join(a).unwrap();
+            join(b).unwrap();
+            let stats = pool.stats();
+            assert!(stats.handoffs >= 3, "{stats:?}");
+            pool.shutdown();
+        },
+    );
+}
+
 /// Threads arm other runners' timers (`TimerClock::Contention`) while those runners hand
 /// off, retire and shut down: pools come and go under a stream of spawns from several
 /// threads, and every task resolves with its result.

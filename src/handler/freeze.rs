@@ -470,8 +470,13 @@ pub(super) fn may_stop_here(record: &Record, context: *mut libc::c_void) -> bool
 const TURN_LOOK_NS: u64 = 5_000_000;
 
 /// How long a waiting carrier that is not next in line sleeps between looks at its kill
-/// state when nothing wakes it (the line moving, or the monitor for a kill, wake it).
+/// state and at the carriers ahead when nothing wakes it (the line moving, or the monitor
+/// for a kill, wake it).
 const TURN_IDLE_LOOK_NS: u64 = 100_000_000;
+
+/// The longest a carrier waits for its turn: then it runs beside the older ones. Far above
+/// a long task's usual wait (tens of ms), and a bound where the carriers ahead never end.
+const MAX_TURN_WAIT_NS: u64 = 1_000_000_000;
 
 /// Carriers running ahead of a waiting one that together get less CPU time than this
 /// share of a look's wall time (in ‰) have stopped making progress (blocked, perhaps on a
@@ -513,51 +518,51 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
     let reserve = record.reserve();
     reserve.counters.turn_waits.fetch_add(1, Ordering::Relaxed);
     record.waiting_turn.store(true, Ordering::SeqCst);
-    // The CPU time of the carriers ahead, at the start of a look, with the line's limit
-    // then: while the limit stays put, the same carriers run (one leaving moves it).
-    // When this carrier became next in line: the CPU time of the carriers ahead then, the
-    // line's limit then, and the time (the baseline of a look for a stall).
-    let mut ahead: Option<(u64, u32)> = None;
-    let mut look_started = 0;
+    // Every waiter watches the carriers ahead for a stall, against its own baseline (their
+    // CPU time and the line's limit at the start of a look; while the limit stays put, the
+    // same carriers run): the next in line every `TURN_LOOK_NS`, the others every
+    // `TURN_IDLE_LOOK_NS` (dozens of waiters scanning every few milliseconds took CPU time
+    // from the carriers running). Only the next in line watching let a waiter further
+    // back that holds the lock everyone ahead is blocked on wait for good.
+    let waited_from = async_safe::monotonic_ns();
+    let mut ahead = (carriers_ahead(preempt).0, line.limit());
+    let mut look_started = waited_from;
     loop {
         let seen = line.seen(ticket);
         let limit = line.limit();
         if CarrierLine::may_run(ticket, limit) || record.kill_pending() {
             break;
         }
-        // Only the next in line watches the carriers ahead for a stall; the others sleep
-        // until the line moves (or the monitor wakes them for a kill), looking at their
-        // kill state now and then all the same. Dozens of waiting carriers polling every
-        // few milliseconds took measurable CPU time from the ones running.
-        let next = ticket == limit;
-        if !next {
-            ahead = None;
-            line.wait(ticket, seen, TURN_IDLE_LOOK_NS);
-            continue;
-        }
-        let Some(ahead_then) = ahead else {
-            ahead = Some((carriers_ahead(preempt).0, limit));
-            look_started = async_safe::monotonic_ns();
-            continue;
+        let period = if ticket == limit {
+            TURN_LOOK_NS
+        } else {
+            TURN_IDLE_LOOK_NS
         };
-        line.wait(ticket, seen, TURN_LOOK_NS);
+        line.wait(ticket, seen, period);
         let now = async_safe::monotonic_ns();
-        let wall = now.saturating_sub(look_started);
-        if wall >= TURN_LOOK_NS {
-            let (cpu, any_runnable) = carriers_ahead(preempt);
-            let now_ahead = (cpu, line.limit());
-            // Starved by busy runners is not stalled: only carriers that made no progress
-            // and are all blocked in the kernel (on a lock this one may hold) are.
-            if now_ahead.1 == ahead_then.1
-                && now_ahead.0.saturating_sub(ahead_then.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
-                && !any_runnable
-            {
-                reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            ahead = Some(now_ahead);
-            look_started = now;
+        if now.saturating_sub(waited_from) >= MAX_TURN_WAIT_NS {
+            // Carriers ahead that never end (a task meant to run for good, a runaway
+            // without a budget) must not hold the ones behind forever.
+            reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
+            break;
         }
+        let wall = now.saturating_sub(look_started);
+        if wall < period {
+            continue;
+        }
+        let (cpu, any_runnable) = carriers_ahead(preempt);
+        let now_ahead = (cpu, line.limit());
+        // Starved by busy runners is not stalled: only carriers that made no progress and
+        // are all blocked in the kernel (on a lock this one may hold) are.
+        if now_ahead.1 == ahead.1
+            && now_ahead.0.saturating_sub(ahead.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
+            && !any_runnable
+        {
+            reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        ahead = now_ahead;
+        look_started = now;
     }
     record.waiting_turn.store(false, Ordering::SeqCst);
 }

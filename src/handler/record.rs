@@ -888,6 +888,7 @@ impl Record {
     }
 
     /// Whether a task's closure is running on this thread (not runtime code around it).
+    /// Any thread may ask (one atomic load).
     pub(super) fn in_closure(&self) -> bool {
         !self.running.load(Ordering::Relaxed).is_null()
     }
@@ -915,6 +916,10 @@ impl Record {
     /// A task starts on the slot's runner.
     #[inline]
     pub(crate) fn begin_task(&self) {
+        if self.kill_ticking.load(Ordering::Relaxed) {
+            // A kill's ticks outlived it (its task ended unfrozen): stop them.
+            self.stop_kill_ticks();
+        }
         if self.tainted.load(Ordering::Relaxed) {
             // A task before this one blocked the pool's signal and returned (one load on
             // the common path; the monitor's sweep sets it).
@@ -1015,6 +1020,27 @@ impl Record {
     /// The carrier has finished its task and is a plain thread of the pool again.
     pub(crate) fn set_idle(&self) {
         self.state.store(IDLE, Ordering::Relaxed);
+        // An arming that raced with the handoff, and a kill's ticks, end with the task.
+        self.armed.store(false, Ordering::SeqCst);
+        if self.kill_ticking.load(Ordering::Relaxed) {
+            self.stop_kill_ticks();
+        }
+    }
+
+    /// Disarms the kill timer (`TimerClock::kill_timer`). On the record's own thread.
+    #[cold]
+    fn stop_kill_ticks(&self) {
+        self.kill_ticking.store(false, Ordering::Relaxed);
+        let id = self.cpu_timer.load(Ordering::Relaxed);
+        if id != NO_TIMER
+            && self
+                .preempt()
+                .clock
+                .kill_timer(self.preempt().tick_ns)
+                .is_some()
+        {
+            async_safe::set_timer(TimerId(id), 0, 0, false);
+        }
     }
 }
 

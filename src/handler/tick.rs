@@ -18,7 +18,11 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     let state = record.state.load(Ordering::Relaxed);
     if state == CARRIED && record.turn_looks.load(Ordering::Relaxed) > 0 {
         // A carrier that found no point to wait for its turn at: the handler's entry
-        // looks again (`freeze.rs`, `await_turn`).
+        // looks again (`freeze.rs`, `await_turn`). An arming that raced with its handoff
+        // is void: a carrier has no quantum.
+        if contention {
+            record.armed.store(false, Ordering::SeqCst);
+        }
         return;
     }
     if state != IN_TASK {
@@ -41,19 +45,23 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
         if !record.in_closure() {
             // Runtime code around a task (its start, where it may wait for the monitor's
             // lock, or its end): handing off now would demote the thread before the
-            // closure even runs. Look again a quantum from now.
-            arm_contention(record, preempt, now, 0, now);
+            // closure even runs. If work waits, look again a quantum from now.
+            record.long_seen.store(false, Ordering::Relaxed);
+            if record.work_waiting() {
+                arm_contention(record, preempt, now, 0, now);
+            }
             return;
         }
         let long_seen = record.long_seen.swap(false, Ordering::Relaxed);
-        if !long_seen && !record.work_waiting() {
+        let waiting = record.work_waiting();
+        if !long_seen && !waiting {
             // Nobody waits: no handoff, and no timer until someone does.
             record.streak.store(0, Ordering::Relaxed);
             return;
         }
         let due = super::timer::TimerClock::contention_due(preempt.quantum_ns);
-        if ran < due && long_seen {
-            // The long task a peer saw has ended meanwhile.
+        if ran < due && !waiting {
+            // The long task a peer saw has ended meanwhile, and nothing is queued.
             return;
         }
         if ran < due {
@@ -166,8 +174,11 @@ pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
         let Some(record) = reserve.holder().and_then(|i| RECORDS.get(i)) else {
             continue;
         };
+        // A closure running: a task that has returned (its join may already have resolved,
+        // and the next task be starting here) is not long.
         if !std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
             || record.state.load(Ordering::SeqCst) != IN_TASK
+            || !record.in_closure()
         {
             continue;
         }
@@ -267,6 +278,11 @@ fn handoff(
     // may not run again for a while, and the carriers handed off meanwhile are younger.
     record.ticket.store(preempt.line.take(), Ordering::Relaxed);
     record.in_line.store(true, Ordering::SeqCst);
+    if !record.fate_undecided() {
+        // The monitor abandoned this thread between the state change above and here: its
+        // `leave_line` found no ticket yet, so leave now (its task is resolved already).
+        record.leave_line();
+    }
     record
         .turn_looks
         .store(super::record::TURN_LOOKS, Ordering::Relaxed);

@@ -217,11 +217,13 @@ impl Runner {
                 handle
             }
         };
-        if let Some(record) = self.record {
-            record.leave_runtime();
-        }
+        // Still inside the section: a handoff of this thread in the middle of arming a
+        // peer's timer would leave that arming to a thread at `SCHED_IDLE`.
         if !self.shared.sleep.notify_one() && starts_backlog {
             self.shared.contended(Backlog::One);
+        }
+        if let Some(record) = self.record {
+            record.leave_runtime();
         }
         handle
     }
