@@ -279,24 +279,12 @@ impl Report<'_> {
             .x_desc("load (fraction of capacity)")
             .y_desc("CPU overhead per request, µs")
             .draw()?;
-        for (s, name) in self.schedulers.iter().enumerate() {
-            let colour = COLOURS[s % COLOURS.len()];
-            let pts = points(s);
-            if pts.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_lines(
+            &mut chart,
+            self.schedulers,
+            points,
+            SeriesLabelPosition::UpperRight,
+        )?;
         root.present()?;
         Ok(())
     }
@@ -380,24 +368,47 @@ impl Report<'_> {
                 .label("target")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
         }
-        for (s, name) in self.schedulers.iter().enumerate() {
-            let colour = COLOURS[s % COLOURS.len()];
-            let pts = points(s);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_lines(
+            &mut chart,
+            self.schedulers,
+            points,
+            SeriesLabelPosition::UpperLeft,
+        )?;
         root.present()?;
         Ok(())
     }
+}
+
+/// One line with dots per scheduler (those with points), and the legend at `legend`.
+fn draw_lines<'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<
+        'a,
+        SVGBackend<'a>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
+    >,
+    schedulers: &[&'static str],
+    points: impl Fn(usize) -> Vec<(f64, f64)>,
+    legend: SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for (s, name) in schedulers.iter().enumerate() {
+        let colour = COLOURS[s % COLOURS.len()];
+        let pts = points(s);
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 fn us(v: f64) -> String {
