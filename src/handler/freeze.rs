@@ -1074,6 +1074,11 @@ pub(crate) extern "C" fn on_fault(
             };
             // A freeze on its way (a redirected return) already holds a place.
             if record.redirect_slot.swap(0, Ordering::Relaxed) != 0 || kills.reserve_frozen() {
+                // The thread's fate first, then the kill: the monitor abandons a killed
+                // task only while its thread's fate is undecided, and a carrier at
+                // `SCHED_IDLE` may get no CPU between the two for longer than the maximum
+                // deferral (the kill storm saw an overflow end abandoned so).
+                let _ = record.claim_freeze();
                 running
                     .task
                     .control()
