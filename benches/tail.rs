@@ -589,9 +589,8 @@ fn point_seconds(workload: &Workload, rate_per_s: f64, base: f64, quick: bool) -
         .fold(1.0f64, f64::min);
     // 80 % of a point's requests are measured (warm-up and cool-down are not).
     let needed = 230.0 / (0.8 * rarest * rate_per_s);
-    needed
-        .clamp(base, if quick { 10.0 } else { 120.0 })
-        .max(base)
+    let cap: f64 = if quick { 10.0 } else { 120.0 };
+    needed.clamp(base, cap.max(base))
 }
 
 /// The cost of one timer expiry here (the unit every preemptive scheduler pays), measured

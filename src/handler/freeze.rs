@@ -585,7 +585,7 @@ fn carriers_ahead(preempt: &Preempt) -> (u64, bool) {
         if tid == 0 {
             continue;
         }
-        cpu += async_safe::clock_ns(((!(tid as libc::clockid_t)) << 3) | 6).unwrap_or(0);
+        cpu += async_safe::thread_cpu_ns_of(tid).unwrap_or(0);
         any_runnable |= async_safe::thread_runnable(tid).unwrap_or(false);
     }
     (cpu, any_runnable)

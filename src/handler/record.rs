@@ -1031,14 +1031,9 @@ impl Record {
     #[cold]
     fn stop_kill_ticks(&self) {
         self.kill_ticking.store(false, Ordering::Relaxed);
+        // Set only for a clock whose CPU-time timer is the kill timer (`tick_for_kill`).
         let id = self.cpu_timer.load(Ordering::Relaxed);
-        if id != NO_TIMER
-            && self
-                .preempt()
-                .clock
-                .kill_timer(self.preempt().tick_ns)
-                .is_some()
-        {
+        if id != NO_TIMER {
             async_safe::set_timer(TimerId(id), 0, 0, false);
         }
     }

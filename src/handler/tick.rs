@@ -15,20 +15,12 @@ use crate::sys::async_safe;
 pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     let preempt = record.preempt();
     let contention = preempt.clock.arms_on_contention();
-    let state = record.state.load(Ordering::Relaxed);
-    if state == CARRIED && record.turn_looks.load(Ordering::Relaxed) > 0 {
-        // A carrier that found no point to wait for its turn at: the handler's entry
-        // looks again (`freeze.rs`, `await_turn`). An arming that raced with its handoff
-        // is void: a carrier has no quantum.
+    if record.state.load(Ordering::Relaxed) != IN_TASK {
         if contention {
-            record.armed.store(false, Ordering::SeqCst);
-        }
-        return;
-    }
-    if state != IN_TASK {
-        if contention {
-            // The one-shot found the runner between tasks (or carrying): the next
-            // contention arms it again.
+            // The one-shot found the runner between tasks, or a carrier (an arming that
+            // raced with its handoff is void: a carrier has no quantum; one looking again
+            // for a point to wait for its turn at is served by the handler's entry,
+            // `freeze.rs`, `await_turn`): the next contention arms it again.
             record.armed.store(false, Ordering::SeqCst);
         }
         return;
@@ -45,11 +37,10 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
         if !record.in_closure() {
             // Runtime code around a task (its start, where it may wait for the monitor's
             // lock, or its end): handing off now would demote the thread before the
-            // closure even runs. If work waits, look again a quantum from now.
+            // closure even runs, and the queues cannot be read from here (no closure, no
+            // pool). Look again a quantum from now.
             record.long_seen.store(false, Ordering::Relaxed);
-            if record.work_waiting() {
-                arm_contention(record, preempt, now, 0, now);
-            }
+            arm_contention(record, preempt, now, 0, now);
             return;
         }
         let long_seen = record.long_seen.swap(false, Ordering::Relaxed);
@@ -125,32 +116,46 @@ fn arm_contention(record: &Record, preempt: &Preempt, start: u64, streak: u32, n
 /// one free runner would take: every busy holder is armed, this one included. Called on
 /// ordinary threads; async-signal-safe (atomics and `timer_settime`).
 pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
-    let busy = |reserve: &Reserve| -> Option<&'static Record> {
-        let record = RECORDS.get(reserve.holder()?)?;
-        (std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
-            && record.state.load(Ordering::SeqCst) == IN_TASK)
-            .then_some(record)
-    };
-    if backlog == Backlog::One && !preempt.reserves.iter().all(|r| busy(r).is_some()) {
+    if backlog == Backlog::One
+        && !preempt
+            .reserves
+            .iter()
+            .all(|r| busy_holder(r, preempt).is_some())
+    {
         return;
     }
-    // A demoted thread (a carrier spawning) arms nothing: it may get no CPU for a long
-    // while in the middle of an arming, and a runner that exits or freezes waits for
-    // armings in flight before it deletes its timer. The runners arm each other as they
-    // start tasks with more queued.
-    if async_safe::demoted() {
-        return;
-    }
-    let now = async_safe::monotonic_ns();
+    let mut now = None;
     for reserve in preempt.reserves.iter() {
-        if let Some(record) = busy(reserve) {
-            if !record.armed.load(Ordering::SeqCst) {
-                let start = record.start_ns.load(Ordering::Relaxed);
-                let streak = record.streak.load(Ordering::Relaxed);
-                arm_contention(record, preempt, start, streak, now);
-            }
+        let Some(record) = busy_holder(reserve, preempt) else {
+            continue;
+        };
+        if record.armed.load(Ordering::SeqCst) {
+            continue;
         }
+        let now = match now {
+            Some(now) => now,
+            // A demoted thread (a carrier spawning) arms nothing: it may get no CPU for a
+            // long while in the middle of an arming, and a runner that exits or freezes
+            // waits for armings in flight before it deletes its timer. The runners arm
+            // each other as they start tasks with more queued. (Asked only when there is
+            // something to arm: it is a syscall.)
+            None if async_safe::demoted() => return,
+            None => *now.insert(async_safe::monotonic_ns()),
+        };
+        let start = record.start_ns.load(Ordering::Relaxed);
+        let streak = record.streak.load(Ordering::Relaxed);
+        arm_contention(record, preempt, start, streak, now);
     }
+}
+
+/// The record of the thread holding `reserve`'s slot, if it is one of `preempt`'s pool
+/// and running a task (a holder between tasks, or one whose slot is changing hands, is
+/// not busy).
+fn busy_holder(reserve: &Reserve, preempt: &Preempt) -> Option<&'static Record> {
+    let record = RECORDS.get(reserve.holder()?)?;
+    (std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
+        && record.state.load(Ordering::SeqCst) == IN_TASK)
+        .then_some(record)
 }
 
 /// A runner that starts a task (and has not looked for a quantum's half) looks at its
@@ -171,17 +176,11 @@ pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
         Ordering::Relaxed,
     );
     for reserve in preempt.reserves.iter() {
-        let Some(record) = reserve.holder().and_then(|i| RECORDS.get(i)) else {
-            continue;
-        };
         // A closure running: a task that has returned (its join may already have resolved,
         // and the next task be starting here) is not long.
-        if !std::ptr::eq(record.preempt.load(Ordering::Relaxed), preempt)
-            || record.state.load(Ordering::SeqCst) != IN_TASK
-            || !record.in_closure()
-        {
+        let Some(record) = busy_holder(reserve, preempt).filter(|r| r.in_closure()) else {
             continue;
-        }
+        };
         let start = record.start_ns.load(Ordering::Relaxed);
         if now.saturating_sub(start) >= preempt.quantum_ns
             && !record.long_seen.swap(true, Ordering::Relaxed)

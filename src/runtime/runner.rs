@@ -327,9 +327,10 @@ impl Serve for Runner {
             }
             Some(record) => {
                 record.begin_task();
-                // More queued behind this task on the slot's own deque (a batch taken, or
-                // spawned by earlier tasks): if every runner is busy now, their quanta
-                // must end on time. One load of the slot's own deque.
+                // More queued behind this task, on the slot's own deque (a batch taken, or
+                // spawned by earlier tasks) or left in the injector by this runner's take:
+                // the busy runners' quanta must end on time. Only while this runner's own
+                // one-shot is unarmed: one load of its record, then of its own deque.
                 let injector_backlog = self.injector_backlog.replace(false);
                 if !record.is_armed() && (injector_backlog || !self.local().is_empty()) {
                     self.shared.contended(Backlog::Many);

@@ -408,7 +408,7 @@ pub(crate) fn instant_from_monotonic_ns(ns: u64) -> std::time::Instant {
 /// The CPU time thread `tid` of this process has used, in ns (its per-thread CPU clock,
 /// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`); `None` if the thread is gone.
 pub(crate) fn thread_cpu_ns_of(tid: i32) -> Option<u64> {
-    async_safe::clock_ns(((!(tid as libc::clockid_t)) << 3) | 6)
+    async_safe::thread_cpu_ns_of(tid)
 }
 
 /// `pthread_self`, as a number.
