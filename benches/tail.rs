@@ -99,6 +99,14 @@ impl Scheduler {
     }
 }
 
+/// A microsched pool's counters, if `wanted` and `sched` is one.
+fn scheduler_stats(sched: &Scheduler, wanted: bool) -> Option<microsched::Stats> {
+    match sched {
+        Scheduler::Microsched(pool) if wanted => Some(pool.stats()),
+        _ => None,
+    }
+}
+
 /// What one (scheduler, workload, load) point measured.
 struct Point {
     /// Latencies in µs per class, warm-up excluded; a request that never completed counts
@@ -200,6 +208,24 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let write_report = std::env::args().any(|a| a == "--report");
+    // `--clock thread-cpu|monotonic|contention`: microsched's preemption clock (the
+    // default otherwise), to compare clocks on one machine in one run. `--stats`: after
+    // each microsched point, what its pool did (ticks, handoffs, carriers' waits).
+    let clock = match args
+        .iter()
+        .position(|a| a == "--clock")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("contention") => microsched::TimerClock::Contention,
+        Some("thread-cpu") => microsched::TimerClock::ThreadCpu,
+        Some("monotonic") => microsched::TimerClock::Monotonic,
+        Some(other) => {
+            eprintln!("--clock: expected contention, thread-cpu or monotonic, got {other}");
+            std::process::exit(2);
+        }
+    };
+    let show_stats = args.iter().any(|a| a == "--stats");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cores = common::allowed_cores();
     let per_us = calibrate(now_ns);
@@ -247,6 +273,7 @@ fn main() {
         Scheduler::Microsched(
             microsched::Pool::builder()
                 .workers(workers)
+                .timer_clock(clock)
                 .build()
                 .expect("pool"),
         ),
@@ -352,7 +379,24 @@ fn main() {
             let active = if fairness { 3 } else { schedulers.len() };
             for k in 0..active {
                 let s = (k + li) % active;
+                let before = scheduler_stats(&schedulers[s], show_stats);
                 let point = run_point(&schedulers[s], &requests, workload.classes.len(), per_us);
+                if let (Some(a), Some(b)) = (before, scheduler_stats(&schedulers[s], show_stats)) {
+                    println!(
+                        "   stats: ticks {} handoffs {} deferred {} no_standby {} capped {} carrier_waits {} (cut {}) standbys_started {} retired {} parks {} stolen {}",
+                        b.ticks - a.ticks,
+                        b.handoffs - a.handoffs,
+                        b.deferred - a.deferred,
+                        b.no_standby - a.no_standby,
+                        b.capped - a.capped,
+                        b.carrier_waits - a.carrier_waits,
+                        b.carrier_waits_cut - a.carrier_waits_cut,
+                        b.standbys_started - a.standbys_started,
+                        b.retired - a.retired,
+                        b.parks - a.parks,
+                        b.stolen - a.stolen,
+                    );
+                }
                 let mut short = point.latency_us[0].clone();
                 let mut long = point.latency_us.get(1).cloned().unwrap_or_default();
                 let short_p99 = percentile(&mut short, 0.99);

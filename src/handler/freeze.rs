@@ -525,7 +525,7 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
     // from the carriers running). Only the next in line watching let a waiter further
     // back that holds the lock everyone ahead is blocked on wait for good.
     let waited_from = async_safe::monotonic_ns();
-    let mut ahead = (carriers_ahead(preempt).0, line.limit());
+    let mut ahead = (carriers_ahead_cpu(preempt), line.limit());
     let mut look_started = waited_from;
     loop {
         let seen = line.seen(ticket);
@@ -550,13 +550,14 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
         if wall < period {
             continue;
         }
-        let (cpu, any_runnable) = carriers_ahead(preempt);
-        let now_ahead = (cpu, line.limit());
+        let now_ahead = (carriers_ahead_cpu(preempt), line.limit());
         // Starved by busy runners is not stalled: only carriers that made no progress and
-        // are all blocked in the kernel (on a lock this one may hold) are.
+        // are all blocked in the kernel (on a lock this one may hold) are. (Whether they
+        // are blocked is asked only of carriers that made no progress: a read of each
+        // one's `/proc` stat costs tens of µs, their CPU clocks one syscall each.)
         if now_ahead.1 == ahead.1
             && now_ahead.0.saturating_sub(ahead.0) * 1000 < wall * TURN_PROGRESS_PER_MILLE
-            && !any_runnable
+            && !any_ahead_runnable(preempt)
         {
             reserve.counters.turn_cuts.fetch_add(1, Ordering::Relaxed);
             break;
@@ -567,28 +568,30 @@ pub(super) fn await_turn(record: &Record, context: *mut libc::c_void) {
     record.waiting_turn.store(false, Ordering::SeqCst);
 }
 
-/// The carriers of `preempt`'s pool that hold a ticket and are not waiting (the ones a
-/// waiting carrier depends on): their CPU time in ns, and whether any of them is runnable
-/// (not blocked in the kernel). Async-signal-safe (atomic loads, and per carrier a
-/// `clock_gettime` and a read of its `/proc` stat).
-fn carriers_ahead(preempt: &Preempt) -> (u64, bool) {
-    let mut cpu = 0u64;
-    let mut any_runnable = false;
-    for r in RECORDS.iter() {
-        if !std::ptr::eq(r.preempt.load(Ordering::Relaxed), preempt)
-            || !r.in_line.load(Ordering::SeqCst)
-            || r.waiting_turn.load(Ordering::SeqCst)
-        {
-            continue;
-        }
-        let tid = r.tid.load(Ordering::Relaxed);
-        if tid == 0 {
-            continue;
-        }
-        cpu += async_safe::thread_cpu_ns_of(tid).unwrap_or(0);
-        any_runnable |= async_safe::thread_runnable(tid).unwrap_or(false);
-    }
-    (cpu, any_runnable)
+/// The thread ids of the carriers of `preempt`'s pool that hold a ticket and are not
+/// waiting (the ones a waiting carrier depends on). Async-signal-safe (atomic loads).
+fn carriers_ahead(preempt: &Preempt) -> impl Iterator<Item = libc::pid_t> + '_ {
+    RECORDS.iter().filter_map(move |r| {
+        (std::ptr::eq(r.preempt.load(Ordering::Relaxed), preempt)
+            && r.in_line.load(Ordering::SeqCst)
+            && !r.waiting_turn.load(Ordering::SeqCst))
+        .then(|| r.tid.load(Ordering::Relaxed))
+        .filter(|&tid| tid != 0)
+    })
+}
+
+/// The CPU time of the carriers ahead, in ns. Async-signal-safe (a `clock_gettime` per
+/// carrier).
+fn carriers_ahead_cpu(preempt: &Preempt) -> u64 {
+    carriers_ahead(preempt)
+        .map(|tid| async_safe::thread_cpu_ns_of(tid).unwrap_or(0))
+        .sum()
+}
+
+/// Whether any carrier ahead is runnable (not blocked in the kernel). Async-signal-safe
+/// (a read of each one's `/proc` stat, until one is).
+fn any_ahead_runnable(preempt: &Preempt) -> bool {
+    carriers_ahead(preempt).any(|tid| async_safe::thread_runnable(tid).unwrap_or(false))
 }
 
 /// The gate's frame verdicts read the live tables.

@@ -249,12 +249,9 @@ pub(crate) struct Record {
     /// The precise timer is armed (one-shot with `ThreadCpu` and `Contention`, periodic
     /// with `Monotonic`).
     pub(super) armed: AtomicBool,
-    /// `Contention`: the start time of the task the one-shot was armed for, and how many
-    /// expiries in a row found a newer task than that (`timer.rs`).
-    pub(super) armed_for: AtomicU64,
-    pub(super) streak: AtomicU32,
-    /// The kill timer (`TimerClock::kill_timer`) is armed.
-    pub(super) kill_ticking: AtomicBool,
+    /// Why the on-demand CPU-time timer (`TimerClock::demand_ticks`) is armed:
+    /// [`TICKS_KILL`], [`TICKS_CONTENTION`], both, or neither (disarmed).
+    pub(super) cpu_ticks: AtomicU8,
     /// The thread is a carrier holding a ticket of its pool's [`CarrierLine`]; and it is
     /// waiting for its turn in the handler.
     pub(super) in_line: AtomicBool,
@@ -381,10 +378,8 @@ impl Record {
             depth: AtomicU32::new(0),
             pending: AtomicBool::new(false),
             armed: AtomicBool::new(false),
-            armed_for: AtomicU64::new(0),
-            streak: AtomicU32::new(0),
             armers: AtomicU32::new(0),
-            kill_ticking: AtomicBool::new(false),
+            cpu_ticks: AtomicU8::new(0),
             in_line: AtomicBool::new(false),
             waiting_turn: AtomicBool::new(false),
             ticket: AtomicU32::new(0),
@@ -787,8 +782,7 @@ impl Record {
         self.state.store(FREE, Ordering::Relaxed);
         self.tid.store(0, Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
-        self.streak.store(0, Ordering::Relaxed);
-        self.kill_ticking.store(false, Ordering::Relaxed);
+        self.cpu_ticks.store(0, Ordering::Relaxed);
         self.long_seen.store(false, Ordering::Relaxed);
         self.turn_looks.store(0, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
@@ -802,17 +796,17 @@ impl Record {
         let preempt = self.preempt();
         // A thread whose handler ran for the kill ticks on its CPU clock already.
         if preempt.clock.lifelong_timer(preempt.tick_ns).is_none()
-            && !self.kill_ticking.load(Ordering::Relaxed)
+            && self.cpu_ticks.load(Ordering::Relaxed) & TICKS_KILL == 0
         {
             let tick = preempt.tick_ns.max(1);
             self.arm_precise_from_anywhere(async_safe::monotonic_ns() + tick, tick);
         }
     }
 
-    /// Whether the precise timer is armed (`TimerClock::Contention`: someone saw this
-    /// runner busy while work waited).
+    /// Whether the precise timer is armed, or the CPU-time ticks watch this runner
+    /// (`TimerClock::Contention`: someone saw this runner busy while work waited).
     pub(crate) fn is_armed(&self) -> bool {
-        self.armed.load(Ordering::Relaxed)
+        self.armed.load(Ordering::Relaxed) || self.contention_ticks()
     }
 
     /// When the task on this runner started (`CLOCK_MONOTONIC` ns).
@@ -848,18 +842,55 @@ impl Record {
         }
     }
 
-    /// A kill targets this thread: with a clock whose CPU-time timer waits for one, arm it
-    /// (once), so the handler looks again at every kernel tick the thread runs until the
-    /// freeze is done (`TimerClock::kill_timer`). On the record's own thread (the
-    /// handler). Async-signal-safe.
+    /// A kill targets this thread: with a clock whose CPU-time timer waits for one, the
+    /// handler looks again at every kernel tick the thread runs until the freeze is done
+    /// (`TimerClock::demand_ticks`). On the record's own thread (the handler).
+    /// Async-signal-safe.
     pub(super) fn tick_for_kill(&self) {
+        self.start_cpu_ticks(TICKS_KILL);
+    }
+
+    /// Whether the CPU-time ticks watch this runner for tasks queued behind it
+    /// (`tick.rs`).
+    pub(crate) fn contention_ticks(&self) -> bool {
+        self.cpu_ticks.load(Ordering::SeqCst) & TICKS_CONTENTION != 0
+    }
+
+    /// Adds `why` ([`TICKS_KILL`], [`TICKS_CONTENTION`]) to the reasons for the on-demand
+    /// CPU-time timer (`TimerClock::demand_ticks`), and arms it if it was the first. On
+    /// the record's own thread, in the handler. Async-signal-safe.
+    pub(super) fn start_cpu_ticks(&self, why: u8) {
+        if self.cpu_ticks.fetch_or(why, Ordering::SeqCst) == 0 {
+            self.set_cpu_ticks(true);
+        }
+    }
+
+    /// Removes `why` from the reasons for the on-demand CPU-time timer, and disarms it if
+    /// none is left. On the record's own thread, in the handler or not: a handler that
+    /// starts ticks between the disarm and the look after it is seen by that look, and
+    /// the timer is armed again. Async-signal-safe.
+    #[cold]
+    pub(super) fn stop_cpu_ticks(&self, why: u8) {
+        let old = self.cpu_ticks.fetch_and(!why, Ordering::SeqCst);
+        if old & why == 0 || old & !why != 0 {
+            return;
+        }
+        self.set_cpu_ticks(false);
+        compiler_fence(Ordering::SeqCst);
+        if self.cpu_ticks.load(Ordering::Relaxed) != 0 {
+            self.set_cpu_ticks(true);
+        }
+    }
+
+    /// Arms (every eighth of a kernel tick of this thread's CPU time) or disarms the
+    /// on-demand CPU-time timer, if the clock has one.
+    fn set_cpu_ticks(&self, on: bool) {
         let preempt = self.preempt();
-        if let Some((_, period)) = preempt.clock.kill_timer(preempt.tick_ns) {
-            if !self.kill_ticking.swap(true, Ordering::Relaxed) {
-                let id = self.cpu_timer.load(Ordering::Relaxed);
-                if id != NO_TIMER {
-                    async_safe::set_timer(TimerId(id), period, period, false);
-                }
+        if let Some((_, period)) = preempt.clock.demand_ticks(preempt.tick_ns) {
+            let id = self.cpu_timer.load(Ordering::Relaxed);
+            if id != NO_TIMER {
+                let period = if on { period } else { 0 };
+                async_safe::set_timer(TimerId(id), period, period, false);
             }
         }
     }
@@ -916,9 +947,9 @@ impl Record {
     /// A task starts on the slot's runner.
     #[inline]
     pub(crate) fn begin_task(&self) {
-        if self.kill_ticking.load(Ordering::Relaxed) {
+        if self.cpu_ticks.load(Ordering::Relaxed) & TICKS_KILL != 0 {
             // A kill's ticks outlived it (its task ended unfrozen): stop them.
-            self.stop_kill_ticks();
+            self.stop_cpu_ticks(TICKS_KILL);
         }
         if self.tainted.load(Ordering::Relaxed) {
             // A task before this one blocked the pool's signal and returned (one load on
@@ -970,9 +1001,11 @@ impl Record {
     }
 
     /// The runner is about to sleep: stop the periodic timer (no expiries while idle),
-    /// and end a streak of expiries that found newer tasks (contention has ended).
+    /// and the CPU-time ticks that watched a stream of queued tasks (it has ended).
     pub(crate) fn pause(&self) {
-        self.streak.store(0, Ordering::Relaxed);
+        if self.contention_ticks() {
+            self.stop_cpu_ticks(TICKS_CONTENTION);
+        }
         if self.armed.swap(false, Ordering::Relaxed) {
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);
@@ -1022,22 +1055,18 @@ impl Record {
         self.state.store(IDLE, Ordering::Relaxed);
         // An arming that raced with the handoff, and a kill's ticks, end with the task.
         self.armed.store(false, Ordering::SeqCst);
-        if self.kill_ticking.load(Ordering::Relaxed) {
-            self.stop_kill_ticks();
-        }
-    }
-
-    /// Disarms the kill timer (`TimerClock::kill_timer`). On the record's own thread.
-    #[cold]
-    fn stop_kill_ticks(&self) {
-        self.kill_ticking.store(false, Ordering::Relaxed);
-        // Set only for a clock whose CPU-time timer is the kill timer (`tick_for_kill`).
-        let id = self.cpu_timer.load(Ordering::Relaxed);
-        if id != NO_TIMER {
-            async_safe::set_timer(TimerId(id), 0, 0, false);
+        if self.cpu_ticks.load(Ordering::Relaxed) != 0 {
+            self.stop_cpu_ticks(TICKS_KILL | TICKS_CONTENTION);
         }
     }
 }
+
+/// A reason for the on-demand CPU-time timer (`Record::cpu_ticks`): a kill waits for a
+/// point where it may freeze the thread.
+pub(super) const TICKS_KILL: u8 = 1;
+/// A reason for the on-demand CPU-time timer: tasks are queued behind this runner, and a
+/// one-shot found a newer task than the one it was armed for (`tick.rs`).
+pub(super) const TICKS_CONTENTION: u8 = 2;
 
 /// Every pool thread's record. Static, so the handler can reach one from an index.
 pub(crate) static RECORDS: [Record; MAX_THREADS] = [const { Record::new() }; MAX_THREADS];

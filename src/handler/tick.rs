@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{compiler_fence, Ordering};
 
-use super::record::{Preempt, Record, CARRIED, IN_TASK, RECORDS};
+use super::record::{Preempt, Record, CARRIED, IN_TASK, RECORDS, TICKS_CONTENTION};
 use crate::sync::reserve::Reserve;
 use crate::sys::async_safe;
 
@@ -20,7 +20,8 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
             // The one-shot found the runner between tasks, or a carrier (an arming that
             // raced with its handoff is void: a carrier has no quantum; one looking again
             // for a point to wait for its turn at is served by the handler's entry,
-            // `freeze.rs`, `await_turn`): the next contention arms it again.
+            // `freeze.rs`, `await_turn`): the next contention arms it again. (A runner
+            // whose CPU-time ticks watch it stays watched: they end when it sleeps.)
             record.armed.store(false, Ordering::SeqCst);
         }
         return;
@@ -34,38 +35,43 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
         // `armed` first, then the queues: a spawner pushes, then reads `armed` (both
         // SeqCst), so either this sees its task or it sees the timer disarmed and arms it.
         record.armed.store(false, Ordering::SeqCst);
+        let ticking = record.contention_ticks();
         if !record.in_closure() {
             // Runtime code around a task (its start, where it may wait for the monitor's
             // lock, or its end): handing off now would demote the thread before the
             // closure even runs, and the queues cannot be read from here (no closure, no
-            // pool). Look again a quantum from now.
+            // pool). Look again a quantum from now, or at the next tick.
             record.long_seen.store(false, Ordering::Relaxed);
-            arm_contention(record, preempt, now, 0, now);
+            look_again(record, preempt, ticking, now);
             return;
         }
         let long_seen = record.long_seen.swap(false, Ordering::Relaxed);
         let waiting = record.work_waiting();
-        if !long_seen && !waiting {
-            // Nobody waits: no handoff, and no timer until someone does.
-            record.streak.store(0, Ordering::Relaxed);
-            return;
-        }
         let due = super::timer::TimerClock::contention_due(preempt.quantum_ns);
-        if ran < due && !waiting {
-            // The long task a peer saw has ended meanwhile, and nothing is queued.
+        if !waiting && (!long_seen || ran < due) {
+            // Nobody waits (and no peer saw this task run long, or it has ended since):
+            // no handoff, and no timer until someone waits again. (The ticks stop first,
+            // then the queues are read again: a runner that queued a task and saw the
+            // ticks still on, so armed nothing, is seen here.)
+            if ticking {
+                record.stop_cpu_ticks(TICKS_CONTENTION);
+                if record.work_waiting() {
+                    record.start_cpu_ticks(TICKS_CONTENTION);
+                }
+            }
             return;
         }
         if ran < due {
-            // A newer task than the one the timer was armed for (or an early nudge):
-            // armed again for this one, later each time in a row (`timer.rs`).
-            let streak = if record.armed_for.load(Ordering::Relaxed) != start {
-                let s = record.streak.load(Ordering::Relaxed);
-                record.streak.store(s.saturating_add(1), Ordering::Relaxed);
-                s + 1
-            } else {
-                record.streak.load(Ordering::Relaxed)
-            };
-            arm_contention(record, preempt, start, streak, now);
+            // A newer task than the one the one-shot was armed for: a stream of tasks is
+            // queued behind this runner, most of them too short to preempt. From now on
+            // the thread's CPU-time ticks watch it (`timer.rs`): one expiry per kernel
+            // tick it runs, riding that tick, instead of a one-shot's own interrupt per
+            // quantum. They stop once one finds nothing queued, or the runner sleeps.
+            // (A spawn that starts a backlog still arms the one-shot, for the quantum of
+            // the task running then: `on_contention`.)
+            if !ticking {
+                record.start_cpu_ticks(TICKS_CONTENTION);
+            }
             return;
         }
     } else if ran < preempt.quantum_ns {
@@ -88,14 +94,22 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     }
     if !handoff(record, preempt, reserve, context) && contention {
         // No standby parked (one will poke this runner when it parks), or the slot has
-        // its maximum of carriers: look again a quantum from now.
-        arm_contention(record, preempt, now, 0, now);
+        // its maximum of carriers: look again a quantum from now, or at the next tick.
+        look_again(record, preempt, record.contention_ticks(), now);
+    }
+}
+
+/// `Contention`, in the handler: the runner is to be looked at again, by its CPU-time
+/// ticks if they watch it already, or else by its one-shot a quantum from `now`.
+fn look_again(record: &Record, preempt: &Preempt, ticking: bool, now: u64) {
+    if !ticking {
+        arm_contention(record, preempt, now, now);
     }
 }
 
 /// `Contention`: arms the record's one-shot for the task that started at `start` (from
 /// its own handler, or from whichever thread saw contention), unless it is armed already.
-fn arm_contention(record: &Record, preempt: &Preempt, start: u64, streak: u32, now: u64) {
+fn arm_contention(record: &Record, preempt: &Preempt, start: u64, now: u64) {
     if record
         .armed
         .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
@@ -103,8 +117,7 @@ fn arm_contention(record: &Record, preempt: &Preempt, start: u64, streak: u32, n
     {
         return;
     }
-    record.armed_for.store(start, Ordering::Relaxed);
-    let at = super::timer::TimerClock::contention_deadline(start, preempt.quantum_ns, streak, now);
+    let at = super::timer::TimerClock::contention_deadline(start, preempt.quantum_ns, now);
     record.arm_precise_from_anywhere(at, 0);
 }
 
@@ -129,7 +142,11 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
         let Some(record) = busy_holder(reserve, preempt) else {
             continue;
         };
-        if record.armed.load(Ordering::SeqCst) {
+        // A runner whose CPU-time ticks watch it already is left to them, except by the
+        // spawn that starts a backlog: the task running then gets its quantum's end.
+        if record.armed.load(Ordering::SeqCst)
+            || (backlog == Backlog::Many && record.contention_ticks())
+        {
             continue;
         }
         let now = match now {
@@ -143,8 +160,7 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
             None => *now.insert(async_safe::monotonic_ns()),
         };
         let start = record.start_ns.load(Ordering::Relaxed);
-        let streak = record.streak.load(Ordering::Relaxed);
-        arm_contention(record, preempt, start, streak, now);
+        arm_contention(record, preempt, start, now);
     }
 }
 
@@ -187,7 +203,6 @@ pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
         {
             // The handler looks now (a one-shot at a time already past fires at once).
             record.armed.store(true, Ordering::SeqCst);
-            record.armed_for.store(start, Ordering::Relaxed);
             record.arm_precise_from_anywhere(now, 0);
         }
     }
@@ -272,7 +287,10 @@ fn handoff(
         }
     }
     reserve.counters.handoffs.fetch_add(1, Ordering::Relaxed);
-    record.streak.store(0, Ordering::Relaxed);
+    // A carrier needs no watching either (a kill's ticks go on).
+    if record.contention_ticks() {
+        record.stop_cpu_ticks(TICKS_CONTENTION);
+    }
     // A place in the carriers' line, taken before the slot goes: once demoted this thread
     // may not run again for a while, and the carriers handed off meanwhile are younger.
     record.ticket.store(preempt.line.take(), Ordering::Relaxed);

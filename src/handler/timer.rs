@@ -7,10 +7,6 @@
 //! Every pool thread also has a *precise* timer on [`PRECISE_CLOCK`]: the one-shot, or
 //! (with [`TimerClock::Monotonic`]) the periodic timer itself.
 
-/// `Contention`: the longest streak of expiries that found a newer task, as a power of two
-/// of the quantum (8 quanta: 4 ms at the default quantum, about a kernel tick).
-pub(crate) const MAX_STREAK: u32 = 3;
-
 /// How long a handoff takes from the expiry that starts it to the standby running the
 /// slot, about: the expiry's own lateness, the handler, the standby's wake-up (50–150 µs
 /// in `cargo bench --bench preempt`'s head-of-line test on the VMs this was tuned on).
@@ -30,13 +26,16 @@ pub enum TimerClock {
     /// it), each busy runner's one-shot `CLOCK_MONOTONIC` timer is armed, by whoever saw
     /// it, for the end of that runner's quantum (POSIX timers belong to the process, so
     /// any thread may arm them). When it fires, the handler hands the slot off if work is
-    /// still queued and the task has used its quantum; if a newer task is running, it
-    /// re-arms for that task's quantum, after a longer wait each time this happens in a
-    /// row (quantum × 2, × 4, × 8 at most): a stream of short tasks keeps the queue busy
-    /// but never needs preempting, and this keeps its cost to about one expiry per 8
-    /// quanta per runner. The streak ends when the runner goes idle or hands off. No
-    /// timer syscall on a task's own path: a task that ends before its quantum leaves the
-    /// timer to fire once and find it gone.
+    /// still queued and the task has used its quantum. If a newer task is running (a
+    /// stream of tasks keeps the queue busy, most of them short), the runner's own
+    /// CPU-time timer takes over from the one-shot: it is checked on the kernel's tick
+    /// (HZ=250: every 4 ms of the thread's CPU time), and an expiry that rides the tick
+    /// the kernel takes anyway costs about a third of a one-shot's own interrupt on
+    /// virtual machines. A task is then handed off at the first tick past its quantum,
+    /// or at its quantum if another runner starts a task meanwhile (it looks at its
+    /// peers). The ticks stop when one finds nothing queued, or the runner sleeps or
+    /// hands off. No timer syscall on a task's own path: a task that ends before its
+    /// quantum leaves the timer to fire once and find it gone.
     #[default]
     Contention,
     /// Each thread's own CPU-time clock, which the kernel checks on its tick, plus a
@@ -82,11 +81,12 @@ impl TimerClock {
     }
 
     /// A CPU-time timer the thread keeps *disarmed*, if this clock has one: armed (by the
-    /// thread's own handler) only once a kill targets the thread, so that while the kill
-    /// waits for a point where it may freeze, the handler looks again at every kernel tick
-    /// the thread runs, as `ThreadCpu`'s lifelong timer does, and not only when the
-    /// monitor asks again. `Contention` has no other tick a deferred freeze could ride on.
-    pub(crate) fn kill_timer(self, tick_ns: u64) -> Option<(libc::clockid_t, u64)> {
+    /// thread's own handler) only on demand, so that the handler looks again at every
+    /// kernel tick the thread runs, as `ThreadCpu`'s lifelong timer does: while a kill
+    /// waits for a point where it may freeze (`Contention` has no other tick a deferred
+    /// freeze could ride on), and while tasks are queued behind a runner that a one-shot
+    /// found running a newer task than the one it was armed for.
+    pub(crate) fn demand_ticks(self, tick_ns: u64) -> Option<(libc::clockid_t, u64)> {
         match self {
             TimerClock::Contention => Some(Self::cpu_ticks(tick_ns)),
             TimerClock::ThreadCpu | TimerClock::Monotonic => None,
@@ -125,19 +125,13 @@ impl TimerClock {
     }
 
     /// `Contention`: the `CLOCK_MONOTONIC` time to arm a busy runner's one-shot at, for
-    /// its task that started at `start_ns`, after `streak` expiries in a row that found a
-    /// newer task than the one they were armed for: the quantum's end, later by a factor
-    /// of 2, 4, 8 as the streak grows (and never before `now_ns`), less [`HANDOFF_LEAD_NS`]
-    /// (at most half the quantum), so that the slot changes hands at the quantum's end
-    /// rather than that much after it.
-    pub(crate) fn contention_deadline(
-        start_ns: u64,
-        quantum_ns: u64,
-        streak: u32,
-        now_ns: u64,
-    ) -> u64 {
-        let wait = (quantum_ns << streak.min(MAX_STREAK)) - Self::lead(quantum_ns);
-        start_ns.saturating_add(wait).max(now_ns)
+    /// its task that started at `start_ns`: the quantum's end (never before `now_ns`),
+    /// less [`HANDOFF_LEAD_NS`] (at most half the quantum), so that the slot changes
+    /// hands at the quantum's end rather than that much after it.
+    pub(crate) fn contention_deadline(start_ns: u64, quantum_ns: u64, now_ns: u64) -> u64 {
+        start_ns
+            .saturating_add(Self::contention_due(quantum_ns))
+            .max(now_ns)
     }
 
     /// `Contention`: how long a task must have run for an expiry to hand it off (the
@@ -215,39 +209,25 @@ mod tests {
         assert!(!clock.disarm_at_task_end());
         assert!(clock.arms_on_contention());
         assert!(!TimerClock::ThreadCpu.arms_on_contention());
-        // Only a kill arms the CPU-time timer.
+        // The CPU-time timer is armed on demand only.
         assert_eq!(
-            clock.kill_timer(4 * MS),
+            clock.demand_ticks(4 * MS),
             Some((libc::CLOCK_THREAD_CPUTIME_ID, MS / 2))
         );
-        assert_eq!(TimerClock::ThreadCpu.kill_timer(4 * MS), None);
+        assert_eq!(TimerClock::ThreadCpu.demand_ticks(4 * MS), None);
         assert_eq!(clock.sharpen(0, 1_900_000, 2 * MS, 4 * MS), None);
     }
 
     #[test]
-    fn a_contention_deadline_is_the_quantum_end_backed_off_by_the_streak() {
+    fn a_contention_deadline_is_the_quantum_end_less_the_lead() {
         let q = MS / 2;
         let lead = HANDOFF_LEAD_NS;
-        assert_eq!(
-            TimerClock::contention_deadline(100, q, 0, 0),
-            100 + q - lead
-        );
-        assert_eq!(
-            TimerClock::contention_deadline(100, q, 1, 0),
-            100 + 2 * q - lead
-        );
-        assert_eq!(
-            TimerClock::contention_deadline(100, q, 3, 0),
-            100 + 8 * q - lead
-        );
-        assert_eq!(
-            TimerClock::contention_deadline(100, q, 9, 0),
-            100 + 8 * q - lead
-        );
+        assert_eq!(TimerClock::contention_deadline(100, q, 0), 100 + q - lead);
+        assert_eq!(TimerClock::contention_due(q), q - lead);
         // The lead is at most half a short quantum.
-        assert_eq!(TimerClock::contention_deadline(0, 100_000, 0, 0), 50_000);
+        assert_eq!(TimerClock::contention_deadline(0, 100_000, 0), 50_000);
         // Past already: now.
-        assert_eq!(TimerClock::contention_deadline(100, q, 0, 10 * MS), 10 * MS);
+        assert_eq!(TimerClock::contention_deadline(100, q, 10 * MS), 10 * MS);
     }
 
     #[test]

@@ -288,7 +288,7 @@ fn setup(shared: &Shared, index: usize, pin_now: bool) -> io::Result<ThreadState
         let timer = sys::create_thread_timer(clock, preempt.signal, token)?;
         record.cpu_timer.store(timer.0, Ordering::Relaxed);
         async_safe::set_timer(timer, period, period, false);
-    } else if let Some((clock, _)) = preempt.clock.kill_timer(preempt.tick_ns) {
+    } else if let Some((clock, _)) = preempt.clock.demand_ticks(preempt.tick_ns) {
         // Left disarmed until a kill targets this thread (`Record::tick_for_kill`).
         let timer = sys::create_thread_timer(clock, preempt.signal, token)?;
         record.cpu_timer.store(timer.0, Ordering::Relaxed);
