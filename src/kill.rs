@@ -155,20 +155,14 @@ impl Kills {
     }
 
     /// Step 1: watch `task` (once) and wake the monitor if it is due before its next wake.
-    pub(crate) fn watch(&self, task: Task) {
+    ///
+    /// A task about to start has its wall clock started here, under the registry's lock:
+    /// a runner that waited for the lock (the monitor holds it while it works through
+    /// many kills) must not find its task's deadline passed before the closure ran (the
+    /// kill storm saw a 50 ms deadline expire so, and the task cancelled unstarted).
+    pub(crate) fn watch(&self, task: Task, starting: bool) {
         let control = task.control();
-        let now = async_safe::monotonic_ns();
         let budget = control.budget;
-        let mut due = u64::MAX;
-        if let Some(wall) = budget.wall_limit() {
-            due = due.min(control.started_ns().saturating_add(nanos(wall)));
-        }
-        if let Some(cpu) = budget.cpu_limit() {
-            due = due.min(now.saturating_add(nanos(cpu)));
-        }
-        if let Some((_, at)) = control.killed() {
-            due = due.min(at.saturating_add(nanos(budget.grace_period())));
-        }
         {
             let mut watches = self.watches.lock();
             if watches.iter().any(|w| w.task.same(&task)) {
@@ -180,6 +174,20 @@ impl Kills {
                 drop(watches);
                 drop_quietly(done);
                 watches = self.watches.lock();
+            }
+            let now = async_safe::monotonic_ns();
+            let mut due = u64::MAX;
+            if let Some(wall) = budget.wall_limit() {
+                if starting {
+                    control.started_ns.store(now, Ordering::Relaxed);
+                }
+                due = due.min(control.started_ns().saturating_add(nanos(wall)));
+            }
+            if let Some(cpu) = budget.cpu_limit() {
+                due = due.min(now.saturating_add(nanos(cpu)));
+            }
+            if let Some((_, at)) = control.killed() {
+                due = due.min(at.saturating_add(nanos(budget.grace_period())));
             }
             watches.push(Watch {
                 task,
@@ -641,7 +649,11 @@ fn nanos(d: Duration) -> u64 {
 
 impl Supervisor for Kills {
     fn watch(&self, task: Task) {
-        Kills::watch(self, task);
+        Kills::watch(self, task, false);
+    }
+
+    fn watch_start(&self, task: Task) {
+        Kills::watch(self, task, true);
     }
 
     fn cancelled(&self, reason: KillReason) {

@@ -380,6 +380,9 @@ pub(crate) struct RunEnv<'a> {
 pub(crate) trait Supervisor: Sync {
     /// Watches a started task whose budget or cancel may need enforcing.
     fn watch(&self, task: Task);
+    /// Watches a task about to start whose budget may need enforcing, and starts its wall
+    /// clock once registered (a wait for the registry does not count).
+    fn watch_start(&self, task: Task);
     /// Counts a cooperative cancel.
     fn cancelled(&self, reason: KillReason);
 }
@@ -623,7 +626,7 @@ impl Task {
                     // A runtime section: a handoff here would demote this thread while it
                     // holds the monitor's registry lock, and stall the monitor.
                     let section = record.enter_runtime();
-                    supervisor.watch(Task(self.0.clone()));
+                    supervisor.watch_start(Task(self.0.clone()));
                     if section {
                         record.leave_runtime();
                     }
