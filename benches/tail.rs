@@ -79,6 +79,9 @@ enum Scheduler {
     Rayon(rayon::ThreadPool),
     Thread,
     Tokio(tokio::runtime::Runtime),
+    /// No scheduler: the generator alone, dropping every job. How late it is then is the
+    /// machine's floor under every scheduler's lateness (and short-class latency).
+    Alone,
 }
 
 impl Scheduler {
@@ -94,9 +97,30 @@ impl Scheduler {
                 }
             }
             Scheduler::Tokio(rt) => drop(rt.spawn_blocking(job)),
+            Scheduler::Alone => {
+                drop(job);
+                return false;
+            }
         }
         true
     }
+}
+
+/// The machine's idle and stolen time so far, and all of its time, in clock ticks
+/// (`/proc/stat`'s first line; zeros if it cannot be read).
+fn machine_idle() -> ((u64, u64), u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    ((at(3) + at(4), at(7)), fields.iter().take(8).sum())
 }
 
 /// A microsched pool's counters, if `wanted` and `sched` is one.
@@ -119,6 +143,9 @@ struct Point {
     /// CPU the whole process used per request beyond the calibrated work, µs: idle spins,
     /// wake-ups, timer expiries, handoffs, thread starts, the generator, everything.
     cpu_overhead_us: f64,
+    /// Per class, the median wait before the closure began and the median time from its
+    /// start to its end, µs (where a class's latency goes: queueing, or running slowly).
+    wait_run_p50_us: Vec<(f64, f64)>,
 }
 
 /// CPU time of the calling thread, ns.
@@ -138,6 +165,8 @@ fn measured(len: usize) -> (usize, usize) {
 fn run_point(sched: &Scheduler, requests: &[Request], classes: usize, per_us: f64) -> Point {
     let done: Arc<Vec<AtomicU64>> =
         Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
+    let began: Arc<Vec<AtomicU64>> =
+        Arc::new((0..requests.len()).map(|_| AtomicU64::new(NEVER)).collect());
     let finished = Arc::new(AtomicUsize::new(0));
     let mut late = Vec::with_capacity(requests.len());
     let cpu_before = thread_cpu_ns();
@@ -151,7 +180,9 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize, per_us: f6
         }
         late.push(now_ns().saturating_sub(due) as f64 / 1e3);
         let (done2, finished2, iters) = (done.clone(), finished.clone(), r.iters);
+        let began2 = began.clone();
         let started = sched.submit(Box::new(move || {
+            began2[i].store(now_ns(), Ordering::Relaxed);
             std::hint::black_box(burn(iters));
             done2[i].store(now_ns(), Ordering::Relaxed);
             finished2.fetch_add(1, Ordering::Release);
@@ -177,7 +208,16 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize, per_us: f6
     let cpu_overhead_us = (process_us - work_us) / requests.len().max(1) as f64;
     let (warmup, cooldown) = measured(requests.len());
     let mut latency_us = vec![Vec::new(); classes];
+    let (mut waits, mut runs) = (vec![Vec::new(); classes], vec![Vec::new(); classes]);
     for (i, r) in requests.iter().enumerate().take(cooldown).skip(warmup) {
+        let (b, e) = (
+            began[i].load(Ordering::Relaxed),
+            done[i].load(Ordering::Relaxed),
+        );
+        if b != NEVER && e != NEVER {
+            waits[r.class].push(b.saturating_sub(start + r.due_ns) as f64 / 1e3);
+            runs[r.class].push(e.saturating_sub(b) as f64 / 1e3);
+        }
         let end = done[i].load(Ordering::Relaxed);
         let us = if end == NEVER || end > give_up {
             f64::INFINITY
@@ -191,6 +231,11 @@ fn run_point(sched: &Scheduler, requests: &[Request], classes: usize, per_us: f6
         submit_late_p99_us: percentile(&mut late, 0.99),
         generator_cpu_us,
         cpu_overhead_us,
+        wait_run_p50_us: waits
+            .iter_mut()
+            .zip(runs.iter_mut())
+            .map(|(w, r)| (percentile(w, 0.5), percentile(r, 0.5)))
+            .collect(),
     }
 }
 
@@ -315,6 +360,7 @@ fn main() {
     println!("env: {env}");
 
     let mut summary = None;
+    let mut late_alone = None;
     let mut rows = Vec::new();
     for (wi, workload) in workloads.iter().enumerate() {
         let capacity = workers as f64 / workload.mean_service_us() * 1e6;
@@ -380,10 +426,29 @@ fn main() {
             for k in 0..active {
                 let s = (k + li) % active;
                 let before = scheduler_stats(&schedulers[s], show_stats);
+                let idle_before = machine_idle();
                 let point = run_point(&schedulers[s], &requests, workload.classes.len(), per_us);
+                if show_stats {
+                    let classes: Vec<String> = point
+                        .wait_run_p50_us
+                        .iter()
+                        .zip(&workload.classes)
+                        .map(|((w, r), c)| format!("{} waits {w:.0} runs {r:.0}", c.name))
+                        .collect();
+                    println!("   p50 µs: {}", classes.join("; "));
+                    let (i0, t0) = idle_before;
+                    let (i1, t1) = machine_idle();
+                    println!(
+                        "   machine: {:.1} % idle, {:.1} % stolen by the host during the point",
+                        (i1.0 - i0.0) as f64 * 100.0 / (t1 - t0).max(1) as f64,
+                        (i1.1 - i0.1) as f64 * 100.0 / (t1 - t0).max(1) as f64
+                    );
+                }
                 if let (Some(a), Some(b)) = (before, scheduler_stats(&schedulers[s], show_stats)) {
                     println!(
-                        "   stats: ticks {} handoffs {} deferred {} no_standby {} capped {} carrier_waits {} (cut {}) standbys_started {} retired {} parks {} stolen {}",
+                        "   stats: expiries {} arms {} ticks {} handoffs {} deferred {} no_standby {} capped {} carrier_waits {} (cut {}) standbys_started {} retired {} parks {} stolen {}",
+                        b.expiries - a.expiries,
+                        b.timer_arms - a.timer_arms,
                         b.ticks - a.ticks,
                         b.handoffs - a.handoffs,
                         b.deferred - a.deferred,
@@ -438,6 +503,16 @@ fn main() {
                     gen_share * 100.0,
                     point.cpu_overhead_us
                 );
+            }
+            if fairness || load == 0.7 {
+                let alone = run_point(&Scheduler::Alone, &requests, workload.classes.len(), per_us);
+                println!(
+                    "   the generator alone (no scheduler, jobs dropped): late p99 {:.0} µs, the floor under every scheduler's",
+                    alone.submit_late_p99_us
+                );
+                if wi == 0 && load == 0.7 {
+                    late_alone = Some(alone.submit_late_p99_us);
+                }
             }
             if let Some(f) = report::Fairness::at(&rows, wi, load) {
                 let long = if workload.classes.len() > 1 {
@@ -510,8 +585,12 @@ fn main() {
     // The bimodal sweep's fairness and cost fields (workload 0 is bimodal in every mode).
     let fair = report::Fairness::summary(&rows, 0, &loads);
     let fair_fields = format!(
-        "long_p99_ratio_vs_fcfs_max={:.2} long_p50_ratio_vs_fcfs_at_0.3={:.2} cpu_overhead_ratio_vs_rayon_max={:.2} generator_late_ratio_vs_rayon_max={:.2}",
-        fair.long_p99_ratio, fair.long_p50_ratio, fair.cpu_ratio, fair.late_ratio
+        "long_p99_ratio_vs_fcfs_max={:.2} long_p50_ratio_vs_fcfs_at_0.3={:.2} cpu_overhead_ratio_vs_rayon_max={:.2} generator_late_ratio_vs_rayon_max={:.2} generator_alone_late_p99_us_at_0.7={:.0}",
+        fair.long_p99_ratio,
+        fair.long_p50_ratio,
+        fair.cpu_ratio,
+        fair.late_ratio,
+        late_alone.unwrap_or(f64::NAN)
     );
     if fairness {
         println!("\nSUMMARY tail-fairness {fair_fields}");

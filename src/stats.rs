@@ -91,6 +91,13 @@ pub struct Stats {
     pub unparks: u64,
     /// Preemption timer deliveries that found a task running (the handler's decisions).
     pub ticks: u64,
+    /// Every delivery of the pool's timer signal to a runner, whatever it found (a task,
+    /// none, the runner between two): what preemption costs in interrupts.
+    pub expiries: u64,
+    /// Runners' one-shot timers armed because work was queued behind them (by the
+    /// spawner, a peer, or their own handler looking again) or their task ran past its
+    /// quantum ([`TimerClock::Contention`](crate::TimerClock::Contention)).
+    pub timer_arms: u64,
     /// Slots handed to a standby because their task ran past the quantum.
     pub handoffs: u64,
     /// Overruns seen while the task was inside the runtime (a spawn), handed off as soon
@@ -190,6 +197,8 @@ impl SlotStats {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct PreemptSnapshot {
     pub(crate) ticks: u64,
+    pub(crate) expiries: u64,
+    pub(crate) arms: u64,
     pub(crate) handoffs: u64,
     pub(crate) deferred: u64,
     pub(crate) no_standby: u64,
@@ -209,6 +218,8 @@ impl PreemptSnapshot {
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PreemptSnapshot {
             ticks: read(&c.ticks),
+            expiries: read(&c.expiries),
+            arms: read(&c.arms),
             handoffs: read(&c.handoffs),
             deferred: read(&c.deferred),
             no_standby: read(&c.no_standby),
@@ -264,6 +275,8 @@ impl Stats {
             parks: sum(|s| s.parks),
             unparks: sum(|s| s.unparks),
             ticks: total(|p| p.ticks),
+            expiries: total(|p| p.expiries),
+            timer_arms: total(|p| p.arms),
             handoffs: total(|p| p.handoffs),
             deferred: total(|p| p.deferred),
             no_standby: total(|p| p.no_standby),

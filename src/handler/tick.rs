@@ -15,7 +15,17 @@ use crate::sys::async_safe;
 pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     let preempt = record.preempt();
     let contention = preempt.clock.arms_on_contention();
-    if record.state.load(Ordering::Relaxed) != IN_TASK {
+    // Carriers' and abandoned threads' deliveries are not counted (their reserve is the
+    // slot's they left; a runner's is read once it is known to hold one).
+    let state = record.state.load(Ordering::Relaxed);
+    if state == IN_TASK || state == super::record::IDLE {
+        record
+            .reserve()
+            .counters
+            .expiries
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if state != IN_TASK {
         if contention {
             // The one-shot found the runner between tasks, or a carrier (an arming that
             // raced with its handoff is void: a carrier has no quantum; one looking again
@@ -119,6 +129,11 @@ fn arm_contention(record: &Record, preempt: &Preempt, start: u64, now: u64) {
     }
     let at = super::timer::TimerClock::contention_deadline(start, preempt.quantum_ns, now);
     record.arm_precise_from_anywhere(at, 0);
+    record
+        .reserve()
+        .counters
+        .arms
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Someone waits (`TimerClock::Contention`): arms the one-shot of every slot holder that is
@@ -204,6 +219,11 @@ pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
             // The handler looks now (a one-shot at a time already past fires at once).
             record.armed.store(true, Ordering::SeqCst);
             record.arm_precise_from_anywhere(now, 0);
+            record
+                .reserve()
+                .counters
+                .arms
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -85,6 +85,11 @@ pub struct Reserve {
 pub(crate) struct PreemptCounters {
     /// Timer deliveries that found a task running.
     pub(crate) ticks: AtomicU64,
+    /// Every delivery of the pool's timer signal to the slot's runners, whatever it found.
+    pub(crate) expiries: AtomicU64,
+    /// One-shots of the slot's runners armed because work was queued behind them, or a
+    /// task of theirs ran past its quantum (`TimerClock::Contention`).
+    pub(crate) arms: AtomicU64,
     /// Slots handed to a standby.
     pub(crate) handoffs: AtomicU64,
     /// Overruns seen inside a runtime section, handed off when it ended.
