@@ -857,40 +857,50 @@ impl Record {
     }
 
     /// Adds `why` ([`TICKS_KILL`], [`TICKS_CONTENTION`]) to the reasons for the on-demand
-    /// CPU-time timer (`TimerClock::demand_ticks`), and arms it if it was the first. On
-    /// the record's own thread, in the handler. Async-signal-safe.
+    /// CPU-time timer (`TimerClock::demand_ticks`; nothing with a clock that has none),
+    /// and arms it if it was the first. On the record's own thread, in the handler or not
+    /// (`leave_runtime`). Async-signal-safe.
     pub(super) fn start_cpu_ticks(&self, why: u8) {
+        let preempt = self.preempt();
+        if preempt.clock.demand_ticks(preempt.tick_ns).is_none() {
+            return;
+        }
         if self.cpu_ticks.fetch_or(why, Ordering::SeqCst) == 0 {
-            self.set_cpu_ticks(true);
+            self.sync_cpu_ticks();
         }
     }
 
     /// Removes `why` from the reasons for the on-demand CPU-time timer, and disarms it if
-    /// none is left. On the record's own thread, in the handler or not: a handler that
-    /// starts ticks between the disarm and the look after it is seen by that look, and
-    /// the timer is armed again. Async-signal-safe.
+    /// none is left. On the record's own thread, in the handler or not. Async-signal-safe.
     #[cold]
     pub(super) fn stop_cpu_ticks(&self, why: u8) {
         let old = self.cpu_ticks.fetch_and(!why, Ordering::SeqCst);
         if old & why == 0 || old & !why != 0 {
             return;
         }
-        self.set_cpu_ticks(false);
-        compiler_fence(Ordering::SeqCst);
-        if self.cpu_ticks.load(Ordering::Relaxed) != 0 {
-            self.set_cpu_ticks(true);
-        }
+        self.sync_cpu_ticks();
     }
 
-    /// Arms (every eighth of a kernel tick of this thread's CPU time) or disarms the
-    /// on-demand CPU-time timer, if the clock has one.
-    fn set_cpu_ticks(&self, on: bool) {
+    /// Arms or disarms the on-demand CPU-time timer to match the reasons, until they stay
+    /// put across the `timer_settime`: called outside the handler, the thread can be
+    /// interrupted between its look and the syscall by a handler that starts or stops
+    /// ticks (and does its own syscall first), and the last word must be the reasons' now.
+    fn sync_cpu_ticks(&self) {
         let preempt = self.preempt();
-        if let Some((_, period)) = preempt.clock.demand_ticks(preempt.tick_ns) {
-            let id = self.cpu_timer.load(Ordering::Relaxed);
-            if id != NO_TIMER {
-                let period = if on { period } else { 0 };
-                async_safe::set_timer(TimerId(id), period, period, false);
+        let Some((_, period)) = preempt.clock.demand_ticks(preempt.tick_ns) else {
+            return;
+        };
+        let id = self.cpu_timer.load(Ordering::Relaxed);
+        if id == NO_TIMER {
+            return;
+        }
+        loop {
+            let on = self.cpu_ticks.load(Ordering::SeqCst) != 0;
+            let period = if on { period } else { 0 };
+            async_safe::set_timer(TimerId(id), period, period, false);
+            compiler_fence(Ordering::SeqCst);
+            if (self.cpu_ticks.load(Ordering::SeqCst) != 0) == on {
+                return;
             }
         }
     }

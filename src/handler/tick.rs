@@ -26,6 +26,11 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
             .fetch_add(1, Ordering::Relaxed);
     }
     if state != IN_TASK {
+        if state == CARRIED && record.contention_ticks() {
+            // Handed off from outside (the monitor took a blocked runner's slot): a
+            // carrier needs no watching.
+            record.stop_cpu_ticks(TICKS_CONTENTION);
+        }
         if contention {
             // The one-shot found the runner between tasks, or a carrier (an arming that
             // raced with its handoff is void: a carrier has no quantum; one looking again
@@ -163,21 +168,28 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     for reserve in preempt.reserves.iter() {
         match busy_holder(reserve, preempt) {
             None if backlog == Backlog::One => return,
-            None => {}
-            Some(record) => {
+            Some(record)
                 if oldest.is_none_or(|o| {
                     record.start_ns.load(Ordering::Relaxed) < o.start_ns.load(Ordering::Relaxed)
-                }) {
-                    oldest = Some(record);
-                }
+                }) =>
+            {
+                oldest = Some(record);
             }
+            _ => {}
         }
     }
     let Some(record) = oldest else {
         return;
     };
+    // Its CPU-time ticks watch a task only while it runs: one that has outlived its
+    // quantum by a kernel tick and is still here is blocked in the kernel (or starved),
+    // and gets its one-shot (whose signal interrupts the wait).
+    let start = record.start_ns.load(Ordering::Relaxed);
+    let now = async_safe::monotonic_ns();
     if record.armed.load(Ordering::SeqCst)
-        || (backlog == Backlog::Many && record.contention_ticks())
+        || (backlog == Backlog::Many
+            && record.contention_ticks()
+            && now.saturating_sub(start) < preempt.quantum_ns.saturating_add(preempt.tick_ns))
     {
         return;
     }
@@ -189,8 +201,7 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     if async_safe::demoted() {
         return;
     }
-    let start = record.start_ns.load(Ordering::Relaxed);
-    arm_contention(record, preempt, start, async_safe::monotonic_ns());
+    arm_contention(record, preempt, start, now);
 }
 
 /// The record of the thread holding `reserve`'s slot, if it is one of `preempt`'s pool

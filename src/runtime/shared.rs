@@ -181,8 +181,11 @@ impl Shared {
         // them armed already (or a runner free, which arms them as it starts with more
         // queued behind it). Looking at every spawn cost 10-15 % of tiny-task throughput
         // (the runners' state words are written by every task).
-        let starts_backlog = self.injector.is_empty();
+        let was_empty = self.injector.is_empty();
         self.injector.push(task);
+        // Alone after the push counts too: a runner may have taken the task that was there
+        // before this one, and found nothing behind it to arm anyone for.
+        let starts_backlog = was_empty || self.injector.len() == 1;
         drop(entered);
         if !self.sleep.notify_one() && starts_backlog {
             self.contended(Backlog::One);
