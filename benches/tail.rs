@@ -755,14 +755,33 @@ batch lost 10 % of its throughput; waiting on one futex word per ticket brought 
 - **Long tasks leave the runners' priority.** A runner starting a task hands off a peer's \
 task that is past its quantum even if nothing is queued at that instant: at load 0.7, \
 long p99 1.47× with it, 2.88× without.\n\
-- **What got worse.** The short class's p99 at load 0.7 rose from about 3 ms to 5–10 ms, \
-and it tracks the generator's own lateness (the SUMMARY charges it). In the same session, \
-twice, the pool with every change above but the previous clock (`TimerClock::ThreadCpu`, \
-which hands off at the first kernel tick past the quantum whether or not anything waits) \
-measured 3.6–3.8 ms at 0.7 against 7–11 ms with the default clock, with the generator \
-3.2–3.4 ms late against 5.5–9.7. The cause is not found yet.\n\n\
+- **Cheaper watching of a stream.** A one-shot that finds a newer task than the one it \
+was armed for hands the watch to the runner's CPU-time timer, whose expiries ride the \
+kernel's tick (12 µs each here against 36 µs for a monotonic timer's own interrupt); \
+whoever sees a backlog arms only the busy runner whose task started first; waiting \
+carriers read `/proc` only for carriers ahead that made no CPU progress. The preempt \
+bench's heavy-tailed tax went from 4.1–5.3 % to 1.4–2.4 %, its CPU cost from +1.4–2.2 % \
+to −0.8–+0.1 %; armings per point at load 0.7 from about 5,700 to 4,300.\n\
+- **What got worse, and why it is not the clock.** The short class's p99 at load 0.7 is \
+4–7 ms, about twice the 3 ms of the previous defaults, and tracks the generator's own \
+lateness (the SUMMARY charges it). Three alternating pairs of runs of `--fairness --loads \
+0.7 --scale 0.5 --clock contention|thread-cpu` gave 6.6/12.9, 5.8/7.1 and 17.9/5.2 ms: \
+no difference the noise does not swamp. The generator alone (no scheduler, jobs dropped) \
+was 118 µs to 3.9 ms late at p99 from one run to the next, and a bare 200 µs sleeper on \
+an idle vCPU of these machines is 3.3–4.3 ms late at p99 (0.6–1.4 ms with a busy loop \
+keeping the vCPU awake): a short p99 of 1.5 ms is under this machine's own floor in many \
+runs.\n\
+- **Where the long class's time goes.** With `--stats`, at load 0.7: a long request waits \
+50 µs (p50) before it starts under microsched against 2.8–4.4 ms under the FCFS pools, and \
+then runs 99 ms against 54, while the machine is idle as much (17–19 %) under all three. \
+As a carrier it gets the cores only after the short class, the generator and the \
+runtime's own overhead (about a quarter of each core at 0.7): 50 ms of work takes about \
+68 ms, and the longs then queue among themselves at about 0.78 of what is left, which puts \
+the p50 near 100 ms, as measured. Strict priority for the short class costs the long class \
+this much on two cores; every µs of overhead per request adds to it, most near \
+saturation.\n\n\
 The machine is noisy: in back-to-back runs rayon's own generator lateness p99 at one load \
-ranged from 1.0 to 9.4 ms, so single-run ratios of lateness move by 2× either way.\n";
+ranged from 1.0 to 12.9 ms, so single-run ratios of lateness move by 2× either way.\n";
 
 /// One request in this many is a runaway in the runaway section (0.05 %).
 const RUNAWAY_EVERY: usize = 2000;
