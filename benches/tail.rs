@@ -123,6 +123,24 @@ fn machine_idle() -> ((u64, u64), u64) {
     ((at(3) + at(4), at(7)), fields.iter().take(8).sum())
 }
 
+/// The pool counters `--stats` prints per point (as differences over the point).
+type StatsField = fn(&microsched::Stats) -> u64;
+const STATS_SHOWN: [(&str, StatsField); 13] = [
+    ("expiries", |s| s.expiries),
+    ("arms", |s| s.timer_arms),
+    ("ticks", |s| s.ticks),
+    ("handoffs", |s| s.handoffs),
+    ("deferred", |s| s.deferred),
+    ("no_standby", |s| s.no_standby),
+    ("capped", |s| s.capped),
+    ("carrier_waits", |s| s.carrier_waits),
+    ("carrier_waits_cut", |s| s.carrier_waits_cut),
+    ("standbys_started", |s| s.standbys_started),
+    ("retired", |s| s.retired),
+    ("parks", |s| s.parks),
+    ("stolen", |s| s.stolen),
+];
+
 /// A microsched pool's counters, if `wanted` and `sched` is one.
 fn scheduler_stats(sched: &Scheduler, wanted: bool) -> Option<microsched::Stats> {
     match sched {
@@ -445,22 +463,11 @@ fn main() {
                     );
                 }
                 if let (Some(a), Some(b)) = (before, scheduler_stats(&schedulers[s], show_stats)) {
-                    println!(
-                        "   stats: expiries {} arms {} ticks {} handoffs {} deferred {} no_standby {} capped {} carrier_waits {} (cut {}) standbys_started {} retired {} parks {} stolen {}",
-                        b.expiries - a.expiries,
-                        b.timer_arms - a.timer_arms,
-                        b.ticks - a.ticks,
-                        b.handoffs - a.handoffs,
-                        b.deferred - a.deferred,
-                        b.no_standby - a.no_standby,
-                        b.capped - a.capped,
-                        b.carrier_waits - a.carrier_waits,
-                        b.carrier_waits_cut - a.carrier_waits_cut,
-                        b.standbys_started - a.standbys_started,
-                        b.retired - a.retired,
-                        b.parks - a.parks,
-                        b.stolen - a.stolen,
-                    );
+                    let counts: Vec<String> = STATS_SHOWN
+                        .iter()
+                        .map(|(name, field)| format!("{name} {}", field(&b) - field(&a)))
+                        .collect();
+                    println!("   stats: {}", counts.join(" "));
                 }
                 let mut short = point.latency_us[0].clone();
                 let mut long = point.latency_us.get(1).cloned().unwrap_or_default();

@@ -223,8 +223,13 @@ fn runaways_in_runtime_and_std_calls_leave_no_lock_held() {
             let env_reader = pool.spawn_with(budget, || loop {
                 black_box(std::env::var_os("PATH"));
             });
-            for h in [spawner, writer, env_reader] {
-                assert_eq!(killed(join(h)).how(), KillHow::Frozen);
+            for (name, h) in [
+                ("spawner", spawner),
+                ("writer", writer),
+                ("env_reader", env_reader),
+            ] {
+                let how = killed(join(h)).how();
+                assert_eq!(how, KillHow::Frozen, "{name}: {:?}", pool.stats());
             }
             good_tasks_still_run(&pool, 100);
             println!("stdout still works");
