@@ -289,6 +289,13 @@ fn main() {
         }
     };
     let show_stats = args.iter().any(|a| a == "--stats");
+    // `--max-carriers N`: microsched's cap on carriers per slot (the default otherwise).
+    let max_carriers = args
+        .iter()
+        .position(|a| a == "--max-carriers")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(microsched::DEFAULT_MAX_CARRIERS);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cores = common::allowed_cores();
     let per_us = calibrate(now_ns);
@@ -297,8 +304,23 @@ fn main() {
     // SAFETY: a prctl on the calling thread with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
     let (workloads, loads, seconds) = if fairness {
+        // `--workload 50-50|exponential`: that workload instead of the bimodal one.
+        let workload = match args
+            .iter()
+            .position(|a| a == "--workload")
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+        {
+            None | Some("bimodal") => Workload::bimodal(),
+            Some("50-50") => Workload::fifty_fifty(),
+            Some("exponential") => Workload::exponential(),
+            Some(other) => {
+                eprintln!("--workload: expected bimodal, 50-50 or exponential, got {other}");
+                std::process::exit(2);
+            }
+        };
         (
-            vec![Workload::bimodal()],
+            vec![workload],
             args.iter()
                 .position(|a| a == "--loads")
                 .and_then(|i| args.get(i + 1))
@@ -337,6 +359,7 @@ fn main() {
             microsched::Pool::builder()
                 .workers(workers)
                 .timer_clock(clock)
+                .max_carriers(max_carriers)
                 .build()
                 .expect("pool"),
         ),
