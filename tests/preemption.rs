@@ -671,3 +671,50 @@ fn shutdown_timeout_detaches_a_carried_runaway() {
         assert!(pool.stats().handoffs >= 1);
     });
 }
+
+/// Carriers whose tasks end rejoin the standbys (up to four times the target), so the
+/// next burst of handoffs reuses them instead of starting threads; the ones past the
+/// target exit after a second without a handoff, and the reserve settles back to its
+/// target.
+#[test]
+fn spare_standbys_are_reused_then_retire_when_idle() {
+    in_child("spare_standbys_are_reused_then_retire_when_idle", || {
+        let pool = builder(1).standbys(1).build().unwrap();
+        let burst = |pool: &microsched::Pool| {
+            // Eight 30 ms tasks on one slot: each is handed off behind the next.
+            let handles: Vec<_> = (0..8)
+                .map(|_| pool.spawn(|| spin_cpu(Duration::from_millis(30))))
+                .collect();
+            for h in handles {
+                assert!(join(h).unwrap() > 0);
+            }
+        };
+        burst(&pool);
+        let after_first = pool.stats();
+        assert!(after_first.handoffs >= 4, "{after_first:?}");
+        // The carriers rejoin: more than twice the target are parked now (waiting a moment
+        // for the last carriers to get there).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.stats().standbys < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(pool.stats().standbys >= 3, "{:?}", pool.stats());
+        // A second burst at once reuses them: fewer threads started than handoffs made.
+        burst(&pool);
+        let after_second = pool.stats();
+        let handoffs = after_second.handoffs - after_first.handoffs;
+        let started = after_second.standbys_started - after_first.standbys_started;
+        assert!(handoffs >= 4, "{after_second:?}");
+        assert!(
+            started < handoffs,
+            "{started} started for {handoffs} handoffs"
+        );
+        // Idle: the spares past the target exit within a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pool.stats().standbys > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(pool.stats().standbys, 1, "{:?}", pool.stats());
+        pool.shutdown();
+    });
+}

@@ -3,7 +3,7 @@
 //! ```text
 //!            build / monitor
 //!                  │
-//!     ┌────────► STANDBY ──(slot closed)──► exit
+//!     ┌────────► STANDBY ──(slot closed, or idle 1 s past the target)──► exit
 //!     │            │ granted a slot (reserve.rs step 2)
 //!     │            ▼
 //!     │         RUNNER ──(shutdown: no work left)──► close the slot's reserve, exit
@@ -22,7 +22,8 @@
 //!    shutdown it wakes the sleeping runners: they may be waiting for this very task to
 //!    count as finished.
 //! 3. It rejoins the reserve only if the pool is still running, the reserve holds fewer
-//!    than twice the target of parked standbys, and it can get its normal priority back.
+//!    than four times the target of parked standbys, and it can get its normal priority
+//!    back. (Standbys past the target exit after a second without a handoff.)
 //!    It then counts itself in and re-pins itself to the slot's core (the same CPUs the
 //!    runner pinned to, so that cannot fail in practice; if it did, it would serve the
 //!    slot unpinned).
@@ -41,6 +42,16 @@ use crate::handler::{self, Record, NO_TIMER, RECORDS};
 use crate::runtime::runner::{Runner, Served};
 use crate::sync::reserve::Woken;
 use crate::sys::{self, async_safe, AltStack, TimerId};
+
+/// A carrier whose task has ended rejoins its slot's standbys while fewer than this many
+/// times the pool's target (`Builder::standbys`) are parked or starting; the ones past the
+/// target exit after [`STANDBY_KEEP_ALIVE`] without a handoff. A burst of handoffs then
+/// reuses the carriers of the last burst instead of starting a thread for each
+/// (`sync/reserve.rs`, `wait_or_retire`).
+const KEPT_STANDBYS_FACTOR: u32 = 4;
+
+/// How long a standby past the pool's target stays parked without a handoff.
+const STANDBY_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Alternate signal stack per pool thread: the handler needs little, but a chained
 /// embedder handler may need more, and issue-4 stack walks tens of KB.
@@ -181,7 +192,8 @@ fn lifecycle(
                     }
                     // Step 3. Count in before re-pinning, as a fresh standby does: the
                     // pin moves this thread onto the slot's busy core.
-                    let room = reserve.ready() + reserve.starting() < 2 * preempt.standbys;
+                    let room = reserve.ready() + reserve.starting()
+                        < KEPT_STANDBYS_FACTOR * preempt.standbys;
                     if shared.mode() == Mode::Running
                         && room
                         && sys::restore_normal_policy().is_ok()
@@ -199,7 +211,8 @@ fn lifecycle(
                 let Some(preempt) = &shared.preempt else {
                     return false;
                 };
-                match preempt.reserves[index].wait() {
+                let reserve = &preempt.reserves[index];
+                match reserve.wait_or_retire(preempt.standbys, STANDBY_KEEP_ALIVE) {
                     Woken::Granted => {
                         if let Some(record) = record {
                             record.bind(preempt, index);
@@ -207,6 +220,10 @@ fn lifecycle(
                         role = Role::Runner;
                     }
                     Woken::Closed => return false,
+                    Woken::Spare => {
+                        reserve.counters.retired.fetch_add(1, Ordering::Relaxed);
+                        return false;
+                    }
                 }
             }
         }
