@@ -226,7 +226,8 @@ impl Builder {
     /// Standby threads kept parked per slot, ready to take it over (default
     /// [`DEFAULT_STANDBYS`], at most
     /// [`MAX_STANDBYS`]). More absorb bursts of handoffs on one slot without waiting for
-    /// the monitor to start replacements.
+    /// the monitor to start replacements. Carriers whose tasks end rejoin up to four
+    /// times this many; those past it exit after a second without a handoff.
     pub fn standbys(mut self, standbys: u32) -> Builder {
         self.standbys = standbys;
         self

@@ -37,6 +37,7 @@ fn a_grant_hands_the_slot_to_the_standby_in_order() {
                         true
                     }
                     Woken::Closed => false,
+                    Woken::Spare => unreachable!("`wait` never retires"),
                 }
             })
         };
@@ -73,6 +74,7 @@ fn one_grant_wakes_exactly_one_of_two_standbys_and_close_releases_the_other() {
                         1
                     }
                     Woken::Closed => 0,
+                    Woken::Spare => unreachable!("`wait` never retires"),
                 })
             })
             .collect();
@@ -106,5 +108,38 @@ fn a_runner_without_a_standby_is_seen_by_the_next_standby_or_sees_it() {
             got || poked == Some(7),
             "the overrun and the parked standby missed each other"
         );
+    });
+}
+
+#[test]
+fn a_spare_standby_retires_only_while_one_is_left_for_every_grant() {
+    loom::model(|| {
+        let reserve = Arc::new(Reserve::new());
+        reserve.park_ready(false);
+        reserve.park_ready(false);
+        // One standby may retire (idle at once, a target of one), the other may not; a
+        // handoff takes one of them meanwhile. Whoever is granted the slot closes it at
+        // shutdown, which releases a standby still waiting.
+        let run = |reserve: Arc<Reserve>, spare: bool| {
+            thread::spawn(move || {
+                let woken = if spare {
+                    reserve.wait_or_retire(1, std::time::Duration::ZERO)
+                } else {
+                    reserve.wait()
+                };
+                if woken == Woken::Granted {
+                    reserve.close();
+                }
+                woken
+            })
+        };
+        let spare = run(reserve.clone(), true);
+        let other = run(reserve.clone(), false);
+        assert!(reserve.take_standby());
+        reserve.grant();
+        let outcomes = [spare.join().unwrap(), other.join().unwrap()];
+        let granted = outcomes.iter().filter(|w| **w == Woken::Granted).count();
+        assert_eq!(granted, 1, "{outcomes:?}");
+        assert_eq!(reserve.ready(), 0);
     });
 }

@@ -191,8 +191,7 @@ impl Reserve {
     /// the last one rather than starting a thread each (`cargo bench --bench tail --
     /// --fairness --workload 50-50 --stats` counted one thread started and one ended per
     /// two handoffs at load 0.8).
-    #[cfg(not(loom))]
-    pub(crate) fn wait_or_retire(&self, keep: u32, idle: std::time::Duration) -> Woken {
+    pub fn wait_or_retire(&self, keep: u32, idle: std::time::Duration) -> Woken {
         let mut until = std::time::Instant::now() + idle;
         loop {
             let word = self.grants.load(Ordering::Acquire);
