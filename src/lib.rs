@@ -21,15 +21,18 @@
 //! - [`Pool::shutdown`] (and dropping the pool) refuses new spawns, runs every task
 //!   accepted before it, and joins the runners; [`Pool::shutdown_timeout`] bounds the
 //!   wait and resolves what is still queued with [`JoinError::Shutdown`].
-//! - **Preemption.** A task that runs past the quantum ([`Builder::quantum`], default 2 ms)
-//!   has its slot handed off: a timer signal lands on its runner, and the handler gives
-//!   the slot (its queue, its place in stealing) to a parked **standby** thread pinned to
-//!   the same core, then demotes the old runner to `SCHED_IDLE`. That thread becomes the
-//!   task's **carrier**: the task runs on there, where it was interrupted, in the gaps the
-//!   new runner leaves. Short tasks queued behind a long one wait one to two and a half
-//!   quanta (with the default clock and quantum), not for the long one to end. A monitor thread keeps the standbys stocked. Timers ride on
-//!   each thread's CPU-time clock by default ([`TimerClock`]), so a busy runner costs one
-//!   signal per kernel tick and an idle one nothing.
+//! - **Preemption.** A task that runs past the quantum ([`Builder::quantum`], default
+//!   [`DEFAULT_QUANTUM`], 500 µs) while other tasks wait has its slot handed off: a timer
+//!   signal lands on its runner, and the handler gives the slot (its queue, its place in
+//!   stealing) to a parked **standby** thread pinned to the same core, then demotes the
+//!   old runner to `SCHED_IDLE`. That thread becomes the task's **carrier**: the task runs
+//!   on there, where it was interrupted, in the gaps the new runner leaves; carriers run
+//!   oldest first. A short task queued behind a long one waits about one quantum, not for
+//!   the long one to end. A monitor thread keeps the standbys stocked. With the default
+//!   clock ([`TimerClock::Contention`]) no timer runs while nothing is queued: whoever
+//!   queues a task behind busy runners arms the one-shot of the one whose quantum ends
+//!   first, and a stream of queued tasks is then watched by the runner's CPU-time ticks,
+//!   which ride the kernel's own tick.
 //! - **Budgets and kills.** [`Pool::spawn_with`] gives a task a [`Budget`] of CPU and/or
 //!   wall-clock time ([`Builder::default_budget`] for every spawn). When it runs out, or
 //!   [`JoinHandle::cancel`] is called, the task's next [`checkpoint`] unwinds (destructors

@@ -43,8 +43,8 @@ pub enum TimerClock {
     /// The tick rides on timer interrupts the kernel takes anyway and never fires for an
     /// idle or blocked thread, so the cost is close to nothing. A task is handed off at
     /// its quantum if a tick lands in the second half of it (always, once the quantum is
-    /// two ticks or more), otherwise at the first tick after: with the default 2 ms
-    /// quantum and HZ=250, between 2 and 5 ms after it started. (A runner that was asleep
+    /// two ticks or more), otherwise at the first tick after: with a 2 ms quantum (the
+    /// default when this clock was) and HZ=250, between 2 and 5 ms after it started. (A runner that was asleep
     /// sees its first tick about one tick after it wakes: an idle core's tick restarts
     /// then.) A task that blocks in a syscall uses no CPU,
     /// so it is handed off only if a one-shot was armed for it; other slots still steal
