@@ -59,9 +59,10 @@
 //! 1. No task running (idle, spinning, or a carrier's already-demoted task): return.
 //!    With the default clock (`TimerClock::Contention`), the tick is the one-shot that
 //!    someone armed when work was queued behind this runner: if nothing is queued any
-//!    more (and no peer saw the task past its quantum), return and arm nothing; if a
-//!    newer task runs, arm again for its quantum (later each time in a row); if the
-//!    closure is not running yet (or any more), look again a quantum later.
+//!    more (and no peer saw the task past its quantum), return, and stop the CPU-time
+//!    ticks if they ran; if a newer task runs, hand the watch to the thread's CPU-time
+//!    ticks (`timer.rs`); if the closure is not running yet (or any more), look again a
+//!    quantum later, or at the next tick.
 //! 2. The task has run less than the quantum: return. With the CPU-time clock, which only
 //!    fires on the kernel tick, if the quantum will end before the next tick and the task
 //!    has already run half of it, arm the thread's one-shot monotonic timer for the exact

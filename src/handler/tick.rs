@@ -184,12 +184,14 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     // Its CPU-time ticks watch a task only while it runs: one that has outlived its
     // quantum by a kernel tick and is still here is blocked in the kernel (or starved),
     // and gets its one-shot (whose signal interrupts the wait).
+    if record.armed.load(Ordering::SeqCst) {
+        return;
+    }
     let start = record.start_ns.load(Ordering::Relaxed);
     let now = async_safe::monotonic_ns();
-    if record.armed.load(Ordering::SeqCst)
-        || (backlog == Backlog::Many
-            && record.contention_ticks()
-            && now.saturating_sub(start) < preempt.quantum_ns.saturating_add(preempt.tick_ns))
+    if backlog == Backlog::Many
+        && record.contention_ticks()
+        && now.saturating_sub(start) < preempt.quantum_ns.saturating_add(preempt.tick_ns)
     {
         return;
     }

@@ -183,11 +183,11 @@ impl Shared {
         // (the runners' state words are written by every task).
         let was_empty = self.injector.is_empty();
         self.injector.push(task);
-        // Alone after the push counts too: a runner may have taken the task that was there
-        // before this one, and found nothing behind it to arm anyone for.
-        let starts_backlog = was_empty || self.injector.len() == 1;
         drop(entered);
-        if !self.sleep.notify_one() && starts_backlog {
+        // Alone after the push counts too (read only when no sleeper was woken): a runner
+        // may have taken the task that was there before this one, and found nothing
+        // behind it to arm anyone for.
+        if !self.sleep.notify_one() && (was_empty || self.injector.len() == 1) {
             self.contended(Backlog::One);
         }
         handle

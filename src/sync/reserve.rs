@@ -158,6 +158,28 @@ impl Reserve {
     /// standbys use [`wait_or_retire`](Reserve::wait_or_retire); this is the loom model's.)
     #[cfg_attr(not(loom), allow(dead_code))]
     pub fn wait(&self) -> Woken {
+        self.wait_for(None)
+    }
+
+    /// Step 2 for a standby that may retire: as [`wait`](Reserve::wait), but each time
+    /// `idle` passes with no grant, if more than `keep` standbys are parked and unclaimed,
+    /// it takes itself out of `ready` (step 2b: CAS `ready` one lower, only while it is
+    /// above `keep`) and returns [`Woken::Spare`]. Sound like step 3: `ready` counts
+    /// parked standbys less the handoffs promised one, so one that leaves while `ready`
+    /// is above zero leaves enough parked standbys for every promised grant.
+    ///
+    /// Standbys are kept for `idle` past the target, instead of a carrier retiring at
+    /// once when the reserve is full, so that a burst of handoffs reuses the carriers of
+    /// the last one rather than starting a thread each (`cargo bench --bench tail --
+    /// --fairness --workload 50-50 --stats` counted one thread started and one ended per
+    /// two handoffs at load 0.8).
+    pub fn wait_or_retire(&self, keep: u32, idle: std::time::Duration) -> Woken {
+        self.wait_for(Some((keep, idle)))
+    }
+
+    /// Step 2, and step 2b if `retire` is `(keep, idle)`.
+    fn wait_for(&self, retire: Option<(u32, std::time::Duration)>) -> Woken {
+        let mut until = retire.map(|(_, idle)| std::time::Instant::now() + idle);
         loop {
             let word = self.grants.load(Ordering::Acquire);
             if word & !CLOSED != 0 {
@@ -175,65 +197,33 @@ impl Reserve {
                 self.ready.fetch_sub(1, Ordering::SeqCst);
                 return Woken::Closed;
             }
-            self.grants.wait(word, None);
-        }
-    }
-
-    /// Step 2 for a standby that may retire: as [`wait`](Reserve::wait), but each time
-    /// `idle` passes with no grant, if more than `keep` standbys are parked and unclaimed,
-    /// it takes itself out of `ready` (step 2b: CAS `ready` one lower, only while it is
-    /// above `keep`) and returns [`Woken::Spare`]. Sound like step 3: `ready` counts
-    /// parked standbys less the handoffs promised one, so one that leaves while `ready`
-    /// is above zero leaves enough parked standbys for every promised grant.
-    ///
-    /// Standbys are kept for `idle` past the target, instead of a carrier retiring at
-    /// once when the reserve is full, so that a burst of handoffs reuses the carriers of
-    /// the last one rather than starting a thread each (`cargo bench --bench tail --
-    /// --fairness --workload 50-50 --stats` counted one thread started and one ended per
-    /// two handoffs at load 0.8).
-    pub fn wait_or_retire(&self, keep: u32, idle: std::time::Duration) -> Woken {
-        let mut until = std::time::Instant::now() + idle;
-        loop {
-            let word = self.grants.load(Ordering::Acquire);
-            if word & !CLOSED != 0 {
-                if self
-                    .grants
-                    .compare_exchange(word, word - 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Woken::Granted;
-                }
-                continue;
-            }
-            if word & CLOSED != 0 {
-                self.ready.fetch_sub(1, Ordering::SeqCst);
-                return Woken::Closed;
-            }
-            let now = std::time::Instant::now();
-            if now >= until {
-                let mut ready = self.ready.load(Ordering::Relaxed);
-                while ready > keep {
-                    match self.ready.compare_exchange_weak(
-                        ready,
-                        ready - 1,
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => return Woken::Spare,
-                        Err(seen) => ready = seen,
+            let timeout = match (retire, until) {
+                (Some((keep, idle)), Some(at)) => {
+                    let now = std::time::Instant::now();
+                    if now >= at {
+                        if self.take_ready_above(keep) {
+                            return Woken::Spare;
+                        }
+                        until = Some(now + idle);
                     }
+                    until.map(|at| at.saturating_duration_since(now))
                 }
-                until = now + idle;
-            }
-            self.grants
-                .wait(word, Some(until.saturating_duration_since(now)));
+                _ => None,
+            };
+            self.grants.wait(word, timeout);
         }
     }
 
     /// Step 3: promises one parked standby to a handoff. Async-signal-safe.
     pub fn take_standby(&self) -> bool {
+        self.take_ready_above(0)
+    }
+
+    /// Takes one from `ready`, only while it is above `floor` (step 3 with 0, step 2b with
+    /// the target). Async-signal-safe.
+    fn take_ready_above(&self, floor: u32) -> bool {
         let mut ready = self.ready.load(Ordering::Relaxed);
-        while ready > 0 {
+        while ready > floor {
             match self.ready.compare_exchange_weak(
                 ready,
                 ready - 1,
