@@ -106,6 +106,12 @@ impl Scheduler {
     }
 }
 
+/// The value after `flag` on the command line, if any.
+fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
+}
+
 /// The machine's idle and stolen time so far, and all of its time, in clock ticks
 /// (`/proc/stat`'s first line; zeros if it cannot be read).
 fn machine_idle() -> ((u64, u64), u64) {
@@ -264,22 +270,14 @@ fn main() {
     // the two FCFS pools, each point sized for 200 long requests (`--scale F` multiplies
     // the durations, for a rougher look; `--loads 0.3,0.7` picks the loads).
     let fairness = args.iter().any(|a| a == "--fairness");
-    let scale: f64 = args
-        .iter()
-        .position(|a| a == "--scale")
-        .and_then(|i| args.get(i + 1))
+    let scale: f64 = arg_value(&args, "--scale")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let write_report = std::env::args().any(|a| a == "--report");
     // `--clock thread-cpu|monotonic|contention`: microsched's preemption clock (the
     // default otherwise), to compare clocks on one machine in one run. `--stats`: after
     // each microsched point, what its pool did (ticks, handoffs, carriers' waits).
-    let clock = match args
-        .iter()
-        .position(|a| a == "--clock")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-    {
+    let clock = match arg_value(&args, "--clock") {
         None | Some("contention") => microsched::TimerClock::Contention,
         Some("thread-cpu") => microsched::TimerClock::ThreadCpu,
         Some("monotonic") => microsched::TimerClock::Monotonic,
@@ -290,10 +288,7 @@ fn main() {
     };
     let show_stats = args.iter().any(|a| a == "--stats");
     // `--max-carriers N`: microsched's cap on carriers per slot (the default otherwise).
-    let max_carriers = args
-        .iter()
-        .position(|a| a == "--max-carriers")
-        .and_then(|i| args.get(i + 1))
+    let max_carriers = arg_value(&args, "--max-carriers")
         .and_then(|v| v.parse().ok())
         .unwrap_or(microsched::DEFAULT_MAX_CARRIERS);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -305,12 +300,7 @@ fn main() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
     let (workloads, loads, seconds) = if fairness {
         // `--workload 50-50|exponential`: that workload instead of the bimodal one.
-        let workload = match args
-            .iter()
-            .position(|a| a == "--workload")
-            .and_then(|i| args.get(i + 1))
-            .map(String::as_str)
-        {
+        let workload = match arg_value(&args, "--workload") {
             None | Some("bimodal") => Workload::bimodal(),
             Some("50-50") => Workload::fifty_fifty(),
             Some("exponential") => Workload::exponential(),
@@ -321,13 +311,10 @@ fn main() {
         };
         (
             vec![workload],
-            args.iter()
-                .position(|a| a == "--loads")
-                .and_then(|i| args.get(i + 1))
-                .map_or_else(
-                    || vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-                    |v| v.split(',').filter_map(|x| x.parse().ok()).collect(),
-                ),
+            arg_value(&args, "--loads").map_or_else(
+                || vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                |v| v.split(',').filter_map(|x| x.parse().ok()).collect(),
+            ),
             3.0,
         )
     } else if quick {
