@@ -131,7 +131,7 @@ fn machine_idle() -> ((u64, u64), u64) {
 
 /// The pool counters `--stats` prints per point (as differences over the point).
 type StatsField = fn(&microsched::Stats) -> u64;
-const STATS_SHOWN: [(&str, StatsField); 14] = [
+const STATS_SHOWN: [(&str, StatsField); 15] = [
     ("expiries", |s| s.expiries),
     ("arms", |s| s.timer_arms),
     ("ticks", |s| s.ticks),
@@ -139,6 +139,7 @@ const STATS_SHOWN: [(&str, StatsField); 14] = [
     ("deferred", |s| s.deferred),
     ("no_standby", |s| s.no_standby),
     ("capped", |s| s.capped),
+    ("kept", |s| s.kept),
     ("carrier_waits", |s| s.carrier_waits),
     ("carrier_waits_cut", |s| s.carrier_waits_cut),
     ("standbys_started", |s| s.standbys_started),

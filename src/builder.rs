@@ -53,6 +53,14 @@ pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 /// The longest quantum accepted.
 pub const MAX_QUANTUM: Duration = Duration::from_secs(60);
 
+/// How many quanta in all a task may keep its core by default while someone waits, when
+/// the pool's recent tasks that ran as long ended within them (see
+/// [`Builder::keep_quanta`]).
+pub const DEFAULT_KEEP_QUANTA: u32 = 4;
+
+/// The most accepted by [`Builder::keep_quanta`].
+pub const MAX_KEEP_QUANTA: u32 = crate::handler::MAX_KEEP_QUANTA;
+
 /// The default cap on carriers per slot (see [`Builder::max_carriers`]).
 pub const DEFAULT_MAX_CARRIERS: u32 = 64;
 
@@ -87,6 +95,7 @@ pub struct Builder {
     clock: TimerClock,
     max_carriers: u32,
     standbys: u32,
+    keep_quanta: u32,
     default_budget: Budget,
     max_frozen: usize,
     max_freeze_deferral: Duration,
@@ -116,6 +125,7 @@ impl Builder {
             clock: TimerClock::default(),
             max_carriers: DEFAULT_MAX_CARRIERS,
             standbys: DEFAULT_STANDBYS,
+            keep_quanta: DEFAULT_KEEP_QUANTA,
             default_budget: Budget::unlimited(),
             max_frozen: DEFAULT_MAX_FROZEN,
             max_freeze_deferral: DEFAULT_MAX_FREEZE_DEFERRAL,
@@ -180,6 +190,27 @@ impl Builder {
     /// [`DEFAULT_QUANTUM`], between [`MIN_QUANTUM`] and [`MAX_QUANTUM`]).
     pub fn quantum(mut self, quantum: Duration) -> Builder {
         self.quantum = quantum;
+        self
+    }
+
+    /// With the default [`TimerClock::Contention`]: how many quanta in all (counted from
+    /// its start) a task may keep its core while a task waits behind it, when the pool's
+    /// recent history says so (default [`DEFAULT_KEEP_QUANTA`], between 1 and
+    /// [`MAX_KEEP_QUANTA`]).
+    ///
+    /// A handoff costs tens of µs of CPU, and the task handed off then runs only on idle
+    /// time, after every task that starts later has had its quantum: right for a task
+    /// that will run for long, wasteful for one that ends soon after its quantum. So the
+    /// pool records how long its tasks that outlived their quantum ran in the end, and
+    /// when at least three in four of the recent ones that had run as long as the task now
+    /// at its quantum's end ended within this many quanta, the task keeps its core until
+    /// then ([`Stats::kept`](crate::Stats::kept)). Past that bound it is handed off
+    /// whatever the history says, so a task queued behind a busy runner waits at most this
+    /// many quanta (a tenant that fills the history with tasks just under the bound gains
+    /// no more). `1` makes the quantum strict: every task queued behind busy runners
+    /// starts within about a quantum, at a handoff for every task that outlives it.
+    pub fn keep_quanta(mut self, quanta: u32) -> Builder {
+        self.keep_quanta = quanta;
         self
     }
 
@@ -313,6 +344,7 @@ impl Builder {
                 ledger: &registry.ledger,
                 line: CarrierLine::new(workers),
                 next_long_look: std::sync::atomic::AtomicU64::new(0),
+                history: crate::handler::RunHistory::new(self.keep_quanta),
             };
             (Some(preempt), Some(registry))
         } else {
@@ -441,6 +473,12 @@ impl Builder {
             }
             if self.max_carriers == 0 {
                 return Err(BuildError::NoCarriers);
+            }
+            if !(1..=MAX_KEEP_QUANTA).contains(&self.keep_quanta) {
+                return Err(BuildError::InvalidKeepQuanta {
+                    requested: self.keep_quanta,
+                    maximum: MAX_KEEP_QUANTA,
+                });
             }
             if !(1..=MAX_STANDBYS).contains(&self.standbys) {
                 return Err(BuildError::InvalidStandbys {

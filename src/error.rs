@@ -255,6 +255,13 @@ pub enum BuildError {
     SignalBlocked(i32),
     /// `max_carriers(0)`: a handoff always makes one carrier; turn preemption off instead.
     NoCarriers,
+    /// `keep_quanta(n)` outside `1..=MAX_KEEP_QUANTA`.
+    InvalidKeepQuanta {
+        /// Quanta asked for.
+        requested: u32,
+        /// The most accepted.
+        maximum: u32,
+    },
     /// `standbys(n)` outside `1..=MAX_STANDBYS`.
     InvalidStandbys {
         /// Standbys asked for.
@@ -326,6 +333,10 @@ impl fmt::Display for BuildError {
             ),
             BuildError::NoCarriers => f.write_str(
                 "max_carriers(0) would forbid every handoff; allow at least 1, or turn preemption off with preemption(false)",
+            ),
+            BuildError::InvalidKeepQuanta { requested, maximum } => write!(
+                f,
+                "keep_quanta({requested}) is outside 1..={maximum}; 1 makes the quantum strict"
             ),
             BuildError::InvalidStandbys { requested, maximum } => write!(
                 f,

@@ -108,6 +108,10 @@ pub struct Stats {
     /// Overruns left alone because the slot already had
     /// [`max_carriers`](crate::Builder::max_carriers) carriers.
     pub capped: u64,
+    /// Quanta that ended with someone waiting on a task that kept its core: most recent
+    /// tasks that had run as long ended within a few quanta more (looked at again a
+    /// quantum later; [`TimerClock::Contention`](crate::TimerClock::Contention)).
+    pub kept: u64,
     /// Carriers that waited for their turn (older carriers were running: carriers run
     /// oldest first).
     pub carrier_waits: u64,
@@ -203,6 +207,7 @@ pub(crate) struct PreemptSnapshot {
     pub(crate) deferred: u64,
     pub(crate) no_standby: u64,
     pub(crate) capped: u64,
+    pub(crate) kept: u64,
     pub(crate) carrier_waits: u64,
     pub(crate) carrier_waits_cut: u64,
     pub(crate) carriers: u64,
@@ -224,6 +229,7 @@ impl PreemptSnapshot {
             deferred: read(&c.deferred),
             no_standby: read(&c.no_standby),
             capped: read(&c.at_cap),
+            kept: read(&c.kept),
             carrier_waits: read(&c.turn_waits),
             carrier_waits_cut: read(&c.turn_cuts),
             carriers: u64::from(reserve.carriers()),
@@ -281,6 +287,7 @@ impl Stats {
             deferred: total(|p| p.deferred),
             no_standby: total(|p| p.no_standby),
             capped: total(|p| p.capped),
+            kept: total(|p| p.kept),
             carrier_waits: total(|p| p.carrier_waits),
             carrier_waits_cut: total(|p| p.carrier_waits_cut),
             carriers: total(|p| p.carriers),

@@ -151,7 +151,7 @@ fn errors_are_std_errors_that_can_cross_threads() {
 
 #[test]
 fn preemption_settings_are_checked() {
-    use microsched::{MAX_QUANTUM, MAX_STANDBYS, MIN_QUANTUM};
+    use microsched::{MAX_KEEP_QUANTA, MAX_QUANTUM, MAX_STANDBYS, MIN_QUANTUM};
     use std::time::Duration;
     let err = Pool::builder()
         .quantum(MIN_QUANTUM - Duration::from_nanos(1))
@@ -169,6 +169,10 @@ fn preemption_settings_are_checked() {
     for standbys in [0, MAX_STANDBYS + 1] {
         let err = Pool::builder().standbys(standbys).build().unwrap_err();
         assert!(matches!(err, BuildError::InvalidStandbys { .. }), "{err}");
+    }
+    for quanta in [0, MAX_KEEP_QUANTA + 1] {
+        let err = Pool::builder().keep_quanta(quanta).build().unwrap_err();
+        assert!(matches!(err, BuildError::InvalidKeepQuanta { .. }), "{err}");
     }
     // With preemption off none of them is used, so none is checked.
     Pool::builder()

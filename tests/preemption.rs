@@ -148,6 +148,90 @@ fn a_task_queued_behind_a_busy_runner_ends_its_quantum() {
     );
 }
 
+/// With the default clock, a pool learns how long its tasks run past their quantum: once
+/// recent tasks that outlived it ended soon after (here 0.7 ms of CPU against a 0.5 ms
+/// quantum), a task queued behind one no longer gets it handed off (a handoff costs more
+/// than the rest of its run), but a runaway still is, within the bound of a few quanta:
+/// the task queued behind it runs while it is still running.
+#[test]
+fn tasks_that_end_soon_after_their_quantum_keep_their_core_but_a_runaway_does_not() {
+    in_child(
+        "tasks_that_end_soon_after_their_quantum_keep_their_core_but_a_runaway_does_not",
+        || {
+            let pool = builder(1).build().unwrap();
+            // One task of 0.7 ms of CPU with a short one queued behind it, `rounds` times.
+            let medium_rounds = |rounds: usize| {
+                for _ in 0..rounds {
+                    let medium = pool.spawn(|| spin_cpu(Duration::from_micros(700)));
+                    let short = pool.spawn(|| 7u32);
+                    assert_eq!(join(short).unwrap(), 7);
+                    assert!(join(medium).unwrap() > 0);
+                }
+            };
+            // Learning: with no history, the first are handed off.
+            medium_rounds(40);
+            let learned = pool.stats();
+            assert!(learned.handoffs >= 1, "{learned:?}");
+            medium_rounds(40);
+            let after = pool.stats();
+            let (handoffs, kept) = (after.handoffs - learned.handoffs, after.kept - learned.kept);
+            assert!(
+                kept >= 20 && handoffs <= 20,
+                "of 40 tasks queued behind, {kept} kept their core and {handoffs} were \
+                 handed off (learned: {learned:?})"
+            );
+            // A runaway, with the history saying "keep": handed off all the same.
+            let stop = Arc::new(AtomicBool::new(false));
+            let running = Arc::new(AtomicBool::new(false));
+            let runaway = {
+                let (stop, running) = (stop.clone(), running.clone());
+                pool.spawn(move || {
+                    running.store(true, Ordering::SeqCst);
+                    let started = Instant::now();
+                    let mut rounds = 0u64;
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < HANG_GUARD {
+                        rounds = std::hint::black_box(rounds + 1);
+                    }
+                    stop.load(Ordering::Relaxed)
+                })
+            };
+            while !running.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let before = pool.stats().handoffs;
+            let behind = {
+                let stop = stop.clone();
+                pool.spawn(move || stop.load(Ordering::SeqCst))
+            };
+            assert!(
+                !join(behind).unwrap(),
+                "the task queued behind the runaway ran only after it"
+            );
+            stop.store(true, Ordering::SeqCst);
+            assert!(
+                join(runaway).unwrap(),
+                "the runaway ended before it was told to"
+            );
+            assert!(pool.stats().handoffs > before, "{:?}", pool.stats());
+            pool.shutdown();
+            // `keep_quanta(1)`: the quantum is strict, and every such task is handed off.
+            let strict = builder(1).keep_quanta(1).build().unwrap();
+            for _ in 0..80 {
+                let medium = strict.spawn(|| spin_cpu(Duration::from_micros(700)));
+                let short = strict.spawn(|| 7u32);
+                assert_eq!(join(short).unwrap(), 7);
+                assert!(join(medium).unwrap() > 0);
+            }
+            let stats = strict.stats();
+            assert!(stats.kept == 0 && stats.handoffs >= 40, "{stats:?}");
+            strict.shutdown();
+        },
+    );
+}
+
+/// How long a runaway in these tests runs at most if nothing stops it.
+const HANG_GUARD: Duration = Duration::from_secs(20);
+
 /// Carriers run oldest first: on one slot (two carriers may run at once: one per slot and
 /// one spare), long tasks A and B are handed off, then C (least work), and D keeps the
 /// slot. Shared as equals, C would finish before A and B; oldest first, it waits for its

@@ -60,7 +60,7 @@ FOLDERS = {
     "handler": [
         "handler", "handler/freeze", "handler/walk", "handler/frames", "handler/places", "handler/tick",
         "handler/chain", "handler/record", "handler/ledger", "handler/control",
-        "handler/timer",
+        "handler/timer", "handler/history",
     ],
     "task": ["task"],
     "sync": ["sync", "sync/reserve", "sync/sleep", "sync/spawn_gate", "sync/loom"],

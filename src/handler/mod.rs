@@ -99,6 +99,7 @@ mod chain;
 mod control;
 mod frames;
 mod freeze;
+mod history;
 mod ledger;
 pub(crate) mod places;
 mod record;
@@ -113,6 +114,7 @@ pub use freeze::FreezeGuard;
 pub(crate) use freeze::{
     install_panic_hook, is_cancel_unwind, mark_monitor, on_fault, set_this_record, unwind_cancelled,
 };
+pub(crate) use history::{RunHistory, MAX_KEEP_QUANTA};
 pub(crate) use ledger::KillLedger;
 pub(crate) use record::{
     init_magic, token, CarrierLine, FrozenPool, FrozenTask, Holder, Outside, Preempt, Record,

@@ -10,6 +10,7 @@ use std::sync::atomic::{
 };
 
 use super::control::Control;
+use super::history::RunHistory;
 use super::ledger::KillLedger;
 use super::timer::TimerClock;
 use crate::budget::KillReason;
@@ -49,6 +50,8 @@ pub(crate) struct Preempt {
     /// `CLOCK_MONOTONIC` ns before which no runner looks for long tasks on its peers
     /// again (`tick.rs`, `hand_off_long`).
     pub(crate) next_long_look: AtomicU64,
+    /// How long the tasks that outlived their quantum ran in the end (`history.rs`).
+    pub(crate) history: RunHistory,
 }
 
 /// How many times a carrier whose turn has not come looks for a point where it may wait
@@ -76,6 +79,9 @@ pub(crate) struct CarrierLine {
     /// time from the carriers running.
     words: [Futex; LINE_WORDS],
 }
+
+/// `Record::judged_cpu_ns` of a task the history has counted already.
+pub(super) const RECORDED: u64 = u64::MAX;
 
 /// How many futex words a [`CarrierLine`] spreads its waiters over.
 const LINE_WORDS: usize = 64;
@@ -263,6 +269,17 @@ pub(crate) struct Record {
     /// A peer found this runner's task past its quantum: hand it off even if nothing is
     /// queued at the expiry (`tick.rs`, `hand_off_long`).
     pub(super) long_seen: AtomicBool,
+    /// The thread's CPU clock when its handler first found the task past its quantum
+    /// with someone waiting (0: not yet), and how long the task had run then: its total
+    /// run, recorded in the pool's [`RunHistory`] when it ends, is that plus the CPU
+    /// time since (a carrier's wall time would count the waiting).
+    /// ([`RECORDED`]: the task is in the history already, as longer than the bound.)
+    pub(super) judged_cpu_ns: AtomicU64,
+    pub(super) judged_ran_ns: AtomicU64,
+    /// The start time of the task whose one-shot is armed for the end of the time it
+    /// may keep its core (`history.rs`; 0: none). If that task outlives its quantum,
+    /// its end disarms it rather than leave an expiry to land on a later task.
+    pub(super) bound_for: AtomicU64,
     /// Threads arming this record's precise timer from outside right now: the thread
     /// deletes its timers only once this is zero (`close_precise_timer`).
     pub(super) armers: AtomicU32,
@@ -385,6 +402,9 @@ impl Record {
             ticket: AtomicU32::new(0),
             turn_looks: AtomicU32::new(0),
             long_seen: AtomicBool::new(false),
+            judged_cpu_ns: AtomicU64::new(0),
+            judged_ran_ns: AtomicU64::new(0),
+            bound_for: AtomicU64::new(0),
             start_ns: AtomicU64::new(0),
             cpu_timer: AtomicUsize::new(NO_TIMER),
             precise_timer: AtomicUsize::new(NO_TIMER),
@@ -784,6 +804,8 @@ impl Record {
         self.armed.store(false, Ordering::Relaxed);
         self.cpu_ticks.store(0, Ordering::Relaxed);
         self.long_seen.store(false, Ordering::Relaxed);
+        self.judged_cpu_ns.store(0, Ordering::Relaxed);
+        self.bound_for.store(0, Ordering::Relaxed);
         self.turn_looks.store(0, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
     }
@@ -1006,6 +1028,45 @@ impl Record {
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);
             }
+        }
+        // A task judged past its quantum (with someone waiting) tells the history how
+        // long it ran in all, on the runner or on its carrier alike.
+        let judged = self.judged_cpu_ns.load(Ordering::Relaxed);
+        // This task's one-shot was armed for the end of the time it may keep its core.
+        // If it outlived its quantum, it is disarmed now (one syscall, instead of an
+        // expiry on a later task), and the task, kept without ever being judged, tells
+        // the history how long it ran (at normal priority: its wall time is its run).
+        // A task that ended sooner leaves it armed: a stream of short tasks behind the
+        // backlog is watched by it, as by the quantum's one-shot, with no syscall per
+        // task.
+        let start = self.start_ns.load(Ordering::Relaxed);
+        if kept && self.bound_for.load(Ordering::Relaxed) == start {
+            self.bound_for.store(0, Ordering::Relaxed);
+            let preempt = self.preempt();
+            let ran = async_safe::monotonic_ns().saturating_sub(start);
+            if ran >= TimerClock::contention_due(preempt.quantum_ns) {
+                if self.armed.swap(false, Ordering::Relaxed) {
+                    if let Some(timer) = self.precise() {
+                        async_safe::set_timer(timer, 0, 0, false);
+                    }
+                }
+                if judged == 0 {
+                    preempt.history.record(ran, preempt.quantum_ns);
+                }
+            }
+        }
+        if judged == RECORDED {
+            self.judged_cpu_ns.store(0, Ordering::Relaxed);
+        } else if judged != 0 {
+            self.judged_cpu_ns.store(0, Ordering::Relaxed);
+            let since = async_safe::thread_cpu_ns().saturating_sub(judged);
+            let preempt = self.preempt();
+            preempt.history.record(
+                self.judged_ran_ns
+                    .load(Ordering::Relaxed)
+                    .saturating_add(since),
+                preempt.quantum_ns,
+            );
         }
         kept
     }

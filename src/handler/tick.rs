@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{compiler_fence, Ordering};
 
-use super::record::{Preempt, Record, CARRIED, IN_TASK, RECORDS, TICKS_CONTENTION};
+use super::record::{Preempt, Record, CARRIED, IN_TASK, RECORDED, RECORDS, TICKS_CONTENTION};
 use crate::sync::reserve::Reserve;
 use crate::sys::async_safe;
 
@@ -49,6 +49,7 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
     if contention {
         // `armed` first, then the queues: a spawner pushes, then reads `armed` (both
         // SeqCst), so either this sees its task or it sees the timer disarmed and arms it.
+        record.bound_for.store(0, Ordering::Relaxed);
         record.armed.store(false, Ordering::SeqCst);
         let ticking = record.contention_ticks();
         if !record.in_closure() {
@@ -88,6 +89,28 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
                 record.start_cpu_ticks(TICKS_CONTENTION);
             }
             return;
+        }
+        // The quantum has ended with someone waiting (or a peer saw the task run long).
+        // The task's total run goes to the pool's history when it ends (`history.rs`).
+        if record.judged_cpu_ns.load(Ordering::Relaxed) == 0 {
+            record.judged_ran_ns.store(ran, Ordering::Relaxed);
+            record
+                .judged_cpu_ns
+                .store(async_safe::thread_cpu_ns().max(1), Ordering::Relaxed);
+        }
+        if preempt.history.keep(ran, preempt.quantum_ns) {
+            // Most recent tasks that had run this long ended soon after: this one keeps
+            // its core until the bound, where its one-shot looks again (the CPU-time
+            // ticks, if they watch it, could come a kernel tick past the bound). Its end
+            // disarms it (`Record::end_task`).
+            reserve.counters.kept.fetch_add(1, Ordering::Relaxed);
+            arm_for_bound(record, preempt, start, now);
+            return;
+        }
+        if preempt.history.past_bound(ran, preempt.quantum_ns)
+            && record.judged_cpu_ns.swap(RECORDED, Ordering::Relaxed) != RECORDED
+        {
+            preempt.history.record(u64::MAX, preempt.quantum_ns);
         }
     } else if ran < preempt.quantum_ns {
         // The clock's policy (`timer.rs`) may sharpen a tick that comes too late.
@@ -203,7 +226,41 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
     if async_safe::demoted() {
         return;
     }
+    // A task the history says will end before the bound (`history.rs`) would only be
+    // kept at its quantum's end: its one-shot is armed for the bound instead, and most
+    // likely disarmed by its end, with no expiry at all.
+    if preempt.history.keep(
+        now.saturating_sub(start).max(due_ran(preempt)),
+        preempt.quantum_ns,
+    ) {
+        record
+            .reserve()
+            .counters
+            .kept
+            .fetch_add(1, Ordering::Relaxed);
+        arm_for_bound(record, preempt, start, now);
+        return;
+    }
     arm_contention(record, preempt, start, now);
+}
+
+/// How long a task has run when its quantum's one-shot fires.
+fn due_ran(preempt: &Preempt) -> u64 {
+    super::timer::TimerClock::contention_due(preempt.quantum_ns)
+}
+
+/// `Contention`: arms the record's one-shot (unless it is armed already) for the end of
+/// the time the task that started at `start` may keep its core while someone waits
+/// (`history.rs`).
+fn arm_for_bound(record: &Record, preempt: &Preempt, start: u64, now: u64) {
+    let bound = preempt
+        .history
+        .bound_ns(preempt.quantum_ns)
+        .saturating_sub(preempt.quantum_ns);
+    if !record.armed.load(Ordering::SeqCst) {
+        record.bound_for.store(start, Ordering::Relaxed);
+    }
+    arm_contention(record, preempt, start.saturating_add(bound), now);
 }
 
 /// The record of the thread holding `reserve`'s slot, if it is one of `preempt`'s pool
@@ -239,8 +296,10 @@ pub(crate) fn hand_off_long(preempt: &Preempt, now: u64) {
         let Some(record) = busy_holder(reserve, preempt).filter(|r| r.in_closure()) else {
             continue;
         };
-        let start = record.start_ns.load(Ordering::Relaxed);
-        if now.saturating_sub(start) >= preempt.quantum_ns
+        let ran = now.saturating_sub(record.start_ns.load(Ordering::Relaxed));
+        // A task the history says is about to end is left to end (`history.rs`).
+        if ran >= preempt.quantum_ns
+            && !preempt.history.keep(ran, preempt.quantum_ns)
             && !record.long_seen.swap(true, Ordering::Relaxed)
         {
             // The handler looks now (a one-shot at a time already past fires at once).

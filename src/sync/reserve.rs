@@ -103,6 +103,9 @@ pub(crate) struct PreemptCounters {
     pub(crate) no_standby: AtomicU64,
     /// Overruns left alone because the slot had its maximum of carriers.
     pub(crate) at_cap: AtomicU64,
+    /// Quanta that ended with someone waiting on a task the history said was about to
+    /// end: it kept its core (`handler/history.rs`).
+    pub(crate) kept: AtomicU64,
     /// Carriers that waited for their turn, and waits cut short (`handler/tick.rs`).
     pub(crate) turn_waits: AtomicU64,
     pub(crate) turn_cuts: AtomicU64,
