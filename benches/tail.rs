@@ -112,6 +112,16 @@ fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.get(i + 1).map(String::as_str)
 }
 
+/// The process's context switches so far: voluntary (a thread slept) and involuntary (a
+/// thread was preempted), all threads.
+fn context_switches() -> (i64, i64) {
+    // SAFETY: `usage` is valid for the call, and zeroed is a valid `rusage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (usage.ru_nvcsw, usage.ru_nivcsw)
+}
+
 /// The machine's idle and stolen time so far, and all of its time, in clock ticks
 /// (`/proc/stat`'s first line; zeros if it cannot be read).
 fn machine_idle() -> ((u64, u64), u64) {
@@ -305,6 +315,10 @@ fn main() {
     let quantum = arg_value(&args, "--quantum-us")
         .and_then(|v| v.parse().ok())
         .map_or(microsched::DEFAULT_QUANTUM, Duration::from_micros);
+    // `--spin-us N`: microsched's idle spin (the default otherwise).
+    let spin = arg_value(&args, "--spin-us")
+        .and_then(|v| v.parse().ok())
+        .map_or(microsched::DEFAULT_SPIN, Duration::from_micros);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cores = common::allowed_cores();
     let per_us = calibrate(now_ns);
@@ -361,6 +375,7 @@ fn main() {
                 .workers(workers)
                 .timer_clock(clock)
                 .quantum(quantum)
+                .spin(spin)
                 .max_carriers(max_carriers)
                 .build()
                 .expect("pool"),
@@ -470,6 +485,7 @@ fn main() {
                 let s = (k + li) % active;
                 let before = scheduler_stats(&schedulers[s], show_stats);
                 let idle_before = machine_idle();
+                let switches_before = context_switches();
                 let point = run_point(&schedulers[s], &requests, workload.classes.len(), per_us);
                 if show_stats {
                     let classes: Vec<String> = point
@@ -487,6 +503,13 @@ fn main() {
                         "   machine: {:.1} % idle, {:.1} % stolen by the host during the point",
                         (i1.0 - i0.0) as f64 * 100.0 / (t1 - t0).max(1) as f64,
                         (i1.1 - i0.1) as f64 * 100.0 / (t1 - t0).max(1) as f64
+                    );
+                    let (v1, n1) = context_switches();
+                    let n = requests.len().max(1) as f64;
+                    println!(
+                        "   context switches per request: {:.2} voluntary, {:.2} involuntary",
+                        (v1 - switches_before.0) as f64 / n,
+                        (n1 - switches_before.1) as f64 / n
                     );
                 }
                 if let (Some(a), Some(b)) = (before, scheduler_stats(&schedulers[s], show_stats)) {
