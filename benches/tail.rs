@@ -818,6 +818,26 @@ whoever sees a backlog arms only the busy runner whose task started first; waiti
 carriers read `/proc` only for carriers ahead that made no CPU progress. The preempt \
 bench's heavy-tailed tax went from 4.1–5.3 % to 1.4–2.4 %, its CPU cost from +1.4–2.2 % \
 to −0.8–+0.1 %; armings per point at load 0.7 from about 5,700 to 4,300.\n\
+- **Keep a task that is about to end** (`Builder::keep_quanta`). With a 500 µs quantum, \
+the 50/50 workload's 1 ms requests were handed off whenever anything was queued \
+(1,200–1,300 handoffs per point at 0.7–0.8, each about 130 µs of CPU all told) and then \
+ran only after every later request's first quantum: long p99 5.2× the FCFS pool's at \
+load 0.7 and 14× at 0.8, CPU 1.5–2.2× rayon's (`--fairness --workload 50-50 --stats \
+--scale 0.5`); with `--quantum-us 2000`, where they were never handed off, 1.06× and \
+1.14×. The pool now records how long its tasks that outlived their quantum ran in the \
+end; when three in four of the recent ones that had run as long ended within 4 quanta, \
+the task keeps its core until then, and its one-shot is armed for that bound at once. \
+Same runs after: long p99 1.09–1.37×, 3–14 handoffs and 3–20 expiries per point, CPU \
+0.95–1.18× rayon's. The bimodal workload's 50 ms requests are never kept; `cargo bench \
+--bench preempt` shows the price where it is paid: behind 1 ms tasks a short task starts \
+after about 1 ms (p99 1,080 µs) instead of 620–713 µs with `keep_quanta(1)`.\n\
+- **What the short class's lead costs in CPU.** On the bimodal workload at load 0.7 \
+microsched made 2.6 context switches per request against 1.6–1.7 for rayon and for \
+itself with preemption off (`--stats`): a runner woken for each short request preempts \
+the carrier on its core, and the carrier gets the core back when the runner sleeps. With \
+preemption off the same runtime costs what rayon does (47.8 against 48.3 µs per request \
+in one run); the switch per request (a few µs each on these VMs) is most of the 1.13–1.29× \
+at 0.7–0.8, and is the price of serving the short class first.\n\
 - **What got worse, and why it is not the clock.** The short class's p99 at load 0.7 is \
 4–7 ms, about twice the 3 ms of the previous defaults, and tracks the generator's own \
 lateness (the SUMMARY charges it). Three alternating pairs of runs of `--fairness --loads \
