@@ -108,9 +108,10 @@ pub struct Stats {
     /// Overruns left alone because the slot already had
     /// [`max_carriers`](crate::Builder::max_carriers) carriers.
     pub capped: u64,
-    /// Quanta that ended with someone waiting on a task that kept its core: most recent
-    /// tasks that had run as long ended within a few quanta more (looked at again a
-    /// quantum later; [`TimerClock::Contention`](crate::TimerClock::Contention)).
+    /// Tasks that outlived their quantum while a task waited behind them, and kept their
+    /// core until they ended: the pool's history said they were about to end (see
+    /// [`Builder::keep_quanta`](crate::Builder::keep_quanta);
+    /// [`TimerClock::Contention`](crate::TimerClock::Contention)).
     pub kept: u64,
     /// Carriers that waited for their turn (older carriers were running: carriers run
     /// oldest first).

@@ -48,7 +48,15 @@ pub(crate) struct RunHistory {
 }
 
 impl RunHistory {
+    /// `keep_quanta` is clamped to `1..=MAX_KEEP_QUANTA` (the builder refuses others).
     pub(crate) const fn new(keep_quanta: u32) -> RunHistory {
+        let keep_quanta = if keep_quanta == 0 {
+            1
+        } else if keep_quanta > MAX_KEEP_QUANTA {
+            MAX_KEEP_QUANTA
+        } else {
+            keep_quanta
+        };
         RunHistory {
             keep_quanta: keep_quanta as u64,
             buckets: [const { AtomicU32::new(0) }; BUCKETS + 1],
@@ -74,7 +82,9 @@ impl RunHistory {
 
     /// A judged task ended after `ran_ns` of running in all.
     pub(crate) fn record(&self, ran_ns: u64, quantum_ns: u64) {
-        self.buckets[self.bucket(ran_ns, quantum_ns)].fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = self.buckets.get(self.bucket(ran_ns, quantum_ns)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
         if self.counted.fetch_add(1, Ordering::Relaxed) + 1 >= WINDOW {
             // Racy with other recorders, harmlessly: a count added meanwhile may be
             // halved or not.
@@ -105,7 +115,7 @@ impl RunHistory {
         let from = self.bucket(ran_ns, quantum_ns);
         let past = self.past();
         let (mut longer, mut within) = (0u32, 0u32);
-        for (i, b) in self.buckets[..=past].iter().enumerate().skip(from) {
+        for (i, b) in self.buckets.iter().enumerate().take(past + 1).skip(from) {
             let n = b.load(Ordering::Relaxed);
             longer = longer.saturating_add(n);
             if i < past {
@@ -122,6 +132,20 @@ mod tests {
 
     const Q: u64 = 500_000;
     const K: u64 = 4;
+
+    #[test]
+    fn out_of_range_bounds_are_clamped() {
+        assert_eq!(RunHistory::new(0).bound_ns(Q), Q);
+        assert_eq!(
+            RunHistory::new(u32::MAX).bound_ns(Q),
+            u64::from(MAX_KEEP_QUANTA) * Q
+        );
+        // Every bucket reachable, none out of bounds.
+        let h = RunHistory::new(MAX_KEEP_QUANTA);
+        h.record(u64::MAX, 1);
+        h.record(0, 0);
+        assert!(!h.keep(0, 0));
+    }
 
     #[test]
     fn one_quantum_is_strict() {
@@ -165,12 +189,18 @@ mod tests {
             h.record(50_000_000, Q);
         }
         assert!(!h.keep(400_000, Q));
-        // One in four long is enough to hand off.
+        // One in three long hands off; one in four still keeps (three in four ended
+        // within the bound).
         let h = RunHistory::new(K as u32);
-        for i in 0..40 {
+        for i in 0..30 {
             h.record(if i % 3 == 0 { 50_000_000 } else { 900_000 }, Q);
         }
         assert!(!h.keep(400_000, Q));
+        let h = RunHistory::new(K as u32);
+        for i in 0..40 {
+            h.record(if i % 4 == 0 { 50_000_000 } else { 900_000 }, Q);
+        }
+        assert!(h.keep(400_000, Q));
     }
 
     #[test]

@@ -280,6 +280,8 @@ pub(crate) struct Record {
     /// may keep its core (`history.rs`; 0: none). If that task outlives its quantum,
     /// its end disarms it rather than leave an expiry to land on a later task.
     pub(super) bound_for: AtomicU64,
+    /// See [`take_rewatch`](Record::take_rewatch). The thread's own.
+    rewatch: AtomicBool,
     /// Threads arming this record's precise timer from outside right now: the thread
     /// deletes its timers only once this is zero (`close_precise_timer`).
     pub(super) armers: AtomicU32,
@@ -405,6 +407,7 @@ impl Record {
             judged_cpu_ns: AtomicU64::new(0),
             judged_ran_ns: AtomicU64::new(0),
             bound_for: AtomicU64::new(0),
+            rewatch: AtomicBool::new(false),
             start_ns: AtomicU64::new(0),
             cpu_timer: AtomicUsize::new(NO_TIMER),
             precise_timer: AtomicUsize::new(NO_TIMER),
@@ -806,6 +809,7 @@ impl Record {
         self.long_seen.store(false, Ordering::Relaxed);
         self.judged_cpu_ns.store(0, Ordering::Relaxed);
         self.bound_for.store(0, Ordering::Relaxed);
+        self.rewatch.store(false, Ordering::Relaxed);
         self.turn_looks.store(0, Ordering::Relaxed);
         self.in_use.store(false, Ordering::Release);
     }
@@ -1033,23 +1037,22 @@ impl Record {
         // long it ran in all, on the runner or on its carrier alike.
         let judged = self.judged_cpu_ns.load(Ordering::Relaxed);
         // This task's one-shot was armed for the end of the time it may keep its core.
-        // If it outlived its quantum, it is disarmed now (one syscall, instead of an
-        // expiry on a later task), and the task, kept without ever being judged, tells
-        // the history how long it ran (at normal priority: its wall time is its run).
-        // A task that ended sooner leaves it armed: a stream of short tasks behind the
-        // backlog is watched by it, as by the quantum's one-shot, with no syscall per
-        // task.
+        // If it outlived its quantum, it kept its core past it (`Stats::kept`), it is
+        // disarmed now (one syscall, instead of an expiry on a later task), the runner
+        // looks for a backlog to watch as it starts its next task (`take_rewatch`), and
+        // the task, if it was kept without ever being judged, tells the history how long
+        // it ran (at normal priority: its wall time is its run). A task that ended sooner
+        // leaves it armed: a stream of short tasks behind the backlog is watched by it,
+        // as by the quantum's one-shot, with no syscall per task.
         let start = self.start_ns.load(Ordering::Relaxed);
         if kept && self.bound_for.load(Ordering::Relaxed) == start {
             self.bound_for.store(0, Ordering::Relaxed);
             let preempt = self.preempt();
             let ran = async_safe::monotonic_ns().saturating_sub(start);
             if ran >= TimerClock::contention_due(preempt.quantum_ns) {
-                if self.armed.swap(false, Ordering::Relaxed) {
-                    if let Some(timer) = self.precise() {
-                        async_safe::set_timer(timer, 0, 0, false);
-                    }
-                }
+                self.reserve().counters.kept.fetch_add(1, Ordering::Relaxed);
+                self.disarm_precise();
+                self.rewatch.store(true, Ordering::Relaxed);
                 if judged == 0 {
                     preempt.history.record(ran, preempt.quantum_ns);
                 }
@@ -1077,11 +1080,26 @@ impl Record {
         if self.contention_ticks() {
             self.stop_cpu_ticks(TICKS_CONTENTION);
         }
-        if self.armed.swap(false, Ordering::Relaxed) {
+        self.disarm_precise();
+    }
+
+    /// Disarms the one-shot if it is armed. The timer first, then the flag: while the
+    /// flag is set no other thread arms it (`arm_contention`'s compare-exchange), so an
+    /// arming from outside cannot land between the two and be wiped, leaving the flag
+    /// set with no timer behind it (nothing would ever arm this runner again).
+    fn disarm_precise(&self) {
+        if self.armed.load(Ordering::SeqCst) {
             if let Some(timer) = self.precise() {
                 async_safe::set_timer(timer, 0, 0, false);
             }
+            self.armed.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// Whether the last task's end disarmed a one-shot that watched a backlog: the runner
+    /// then looks for one to watch as it starts its next task, wherever it takes it from.
+    pub(crate) fn take_rewatch(&self) -> bool {
+        self.rewatch.swap(false, Ordering::Relaxed)
     }
 
     /// Enters a runtime section: no handoff until the matching [`leave_runtime`]. Returns

@@ -103,7 +103,6 @@ pub(super) fn on_tick(record: &Record, context: *mut libc::c_void) {
             // its core until the bound, where its one-shot looks again (the CPU-time
             // ticks, if they watch it, could come a kernel tick past the bound). Its end
             // disarms it (`Record::end_task`).
-            reserve.counters.kept.fetch_add(1, Ordering::Relaxed);
             arm_for_bound(record, preempt, start, now);
             return;
         }
@@ -148,6 +147,13 @@ fn look_again(record: &Record, preempt: &Preempt, ticking: bool, now: u64) {
 /// `Contention`: arms the record's one-shot for the task that started at `start` (from
 /// its own handler, or from whichever thread saw contention), unless it is armed already.
 fn arm_contention(record: &Record, preempt: &Preempt, start: u64, now: u64) {
+    arm_contention_for(record, preempt, start, now, 0);
+}
+
+/// [`arm_contention`], and if this thread arms it, the start time of the task it is
+/// armed for the bound of (`bound_for`; 0: for a quantum), stored before the timer can
+/// fire.
+fn arm_contention_for(record: &Record, preempt: &Preempt, start: u64, now: u64, bound_for: u64) {
     if record
         .armed
         .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
@@ -155,6 +161,7 @@ fn arm_contention(record: &Record, preempt: &Preempt, start: u64, now: u64) {
     {
         return;
     }
+    record.bound_for.store(bound_for, Ordering::Relaxed);
     let at = super::timer::TimerClock::contention_deadline(start, preempt.quantum_ns, now);
     record.arm_precise_from_anywhere(at, 0);
     record
@@ -233,11 +240,6 @@ pub(crate) fn on_contention(preempt: &Preempt, backlog: Backlog) {
         now.saturating_sub(start).max(due_ran(preempt)),
         preempt.quantum_ns,
     ) {
-        record
-            .reserve()
-            .counters
-            .kept
-            .fetch_add(1, Ordering::Relaxed);
         arm_for_bound(record, preempt, start, now);
         return;
     }
@@ -257,10 +259,7 @@ fn arm_for_bound(record: &Record, preempt: &Preempt, start: u64, now: u64) {
         .history
         .bound_ns(preempt.quantum_ns)
         .saturating_sub(preempt.quantum_ns);
-    if !record.armed.load(Ordering::SeqCst) {
-        record.bound_for.store(start, Ordering::Relaxed);
-    }
-    arm_contention(record, preempt, start.saturating_add(bound), now);
+    arm_contention_for(record, preempt, start.saturating_add(bound), now, start);
 }
 
 /// The record of the thread holding `reserve`'s slot, if it is one of `preempt`'s pool

@@ -337,7 +337,13 @@ impl Serve for Runner {
                 }
                 self.shared.hand_off_long(record);
                 task.run_in(&env);
-                record.end_task()
+                let kept = record.end_task();
+                if kept && record.take_rewatch() {
+                    // Its end disarmed the one-shot that watched a backlog: the next
+                    // start looks for one even if it takes its task from elsewhere.
+                    self.injector_backlog.set(true);
+                }
+                kept
             }
         }
     }

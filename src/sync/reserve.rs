@@ -103,8 +103,8 @@ pub(crate) struct PreemptCounters {
     pub(crate) no_standby: AtomicU64,
     /// Overruns left alone because the slot had its maximum of carriers.
     pub(crate) at_cap: AtomicU64,
-    /// Quanta that ended with someone waiting on a task the history said was about to
-    /// end: it kept its core (`handler/history.rs`).
+    /// Tasks that outlived their quantum with someone waiting and kept their core until
+    /// they ended (`handler/history.rs`).
     pub(crate) kept: AtomicU64,
     /// Carriers that waited for their turn, and waits cut short (`handler/tick.rs`).
     pub(crate) turn_waits: AtomicU64,
