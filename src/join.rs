@@ -13,11 +13,22 @@ use crate::task::Joiner;
 #[must_use = "dropping a JoinHandle detaches the task; call join() to get its result"]
 pub struct JoinHandle<T> {
     task: Joiner<T>,
+    /// The result was taken by a poll that returned `Ready`.
+    taken: bool,
 }
 
 impl<T> JoinHandle<T> {
     pub(crate) fn new(task: Joiner<T>) -> JoinHandle<T> {
-        JoinHandle { task }
+        JoinHandle { task, taken: false }
+    }
+
+    /// Panics if a poll took the result already (a misuse of the future's contract).
+    #[track_caller]
+    fn not_taken(&self) {
+        assert!(
+            !self.taken,
+            "microsched: JoinHandle used after its future returned Ready"
+        );
     }
 
     /// Waits for the task and returns its value, or why there is none.
@@ -27,7 +38,13 @@ impl<T> JoinHandle<T> {
     /// may spawn and join children even on a one-worker pool. It never runs any *other*
     /// task while it waits (a joiner that holds a lock cannot be handed an unrelated task
     /// that wants the same lock).
+    ///
+    /// # Panics
+    ///
+    /// If the handle, polled as a future, has returned `Ready` already.
+    #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
+        self.not_taken();
         let state = self.task.state();
         if !state.is_complete() {
             if let Some((pool, task)) = self.task.clone().inline() {
@@ -57,7 +74,9 @@ impl<T> JoinHandle<T> {
         self.wait_and_take(Some(deadline))
     }
 
+    #[track_caller]
     fn wait_and_take(self, deadline: Option<Instant>) -> Result<Result<T, JoinError>, Self> {
+        self.not_taken();
         let state = self.task.state();
         if state.wait(deadline) {
             // SAFETY: complete; `self` is the only handle and is consumed here.
@@ -106,6 +125,48 @@ impl<T> JoinHandle<T> {
     /// will then return at once.
     pub fn is_finished(&self) -> bool {
         self.task.state().is_complete()
+    }
+}
+
+/// Awaiting a handle waits for the task without blocking a thread: the handle leaves the
+/// task's waker in its join state, and the task's end wakes it. Works on any executor.
+///
+/// - A task that returns or panics wakes the waker on the runner that ran it, right after
+///   its result is published (as a rayon job sending on a oneshot channel would).
+/// - A task that is frozen (from the signal handler) or abandoned (by the monitor) is
+///   woken by the process's waker thread, `microsched-wake`, started by the first await
+///   that has to wait. Neither the signal handler nor the monitor ever runs a waker: it
+///   is the executor's code, and may lock or allocate. The wake is then as late as the
+///   kernel takes to run a woken thread: tens of µs on an idle core, up to a scheduler
+///   slice (a few ms) when every core is busy.
+///
+/// Dropping the handle (or a future that owns it) detaches the task, as
+/// [`JoinHandle`]'s `Drop` always does. Awaiting never runs the task inline, unlike
+/// [`join`](JoinHandle::join); a task that awaits its own queued child with a blocking
+/// executor on a one-worker pool waits until a later `join` or a free worker runs it.
+///
+/// # Panics
+///
+/// Polling again after `Ready` panics, like tokio's `JoinHandle`.
+impl<T> std::future::Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    #[track_caller]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        this.not_taken();
+        let state = this.task.state();
+        if !state.is_complete() && !state.register(cx.waker()) {
+            return std::task::Poll::Pending;
+        }
+        this.taken = true;
+        // SAFETY: complete (seen with Acquire, by `is_complete` or by `register`'s
+        // read-modify-write); this is the only handle, and `taken` keeps it from taking
+        // twice.
+        std::task::Poll::Ready(unsafe { state.take() })
     }
 }
 

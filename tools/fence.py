@@ -62,7 +62,7 @@ FOLDERS = {
         "handler/chain", "handler/record", "handler/ledger", "handler/control",
         "handler/timer", "handler/history",
     ],
-    "task": ["task"],
+    "task": ["task", "task/wake"],
     "sync": ["sync", "sync/reserve", "sync/sleep", "sync/spawn_gate", "sync/loom"],
     "sys": ["sys", "sys/async_safe"],
 }

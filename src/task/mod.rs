@@ -96,6 +96,11 @@ use crate::handler::{Control, FrozenPool, FrozenTask, Record, Running};
 use crate::sync::loom::{Futex, Ordering, UnsafeCell};
 use crate::sys;
 
+mod wake;
+
+pub(crate) use wake::WakeHow;
+use wake::WakeSlot;
+
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
 const CLAIMED: u32 = 0b100;
@@ -106,6 +111,9 @@ const DETACHED: u32 = 0b1_0000;
 /// Some thread has taken the right to write the output (step 2): the claim's winner when
 /// the closure returns or unwinds, the freeze, or the monitor abandoning the task.
 const DECIDED: u32 = 0b1000;
+/// The handle, polled as a future, has left a waker in the state's [`WakeSlot`] (protocol
+/// step 4 for futures): whoever sets `COMPLETE` wakes it, directly or deferred (`wake.rs`).
+const AWAITING: u32 = 0b10_0000;
 
 /// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs
 /// ~7 µs of latency on the machines this was tuned on, so a task that is
@@ -123,6 +131,10 @@ pub(crate) struct JoinState<T> {
     output: UnsafeCell<Option<Result<T, JoinError>>>,
     /// CPU time the task used in ns, `NO_CPU` if not measured. Written before `COMPLETE`.
     cpu_ns: StdAtomicU64,
+    /// The awaiting handle's waker slot (an `Arc<WakeSlot>` this state owns one count of),
+    /// null until the handle is first polled unfinished. Written only by the handle, before
+    /// it sets `AWAITING` (AcqRel); read by the completer after it saw `AWAITING`.
+    waker: std::sync::atomic::AtomicPtr<WakeSlot>,
 }
 
 const NO_CPU: u64 = u64::MAX;
@@ -133,6 +145,7 @@ impl<T> JoinState<T> {
             word: Futex::new(0),
             output: UnsafeCell::new(None),
             cpu_ns: StdAtomicU64::new(NO_CPU),
+            waker: std::sync::atomic::AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -142,6 +155,7 @@ impl<T> JoinState<T> {
             word: Futex::new(CLAIMED | DECIDED | COMPLETE),
             output: UnsafeCell::new(Some(result)),
             cpu_ns: StdAtomicU64::new(NO_CPU),
+            waker: std::sync::atomic::AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -167,9 +181,9 @@ impl<T> JoinState<T> {
     }
 
     /// Protocol steps 2–3. Called once, by the thread that won `decide`. Async-signal-safe
-    /// when `result` is a [`JoinError::Killed`] (the freeze publishes with it from the
-    /// signal handler): the cell holds `None` until now, so the store drops nothing, and
-    /// the rest is atomics and a futex wake.
+    /// when `result` is a [`JoinError::Killed`] and `how` is [`WakeHow::Deferred`] (the
+    /// freeze publishes so from the signal handler): the cell holds `None` until now, so
+    /// the store drops nothing, and the rest is atomics and futex wakes.
     ///
     /// Returns the output back if the handle was dropped before: the caller drops it, on
     /// its own thread (see [`DETACHED`]).
@@ -178,6 +192,7 @@ impl<T> JoinState<T> {
         &self,
         result: Result<T, JoinError>,
         cpu_ns: Option<u64>,
+        how: WakeHow,
     ) -> Option<Result<T, JoinError>> {
         if let Some(ns) = cpu_ns {
             self.cpu_ns.store(ns, Ordering::Relaxed);
@@ -191,6 +206,25 @@ impl<T> JoinState<T> {
         let prev = self.word.fetch_or(COMPLETE, Ordering::AcqRel);
         if prev & WAITING != 0 {
             self.word.wake_all();
+        }
+        if prev & AWAITING != 0 {
+            // Stored before `AWAITING`, which this thread's read-modify-write has seen.
+            let slot = self.waker.load(std::sync::atomic::Ordering::Acquire);
+            if !slot.is_null() {
+                match how {
+                    // Under a freeze guard: the executor's waker may take its own lock, and
+                    // a task joining inline completes its child inside its own closure.
+                    WakeHow::Direct => {
+                        let _no_freeze = crate::handler::FreezeGuard::new();
+                        // SAFETY: the slot lives while this state does (it holds a count),
+                        // and the completer's `Arc` keeps the state alive through this call.
+                        unsafe { &*slot }.wake_here()
+                    }
+                    // SAFETY: as above; a task completes once, so the slot is not on the
+                    // deferred list already.
+                    WakeHow::Deferred => unsafe { wake::defer(slot) },
+                }
+            }
         }
         if prev & DETACHED != 0 {
             // SAFETY: the handle is gone and saw no `COMPLETE` (the two read-modify-writes
@@ -215,6 +249,24 @@ impl<T> JoinState<T> {
 
     pub(crate) fn is_complete(&self) -> bool {
         self.word.load(Ordering::Acquire) & COMPLETE != 0
+    }
+
+    /// Protocol step 4 for a future: leaves `waker` to be woken when the task completes.
+    /// Returns true if it is complete already (then nobody will wake it). Only the handle
+    /// calls this.
+    pub(crate) fn register(&self, waker: &std::task::Waker) -> bool {
+        let mut slot = self.waker.load(std::sync::atomic::Ordering::Relaxed);
+        if slot.is_null() {
+            slot = WakeSlot::new_raw();
+            // Published to the completer by the `AWAITING` read-modify-write below.
+            self.waker.store(slot, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the slot lives while this state does, and the caller holds the state.
+        unsafe { &*slot }.register(waker);
+        // AcqRel: Release publishes the slot and its waker to the completer, which sees
+        // `AWAITING` in the value its `COMPLETE` replaced, or Acquire here sees `COMPLETE`:
+        // both read-modify-writes are ordered on the word, so one of the two happens.
+        self.word.fetch_or(AWAITING, Ordering::AcqRel) & COMPLETE != 0
     }
 
     /// Protocol step 4. Returns true once complete, false if `deadline` passed first.
@@ -439,7 +491,10 @@ where
             if let Some(supervisor) = env.supervisor {
                 supervisor.cancelled(killed.reason);
             }
-            drop_quietly(self.join.complete(Err(JoinError::Killed(killed)), None));
+            drop_quietly(
+                self.join
+                    .complete(Err(JoinError::Killed(killed)), None, WakeHow::Direct),
+            );
             return;
         }
         let outer_control = CURRENT.with(|c| c.replace(control));
@@ -498,7 +553,7 @@ where
             }
             Err(_) => env.counters.record_outcome(true),
         }
-        drop_quietly(self.join.complete(result, cpu_ns));
+        drop_quietly(self.join.complete(result, cpu_ns, WakeHow::Direct));
     }
 
     unsafe fn set_supervisor(&self, supervisor: &'static dyn Supervisor) {
@@ -524,7 +579,11 @@ where
             counters.record_kill(KillHow::Abandoned);
         }
         // A detached task's outcome comes back: a `Killed`, which owns nothing.
-        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
+        std::mem::forget(self.join.complete(
+            Err(JoinError::Killed(killed)),
+            cpu_ns,
+            WakeHow::Deferred,
+        ));
     }
 
     fn reject_claimed(&self) {
@@ -532,7 +591,10 @@ where
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
         if self.join.decide() {
-            drop_quietly(self.join.complete(Err(JoinError::Shutdown), None));
+            drop_quietly(
+                self.join
+                    .complete(Err(JoinError::Shutdown), None, WakeHow::Direct),
+            );
         }
     }
 }
@@ -562,7 +624,11 @@ where
         counters.record_kill(KillHow::Frozen);
         // A detached task's outcome comes back: a `Killed`, which owns nothing (and the
         // signal handler drops nothing).
-        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
+        std::mem::forget(self.join.complete(
+            Err(JoinError::Killed(killed)),
+            cpu_ns,
+            WakeHow::Deferred,
+        ));
     }
 }
 
@@ -733,6 +799,16 @@ impl<T: Send> Join<T> for JoinState<T> {
 
     fn inline(self: Arc<Self>) -> Option<(usize, Task)> {
         None
+    }
+}
+
+impl<T> Drop for JoinState<T> {
+    fn drop(&mut self) {
+        let slot = *self.waker.get_mut();
+        if !slot.is_null() {
+            // SAFETY: the state's own count; a pending deferred wake holds another.
+            unsafe { WakeSlot::release(slot) };
+        }
     }
 }
 
