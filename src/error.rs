@@ -33,6 +33,10 @@ pub enum JoinError {
     /// has replaced it ([`Stats::signal_handler_replaced`](crate::Stats)). It was dropped
     /// unrun.
     KillsUnenforceable,
+    /// The task was spawned in a child process forked after the pool was built: the pool's
+    /// threads exist only in the parent (fork copies only the calling thread), so nothing
+    /// here could run it. It was dropped unrun. Build a new pool in the child.
+    Forked,
 }
 
 impl JoinError {
@@ -85,6 +89,7 @@ impl fmt::Debug for JoinError {
             JoinError::Killed(killed) => f.debug_tuple("Killed").field(killed).finish(),
             JoinError::BudgetUnsupported => f.write_str("BudgetUnsupported"),
             JoinError::KillsUnenforceable => f.write_str("KillsUnenforceable"),
+            JoinError::Forked => f.write_str("Forked"),
             JoinError::InvalidBudget(b) => f.debug_tuple("InvalidBudget").field(b).finish(),
         }
     }
@@ -116,6 +121,9 @@ impl fmt::Display for JoinError {
                  has replaced it, so no budget can be enforced; install your handler \
                  before building the pool, or have it call the previous one (as \
                  signal-hook does), or build the pool with another signal",
+            ),
+            JoinError::Forked => f.write_str(
+                "task not run: this process is a fork of the one that built the pool, and                  the pool's threads did not come along; build a new pool in the child",
             ),
         }
     }

@@ -162,7 +162,7 @@ pub use builder::{
 pub use error::{BuildError, JoinError, PanicPayload, ShutdownTimedOut};
 pub use handler::{FreezeGuard, TimerClock};
 pub use join::JoinHandle;
-pub use pool::{Handle, Pool};
+pub use pool::{block_in_place, Handle, Pool};
 pub use service::{CallError, LoadError, Service, ServiceCache, MAX_OUTPUT};
 pub use stats::{SlotStats, Stats};
 pub use task::checkpoint;

@@ -224,3 +224,25 @@ fn stats(shared: &Shared) -> Stats {
         kills,
     )
 }
+
+/// Runs `func`, which is about to block (a read, a lock, a wait on another task's
+/// channel), after giving the calling task's slot to a standby thread: the slot goes on
+/// serving its queue while `func` blocks. tokio's function of the same name does the same
+/// for its workers.
+///
+/// The calling thread carries on as a carrier (the state of a task handed off past its
+/// quantum): after `func` returns, the rest of the task runs in the idle time of the
+/// pool's cores, and the thread rejoins the pool's threads when the task ends. So call
+/// it around the blocking part only, near the task's end if it can be.
+///
+/// Elsewhere it just runs `func`: outside a pool's task, on a pool with preemption off (it
+/// has no standbys), on a carrier already, at the slot's cap of carriers, or when no
+/// standby is parked. [`Stats::blocking_handoffs`](crate::Stats::blocking_handoffs)
+/// counts the slots it gave up.
+///
+/// A [`join`](crate::JoinHandle::join) (or a timed join) inside a task that has to sleep
+/// does the same on its own.
+pub fn block_in_place<R>(func: impl FnOnce() -> R) -> R {
+    crate::handler::hand_off_before_blocking();
+    func()
+}

@@ -100,6 +100,9 @@ pub struct Stats {
     pub timer_arms: u64,
     /// Slots handed to a standby because their task ran past the quantum.
     pub handoffs: u64,
+    /// Of the handoffs, slots given up early by a task about to block: a join that had to
+    /// wait, or [`block_in_place`](crate::block_in_place).
+    pub blocking_handoffs: u64,
     /// Overruns seen while the task was inside the runtime (a spawn), handed off as soon
     /// as it left.
     pub deferred: u64,
@@ -205,6 +208,7 @@ pub(crate) struct PreemptSnapshot {
     pub(crate) expiries: u64,
     pub(crate) arms: u64,
     pub(crate) handoffs: u64,
+    pub(crate) blocking_handoffs: u64,
     pub(crate) deferred: u64,
     pub(crate) no_standby: u64,
     pub(crate) capped: u64,
@@ -227,6 +231,7 @@ impl PreemptSnapshot {
             expiries: read(&c.expiries),
             arms: read(&c.arms),
             handoffs: read(&c.handoffs),
+            blocking_handoffs: read(&c.blocking_handoffs),
             deferred: read(&c.deferred),
             no_standby: read(&c.no_standby),
             capped: read(&c.at_cap),
@@ -285,6 +290,7 @@ impl Stats {
             expiries: total(|p| p.expiries),
             timer_arms: total(|p| p.arms),
             handoffs: total(|p| p.handoffs),
+            blocking_handoffs: total(|p| p.blocking_handoffs),
             deferred: total(|p| p.deferred),
             no_standby: total(|p| p.no_standby),
             capped: total(|p| p.capped),

@@ -81,6 +81,22 @@ fn this_record() -> Option<&'static Record> {
     THIS_RECORD.with(|r| unsafe { r.get().as_ref() })
 }
 
+/// Gives the calling thread's slot to a standby now, because its task is about to block
+/// (a join that has to wait, `block_in_place`): the handoff a tick makes past the
+/// quantum, made early. The thread goes on as a carrier, and rejoins the pool's threads
+/// when its task ends. False (and nothing changed) on a thread that runs no task of a pool
+/// with preemption, in runtime code, already a carrier, at the slot's cap of carriers, or
+/// with no standby parked: the task then blocks on its slot, as it would have. Ordinary
+/// context (the task's own thread, in a call into the runtime); async-signal-safe anyway.
+pub(crate) fn hand_off_before_blocking() -> bool {
+    let Some(record) = this_record() else {
+        return false;
+    };
+    // No freeze while the slot is between holders: a kill waits the few µs this takes.
+    let _no_freeze = FreezeGuard::new();
+    super::tick::hand_off_now(record)
+}
+
 /// Before a cooperative unwind (normal context): marks the thread as unwinding from its
 /// cancel. A return redirected for a freeze stays as it is: the stubs' unwind info lets the
 /// unwind go through it, and the crate never writes a return slot back (after an unwind

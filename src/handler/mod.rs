@@ -112,7 +112,8 @@ pub(crate) use chain::{chain, PREVIOUS};
 pub(crate) use control::Control;
 pub use freeze::FreezeGuard;
 pub(crate) use freeze::{
-    install_panic_hook, is_cancel_unwind, mark_monitor, on_fault, set_this_record, unwind_cancelled,
+    hand_off_before_blocking, install_panic_hook, is_cancel_unwind, mark_monitor, on_fault,
+    set_this_record, unwind_cancelled,
 };
 pub(crate) use history::{RunHistory, MAX_KEEP_QUANTA};
 pub(crate) use ledger::KillLedger;

@@ -376,6 +376,37 @@ fn handoff(
         }
     }
     reserve.unwant(index);
+    finish_handoff(record, preempt, reserve, context)
+}
+
+/// The handoff of `record`'s slot to a standby, now, because its task is about to block
+/// (`freeze.rs`, `hand_off_before_blocking`, which says when). On the record's own thread.
+pub(super) fn hand_off_now(record: &Record) -> bool {
+    if !record.in_closure()
+        || record.state.load(Ordering::Relaxed) != IN_TASK
+        || record.depth.load(Ordering::SeqCst) > 0
+    {
+        return false;
+    }
+    let preempt = record.preempt();
+    let reserve = record.reserve();
+    if reserve.carriers() >= preempt.max_carriers || !reserve.take_standby() {
+        return false;
+    }
+    reserve
+        .counters
+        .blocking_handoffs
+        .fetch_add(1, Ordering::Relaxed);
+    finish_handoff(record, preempt, reserve, std::ptr::null_mut())
+}
+
+/// The rest of a handoff, once a standby is taken.
+fn finish_handoff(
+    record: &Record,
+    preempt: &Preempt,
+    reserve: &Reserve,
+    context: *mut libc::c_void,
+) -> bool {
     if record
         .state
         .compare_exchange(IN_TASK, CARRIED, Ordering::Relaxed, Ordering::Relaxed)

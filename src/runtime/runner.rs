@@ -103,7 +103,7 @@ where
     // A task spawning must not be frozen inside the spawn: it may hold the gate's
     // ticket, or the slot's deque mid-push.
     let _no_freeze = crate::handler::FreezeGuard::new();
-    if let Some(error) = shared.refuses_budget(budget) {
+    if let Some(error) = shared.refuses(budget) {
         return task::rejected_with(func, error);
     }
     with_current(|current| match current {

@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     /// preemption off.
     pub(crate) kills: Option<&'static Kills>,
     pub(crate) threads: Threads,
+    /// The process's fork count when the pool was built (`sys::fork_count`): a different
+    /// one means this is a forked child, where the pool has no threads.
+    forks: u64,
 }
 
 /// How the pool makes threads, and the handles of those it made.
@@ -146,13 +149,23 @@ impl Shared {
             preempt,
             kills,
             threads,
+            forks: crate::sys::fork_count(),
         }
     }
 
-    /// Why a spawn with `budget` must be refused at once, if it must: an invalid
-    /// budget, a budget on a pool without preemption, or kills another handler has made
-    /// unenforceable.
-    pub(crate) fn refuses_budget(&self, budget: Budget) -> Option<JoinError> {
+    /// True in a child forked after the pool was built: its threads did not come along
+    /// (fork copies only the calling thread), so nothing would ever run a task.
+    pub(crate) fn forked(&self) -> bool {
+        crate::sys::fork_count() != self.forks
+    }
+
+    /// Why a spawn with `budget` must be refused at once, if it must: a forked child of
+    /// the process that built the pool, an invalid budget, a budget on a pool without
+    /// preemption, or kills another handler has made unenforceable.
+    pub(crate) fn refuses(&self, budget: Budget) -> Option<JoinError> {
+        if self.forked() {
+            return Some(JoinError::Forked);
+        }
         if budget.invalid().is_some() {
             return Some(JoinError::InvalidBudget(budget));
         }
@@ -391,6 +404,13 @@ impl Shared {
         let shared = self;
         shared.close();
         if inside {
+            return Ok(());
+        }
+        if shared.forked() {
+            // No thread of the pool exists here to wait for. What was queued at the fork
+            // never runs in this process: its handles resolve with `Shutdown`. Tasks that
+            // were running in the parent never resolve here.
+            shared.discard_queued();
             return Ok(());
         }
         if !shared.wait_for_threads(deadline) {

@@ -97,6 +97,9 @@ pub(crate) struct PreemptCounters {
     pub(crate) arms: AtomicU64,
     /// Slots handed to a standby.
     pub(crate) handoffs: AtomicU64,
+    /// Of those, slots given up by a task about to block (a join that has to wait,
+    /// `block_in_place`).
+    pub(crate) blocking_handoffs: AtomicU64,
     /// Overruns seen inside a runtime section, handed off when it ended.
     pub(crate) deferred: AtomicU64,
     /// Overruns with no standby parked at that moment (retried shortly).

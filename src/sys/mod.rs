@@ -8,6 +8,28 @@ use std::mem;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+/// Forks of this process made through `fork()` (libc's, which runs `pthread_atfork`
+/// handlers), counted in the child: a pool compares it with its value at build time.
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    // Async-signal-safe: the child of a multithreaded process may only do such things.
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts counting forks (once per process; later calls do nothing) and returns the count
+/// so far. A fork made by a raw `clone` syscall, bypassing libc, is not seen.
+pub(crate) fn fork_count() -> u64 {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    WATCH.call_once(|| {
+        // SAFETY: registers a handler for the child side only; it touches one atomic. The
+        // registration cannot fail except for lack of memory (ENOMEM), in which case forks
+        // go uncounted: the documented behaviour for forks libc does not see.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The largest CPU index a `cpu_set_t` can describe.
 pub(crate) const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
 

@@ -286,6 +286,9 @@ impl<T> JoinState<T> {
             }
             round = round.wrapping_add(1);
         }
+        // A task about to sleep here gives its slot to a standby first, so the slot
+        // serves its queue meanwhile (the children it may be waiting for among them).
+        let mut handed_off = false;
         loop {
             let prev = self.word.fetch_or(WAITING, Ordering::Acquire);
             if prev & COMPLETE != 0 {
@@ -294,6 +297,13 @@ impl<T> JoinState<T> {
             let Some(timeout) = time_left(deadline) else {
                 return false;
             };
+            if !handed_off {
+                handed_off = true;
+                if crate::handler::hand_off_before_blocking() {
+                    // The handoff took a while: look again before sleeping.
+                    continue;
+                }
+            }
             self.word.wait(prev | WAITING, timeout);
         }
     }
