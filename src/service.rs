@@ -305,9 +305,53 @@ impl fmt::Debug for Service {
 pub struct ServiceCache {
     dir: PathBuf,
     capacity: usize,
-    entries: Mutex<Vec<(String, Arc<Service>, u64)>>,
+    /// Each name with its service, or the load in flight for it, and when it was last
+    /// asked for.
+    entries: Mutex<Vec<(String, Entry, u64)>>,
     tick: AtomicU64,
     loads: AtomicU64,
+}
+
+/// A name in the cache: loaded, or being loaded by one caller while the others wait.
+enum Entry {
+    Ready(Arc<Service>),
+    Loading(Arc<Flight>),
+}
+
+/// One load in flight: `done` (a futex word) becomes 1 when its loader has put the
+/// service in the cache or removed the name after a failure.
+struct Flight {
+    done: crate::sync::loom::Futex,
+}
+
+/// How long a caller waits for another caller's load of the same name before it loads
+/// the name itself: long enough for any `dlopen`, short enough that a loader frozen or
+/// abandoned mid-load (a task killed there) delays the others only once.
+const FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends a flight however its loader leaves (a return, or an unwind from a cancel): the
+/// name is removed unless the load put the service in, and the waiters are woken.
+struct Landing<'a> {
+    cache: &'a ServiceCache,
+    name: &'a str,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        {
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            let mut entries = self.cache.entries.lock();
+            if let Some(i) = entries.iter().position(|e| {
+                e.0 == self.name
+                    && matches!(&e.1, Entry::Loading(f) if Arc::ptr_eq(f, &self.flight))
+            }) {
+                entries.swap_remove(i);
+            }
+        }
+        self.flight.done.store(1, Ordering::Release);
+        self.flight.done.wake_all();
+    }
 }
 
 impl ServiceCache {
@@ -342,43 +386,96 @@ impl ServiceCache {
 
     /// Service `name`, loaded now if it is not in the cache (warm after the first call).
     ///
+    /// Concurrent first requests for one name load it once: the first caller loads, the
+    /// others wait for it (at most 5 s each, then they load it themselves) and share the
+    /// object. A failed load is not cached: each caller then gets its own error.
+    ///
     /// Callable from inside a task: the cache's lock is held under the no-freeze guard (a
     /// task frozen holding it would stop every later lookup), and no service code runs
-    /// under it (an evicted service is unloaded after the lock is released).
+    /// under it (an evicted service is unloaded after the lock is released). A task
+    /// waiting for another's load waits in a futex, where a kill may freeze it.
     pub fn get(&self, name: &str) -> Result<Arc<Service>, LoadError> {
+        let path = self.path_of(name)?;
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        {
-            let _no_freeze = crate::handler::FreezeGuard::new();
-            // A named guard, dropped before `_no_freeze` (a temporary in the block's tail
-            // expression would outlive it, and be unlocked unguarded).
-            let mut entries = self.entries.lock();
-            if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
-                entry.2 = tick;
-                return Ok(entry.1.clone());
-            }
-        }
-        // Loaded outside the lock: a `dlopen` takes a while, and other names stay served.
-        // SAFETY: `new`'s contract: the directory holds services.
-        let service = Arc::new(unsafe { Service::load(self.path_of(name)?) }?);
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        let evicted = {
-            let _no_freeze = crate::handler::FreezeGuard::new();
-            let mut entries = self.entries.lock();
-            if let Some(entry) = entries.iter_mut().find(|e| e.0 == name) {
-                // Loaded twice at once: ours is dropped (unloaded) below, unlocked.
-                (entry.1.clone(), Some(service))
-            } else {
-                let mut evicted = None;
-                if entries.len() >= self.capacity {
-                    if let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].2) {
-                        evicted = Some(entries.swap_remove(oldest).1);
+        let mut waited = std::time::Duration::ZERO;
+        let flight = loop {
+            let waiting = {
+                let _no_freeze = crate::handler::FreezeGuard::new();
+                // A named guard, dropped before `_no_freeze` (a temporary in the block's
+                // tail expression would outlive it, and be unlocked unguarded).
+                let mut entries = self.entries.lock();
+                match entries.iter_mut().find(|e| e.0 == name) {
+                    Some(entry) => {
+                        entry.2 = tick;
+                        match &entry.1 {
+                            Entry::Ready(service) => return Ok(service.clone()),
+                            Entry::Loading(flight) if waited < FLIGHT_WAIT => flight.clone(),
+                            // Waited long enough: load it ourselves, outside the flight.
+                            Entry::Loading(_) => break None,
+                        }
+                    }
+                    None => {
+                        let flight = Arc::new(Flight {
+                            done: crate::sync::loom::Futex::new(0),
+                        });
+                        entries.push((name.to_string(), Entry::Loading(flight.clone()), tick));
+                        break Some(flight);
                     }
                 }
-                entries.push((name.to_string(), service.clone(), tick));
-                (service, evicted)
+            };
+            let started = std::time::Instant::now();
+            if waiting.done.load(Ordering::Acquire) == 0 {
+                let slice = std::time::Duration::from_millis(50);
+                crate::block_in_place(|| waiting.done.wait(0, Some(slice)));
             }
+            waited += started.elapsed();
         };
-        let (service, unload) = evicted;
+        let landing = flight.map(|flight| Landing {
+            cache: self,
+            name,
+            flight,
+        });
+        // Loaded outside the lock: a `dlopen` takes a while, and other names stay served.
+        // SAFETY: `new`'s contract: the directory holds services.
+        let service = Arc::new(unsafe { Service::load(path) }?);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let (service, unload) = {
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            let mut entries = self.entries.lock();
+            let (service, mut unload) = match entries.iter_mut().find(|e| e.0 == name) {
+                // Loaded by someone else meanwhile (we had stopped waiting for them): ours
+                // is dropped (unloaded) below, unlocked.
+                Some((_, Entry::Ready(theirs), _)) => (theirs.clone(), vec![service]),
+                // Ours, or a flight we gave up on: the loaded service wins.
+                Some(entry) => {
+                    entry.1 = Entry::Ready(service.clone());
+                    (service, Vec::new())
+                }
+                None => {
+                    entries.push((name.to_string(), Entry::Ready(service.clone()), tick));
+                    (service, Vec::new())
+                }
+            };
+            // The bound, on loaded services only: the least recently asked for go.
+            loop {
+                let ready = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.0 != name && matches!(e.1, Entry::Ready(_)));
+                if ready.clone().count() < self.capacity {
+                    break;
+                }
+                let Some(oldest) = ready.min_by_key(|(_, e)| e.2).map(|(i, _)| i) else {
+                    break;
+                };
+                if let (_, Entry::Ready(old), _) = entries.swap_remove(oldest) {
+                    unload.push(old);
+                }
+            }
+            (service, unload)
+        };
+        // Wakes the waiters (the entry is `Ready` now, so the landing removes nothing).
+        drop(landing);
         drop(unload);
         Ok(service)
     }
@@ -400,7 +497,15 @@ impl fmt::Debug for ServiceCache {
         f.debug_struct("ServiceCache")
             .field("dir", &self.dir)
             .field("capacity", &self.capacity)
-            .field("loaded", &self.entries.lock().len())
+            .field(
+                "loaded",
+                &self
+                    .entries
+                    .lock()
+                    .iter()
+                    .filter(|e| matches!(e.1, Entry::Ready(_)))
+                    .count(),
+            )
             .finish()
     }
 }

@@ -119,3 +119,40 @@ fn a_cold_load_maps_a_fresh_copy() {
     assert_eq!(a.call(b"\x01q").unwrap(), b.call(b"\x01q").unwrap());
     assert_eq!(cache.loads(), 0, "cold loads bypass the cache");
 }
+
+/// Concurrent first requests for a service load it once: the others wait for that load
+/// and share its object. Repeated on fresh caches, since a race is won or lost by chance.
+#[test]
+fn concurrent_first_gets_load_a_service_once() {
+    for round in 0..20 {
+        // SAFETY: as above.
+        let cache = unsafe { ServiceCache::new(dir(), 8) };
+        let barrier = std::sync::Barrier::new(8);
+        let services: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        cache.get("svc_hash").unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(cache.loads(), 1, "round {round}: one load for 8 first gets");
+        assert!(
+            services
+                .iter()
+                .all(|s| std::sync::Arc::ptr_eq(s, &services[0])),
+            "round {round}: every caller got the same object"
+        );
+        // A name that fails to load is not cached: every get tries, and each says why.
+        let misses: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| cache.get("no_such_service").is_err()))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(misses.iter().all(|&failed| failed), "round {round}");
+    }
+}
