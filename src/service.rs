@@ -181,6 +181,10 @@ impl Service {
             path: path.clone(),
             reason,
         })?;
+        // The handler must know the object before its code runs (its unwind tables, for
+        // an overflow's walk): a service called right after its load used to overflow
+        // before the monitor's refresh, and the process aborted.
+        crate::runtime::text_scan::refresh_after_load();
         let missing = |symbol| LoadError::MissingSymbol {
             path: path.clone(),
             symbol,

@@ -6,6 +6,8 @@ mod support;
 
 use std::sync::OnceLock;
 
+mod common;
+
 use microsched::{CallError, LoadError, Service, ServiceCache};
 
 fn dir() -> &'static std::path::Path {
@@ -155,4 +157,36 @@ fn concurrent_first_gets_load_a_service_once() {
         });
         assert!(misses.iter().all(|&failed| failed), "round {round}");
     }
+}
+
+/// A service that overflows its stack right after it is loaded is frozen like any other
+/// overflow: the handler knows its unwind tables from the load on (the monitor's refresh
+/// would come up to 100 ms later, and an overflow whose frames cannot be walked ends the
+/// process). Fresh copies of the object, loaded and called at once, several times.
+#[test]
+fn a_service_overflowing_right_after_its_load_is_frozen() {
+    common::in_child(
+        "a_service_overflowing_right_after_its_load_is_frozen",
+        || {
+            let pool = common::builder(1).build().unwrap();
+            // SAFETY: as above.
+            let cache = unsafe { ServiceCache::new(dir(), 8) };
+            let scratch = std::env::temp_dir();
+            for round in 0..8 {
+                let service = cache.get_cold("svc_overflow", &scratch).unwrap();
+                let h = pool.spawn(move || service.call(b"x").map(|v| v.len()));
+                match common::join(h) {
+                    Err(microsched::JoinError::Killed(k)) => assert_eq!(
+                        k.reason(),
+                        microsched::KillReason::StackOverflow,
+                        "round {round}"
+                    ),
+                    other => panic!("round {round}: expected a stack-overflow kill, got {other:?}"),
+                }
+            }
+            // SAFETY: ends the child at once: its frozen threads never exit, and the harness
+            // would print to a stdout nobody reads.
+            unsafe { libc::_exit(0) };
+        },
+    );
 }

@@ -68,6 +68,20 @@ const GATED: &[(&str, bool)] = &[
     ("libstdc++", false),
 ];
 
+/// [`refresh`] right after a `dlopen` (a service's load), if a pool has built the tables
+/// already: the handler must find the new object's unwind tables (and its std's lock
+/// holders) before its code can overflow its stack or be killed. The monitor would see
+/// it within 100 ms; a service called at once could fault sooner, and an overflow whose
+/// frames cannot be walked ends the process (`handler/freeze.rs`, `on_fault`).
+pub(crate) fn refresh_after_load() {
+    if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    // Runtime code, possibly inside a task: not frozen holding the writer's lock.
+    let _no_freeze = crate::handler::FreezeGuard::new();
+    refresh();
+}
+
 /// Builds both tables (once for the holders), or refreshes the ranges if the set of loaded
 /// objects changed since the last call. Cheap when nothing changed.
 pub(crate) fn refresh() {
