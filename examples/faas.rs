@@ -1,5 +1,6 @@
 //! A FaaS server: functions are Rust shared objects loaded into this process, and each
-//! request runs one on the pool, under its service's budget.
+//! request runs one on the pool, under its service's budget. The HTTP front end is hyper
+//! on tokio; requests await their task's `JoinHandle`, so no thread waits per request.
 //!
 //! ```text
 //! cargo run --release --example faas -- --self-test   # start, drive itself, report, exit 0
@@ -9,9 +10,32 @@
 //! Routes: `POST /<service>` runs service `<service>` (the file `libsvc_<service>.so`) on
 //! the request body and answers with its output (200). A request killed for its budget
 //! answers 503 with the reason, a service panic 500, a service error 422, an unknown
-//! service 404. `GET /stats` answers the pool's stats as JSON. SIGINT and SIGTERM shut the
-//! server down gracefully: no new connections, the requests in flight finish (or are
-//! killed by their budgets), then the pool shuts down.
+//! service 404, a body over 1 MiB 413, a body that does not arrive within 10 s 408.
+//! `GET /stats` answers the serving worker's stats as JSON.
+//!
+//! # Processes: a supervisor that recycles leaking workers
+//!
+//! A killed request leaves its thread frozen (or abandoned) for good: that is the price of
+//! killing without a process boundary. So by default (`--workers 2`) the server is a
+//! supervisor and worker processes, each with its own pool, all accepting on the one
+//! listening socket the supervisor opened. A worker whose frozen plus abandoned threads
+//! reach `--recycle-at` (default 32), or whose resident memory passes `--recycle-rss-mb`,
+//! says so; the supervisor starts its replacement, waits until it is ready, and only then
+//! tells the old worker to stop accepting (SIGTERM). The old worker finishes what it has in
+//! flight and exits. No connection is refused or dropped on the way: the socket, and the
+//! connections queued on it, outlive every worker. (One `SO_REUSEPORT` socket per worker
+//! would not do: the connections queued on a socket are reset when its worker closes it,
+//! unless `net.ipv4.tcp_migrate_req` is set.) `--workers 0` serves in this one process.
+//!
+//! # Limits
+//!
+//! Headers must arrive within 5 s of the connection opening (hyper's header read
+//! timeout) and the body within 10 s; at most `--max-connections` (default 512)
+//! connections are served at once, the rest wait in the kernel's accept queue; when the
+//! process runs out of file descriptors the accept loop backs off (5 ms doubling to 1 s)
+//! and says so at most once a second. SIGINT and SIGTERM shut down gracefully: no new
+//! connections, the requests in flight finish (or are killed by their budgets), then the
+//! pool shuts down.
 //!
 //! The example services (in `services/`) are built first if needed: `hash`, `json`,
 //! `runaway` (never returns), `panic` (panics), `overflow` (overflows its stack).
@@ -19,13 +43,34 @@
 #[path = "support/services.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use microsched::{Budget, CallError, JoinError, LoadError, Pool, ServiceCache};
+
+/// The largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+/// The request line and headers must arrive within this from the connection's start.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The body must arrive within this once the headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request whose task has not ended by then answers 503 (bounded even if a kill is
+/// refused, past the pool's frozen-thread cap).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping worker waits for its connections before it exits anyway.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// The budget each service gets: small for the ones meant to misbehave.
 fn budget_for(service: &str) -> Budget {
@@ -37,251 +82,634 @@ fn budget_for(service: &str) -> Budget {
     }
 }
 
-struct Server {
-    pool: Pool,
-    services: ServiceCache,
-    stop: Arc<AtomicBool>,
-    requests: AtomicU64,
+/// Writes one line to fd 1 with `write(2)`: never std's stdout lock, which a killed
+/// task could hold for good (the freeze gate abandons rather than freeze a thread inside
+/// it, but the abandoned thread keeps it).
+fn say(line: &str) {
+    let mut bytes = line.as_bytes().to_vec();
+    bytes.push(b'\n');
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        // SAFETY: writes from a live buffer of `rest.len()` bytes to fd 1.
+        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
 }
 
-/// One parsed request.
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
+// ---------------------------------------------------------------------------------------
+// Options.
+
+#[derive(Clone, Debug)]
+struct Options {
+    port: u16,
+    workers: usize,
+    recycle_at: u64,
+    recycle_rss_mb: u64,
+    max_connections: usize,
+    self_test: bool,
+    /// Internal: run as a worker on this inherited listening socket.
+    listen_fd: Option<RawFd>,
+    services_dir: Option<PathBuf>,
 }
 
-/// The largest request body accepted, and the most header bytes.
-const MAX_BODY: usize = 1 << 20;
-const MAX_HEAD: u64 = 16 * 1024;
-
-/// Why a request could not be read: the status to answer with.
-type Refusal = (u16, &'static str);
-
-fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<Request, Refusal>> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    // The request line and headers, at most MAX_HEAD bytes in all.
-    let mut head = (&mut reader).take(MAX_HEAD);
-    let mut line = String::new();
-    head.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (
-        parts.next().unwrap_or("").to_string(),
-        parts.next().unwrap_or("").to_string(),
-    );
-    let (mut length, mut chunked, mut expect_continue, mut bad_length) = (0, false, false, false);
-    loop {
-        let mut header = String::new();
-        if head.read_line(&mut header)? == 0 {
-            return Ok(Err((400, "the headers are too long or cut short")));
-        }
-        if header == "\r\n" || header == "\n" {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("content-length") {
-                match value.parse::<usize>() {
-                    Ok(n) => length = n,
-                    Err(_) => bad_length = true,
-                }
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = true;
-            } else if name.eq_ignore_ascii_case("expect") {
-                expect_continue = value.eq_ignore_ascii_case("100-continue");
+impl Options {
+    fn parse() -> Result<Options, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| -> Result<Option<String>, String> {
+            match args.iter().position(|a| a == name) {
+                Some(i) => args
+                    .get(i + 1)
+                    .cloned()
+                    .map(Some)
+                    .ok_or(format!("{name} needs a value")),
+                None => Ok(None),
             }
-        }
-    }
-    if bad_length || chunked {
-        return Ok(Err((
-            400,
-            "send the body with a Content-Length (no chunked encoding)",
-        )));
-    }
-    if length > MAX_BODY {
-        return Ok(Err((413, "the body is larger than 1 MiB")));
-    }
-    if expect_continue {
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(Ok(Request { method, path, body }))
-}
-
-fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        413 => "Content Too Large",
-        405 => "Method Not Allowed",
-        422 => "Unprocessable Entity",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-}
-
-impl Server {
-    fn handle(&self, mut stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let request = match read_request(&mut stream) {
-            Ok(Ok(request)) => request,
-            Ok(Err((status, why))) => {
-                respond(
-                    &mut stream,
-                    status,
-                    "text/plain; charset=utf-8",
-                    format!("{why}\n").as_bytes(),
-                );
-                return;
-            }
-            Err(_) => return,
         };
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            match value(name)? {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name} needs a number, not {v:?}")),
+                None => Ok(default),
+            }
+        };
+        let self_test = args.iter().any(|a| a == "--self-test");
+        let options = Options {
+            port: number("--port", if self_test { 0 } else { 8080 })? as u16,
+            workers: number("--workers", 2)? as usize,
+            recycle_at: number("--recycle-at", if self_test { 8 } else { 32 })?,
+            recycle_rss_mb: number("--recycle-rss-mb", 4096)?,
+            max_connections: number("--max-connections", 512)? as usize,
+            self_test,
+            listen_fd: value("--listen-fd")?
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| "--listen-fd needs a number".to_string())
+                })
+                .transpose()?,
+            services_dir: value("--services-dir")?.map(PathBuf::from),
+        };
+        if options.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if options.recycle_at == 0 {
+            return Err("--recycle-at must be at least 1".into());
+        }
+        if options.self_test && options.workers == 0 {
+            return Err("--self-test recycles workers: use --workers 1 or more".into());
+        }
+        Ok(options)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A worker: the pool, the HTTP front end, and its own leak watch.
+
+struct Worker {
+    pool: Pool,
+    services: Arc<ServiceCache>,
+    requests: AtomicU64,
+    /// Set once the worker has asked to be recycled (it goes on serving until told).
+    recycling: AtomicBool,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Answer {
+    let mut message = message.into();
+    message.push('\n');
+    answer(status, "text/plain; charset=utf-8", message)
+}
+
+impl Worker {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Answer, Infallible> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, kind, body) = self.route(&request);
-        respond(&mut stream, status, kind, body.bytes());
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        if method == hyper::Method::GET && path == "/stats" {
+            return Ok(answer(
+                StatusCode::OK,
+                "application/json",
+                self.stats_json(),
+            ));
+        }
+        if method != hyper::Method::POST {
+            return Ok(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST /<service> or GET /stats",
+            ));
+        }
+        let name = path.trim_start_matches('/').to_string();
+        let declared = request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Ok(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than 1 MiB",
+            ));
+        }
+        let body = Limited::new(request.into_body(), MAX_BODY);
+        let input = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+            Err(_) => {
+                return Ok(text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive within 10 s",
+                ))
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Ok(text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than 1 MiB",
+                ))
+            }
+            Ok(Err(e)) => return Ok(text(StatusCode::BAD_REQUEST, format!("body: {e}"))),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        // The service is looked up (and loaded, once, on a first request) inside the
+        // task: a `dlopen` never blocks the reactor, and it runs under the budget.
+        let services = self.services.clone();
+        let file = format!("svc_{name}");
+        let handle = self.pool.spawn_with(budget_for(&name), move || {
+            services.get(&file).map(|service| service.call(&input))
+        });
+        let Ok(result) = tokio::time::timeout(REQUEST_TIMEOUT, handle).await else {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request did not finish in 30 s",
+            ));
+        };
+        Ok(match result {
+            Ok(Ok(Ok(output))) => answer(StatusCode::OK, "application/octet-stream", output),
+            Ok(Ok(Err(CallError::Panicked(m)))) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the service panicked: {m}"),
+            ),
+            Ok(Ok(Err(e))) => text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            Ok(Err(e @ (LoadError::BadName(_) | LoadError::Open { .. }))) => {
+                text(StatusCode::NOT_FOUND, format!("no such service: {e}"))
+            }
+            Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(JoinError::Killed(k)) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("killed: {k}"))
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })
     }
 
-    fn route(&self, request: &Request) -> (u16, &'static str, Body) {
-        let text = "text/plain; charset=utf-8";
-        match (request.method.as_str(), request.path.as_str()) {
-            ("GET", "/stats") => (200, "application/json", Body::Text(self.stats_json())),
-            ("POST", path) => {
-                let name = path.trim_start_matches('/');
-                let service = match self.services.get(&format!("svc_{name}")) {
-                    Ok(service) => service,
-                    Err(e @ (LoadError::BadName(_) | LoadError::Open { .. })) => {
-                        return (404, text, Body::Text(format!("no such service: {e}\n")))
-                    }
-                    Err(e) => return (500, text, Body::Text(format!("{e}\n"))),
-                };
-                let input = request.body.clone();
-                let handle = self
-                    .pool
-                    .spawn_with(budget_for(name), move || service.call(&input));
-                // Bounded even if the kill is refused (past the pool's frozen-thread cap):
-                // the connection and shutdown never wait on a runaway for good.
-                let Ok(result) = handle.join_timeout(Duration::from_secs(30)) else {
-                    return (
-                        503,
-                        text,
-                        Body::Text("the request did not finish in 30 s\n".into()),
-                    );
-                };
-                match result {
-                    Ok(Ok(output)) => (200, "application/octet-stream", Body::Bytes(output)),
-                    Ok(Err(CallError::Panicked(m))) => (
-                        500,
-                        text,
-                        Body::Text(format!("the service panicked: {m}\n")),
-                    ),
-                    Ok(Err(e)) => (422, text, Body::Text(format!("{e}\n"))),
-                    Err(JoinError::Killed(k)) => (503, text, Body::Text(format!("killed: {k}\n"))),
-                    Err(e) => (500, text, Body::Text(format!("{e}\n"))),
-                }
-            }
-            _ => (
-                405,
-                text,
-                Body::Text("use POST /<service> or GET /stats\n".into()),
-            ),
-        }
+    /// Threads this worker has lost to kills for good.
+    fn leaked_threads(&self) -> u64 {
+        let s = self.pool.stats();
+        s.frozen_threads + s.abandoned_threads
     }
 
     fn stats_json(&self) -> String {
         let s = self.pool.stats();
         format!(
-            "{{\"requests\":{},\"spawned\":{},\"completed\":{},\"panicked\":{},\"cancelled\":{},\
-             \"frozen\":{},\"frozen_threads\":{},\"kills_cpu_budget\":{},\"kills_wall_deadline\":{},\
-             \"kills_stack_overflow\":{},\"handoffs\":{},\"service_loads\":{}}}\n",
+            "{{\"pid\":{},\"requests\":{},\"spawned\":{},\"completed\":{},\"panicked\":{},\
+             \"cancelled\":{},\"frozen\":{},\"abandoned\":{},\"frozen_threads\":{},\
+             \"abandoned_threads\":{},\"kills_cpu_budget\":{},\"kills_wall_deadline\":{},\
+             \"kills_stack_overflow\":{},\"handoffs\":{},\"service_loads\":{},\"rss_mb\":{}}}\n",
+            std::process::id(),
             self.requests.load(Ordering::Relaxed),
             s.spawned,
             s.completed,
             s.panicked,
             s.cancelled,
             s.frozen,
+            s.abandoned,
             s.frozen_threads,
+            s.abandoned_threads,
             s.kills_cpu_budget,
             s.kills_wall_deadline,
             s.kills_stack_overflow,
             s.handoffs,
-            self.services.loads()
+            self.services.loads(),
+            rss_mb(),
         )
     }
 }
 
-enum Body {
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-impl Body {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Text(t) => t.as_bytes(),
-            Body::Bytes(b) => b,
-        }
-    }
-}
-
-/// Accepts connections until `stop` is set; one thread per connection (it waits for its
-/// request's task; the work itself runs on the pool).
-fn serve(listener: TcpListener, server: Arc<Server>) {
-    listener
-        .set_nonblocking(true)
-        .expect("a non-blocking listener");
-    let mut connections = Vec::new();
-    while !server.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let server = server.clone();
-                connections.push(std::thread::spawn(move || server.handle(stream)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => eprintln!("accept: {e}"),
-        }
-        connections.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
-    }
-    // Requests in flight finish (each is bounded: budgets, a 30 s join, a 10 s read
-    // timeout per read); a client that keeps a connection open without sending is not
-    // waited for past a deadline.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while connections.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A minimal HTTP/1.1 client for the self-test: status and body.
-fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |i| i + 4);
-    let status = std::str::from_utf8(&response[..split.min(response.len())])
+/// This process's resident memory, MiB (`/proc/self/statm`).
+fn rss_mb() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|h| h.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
-    Ok((status, response[split..].to_vec()))
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    (pages * page) >> 20
+}
+
+/// Accept errors that mean "out of a resource", after which accepting again at once
+/// would fail again: back off.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Serves `listener` until SIGINT or SIGTERM, then drains. `announce` lines go to the
+/// supervisor (if any) on stdout.
+async fn serve(
+    listener: std::net::TcpListener,
+    worker: Arc<Worker>,
+    options: &Options,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+
+    // The leak watch: asks to be recycled (again every second while it stands).
+    let watch = {
+        let worker = worker.clone();
+        let (recycle_at, rss_limit) = (options.recycle_at, options.recycle_rss_mb);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut last = None::<Instant>;
+            loop {
+                tick.tick().await;
+                let (leaked, rss) = (worker.leaked_threads(), rss_mb());
+                if (leaked >= recycle_at || rss >= rss_limit)
+                    && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    worker.recycling.store(true, Ordering::Relaxed);
+                    say(&format!("recycle leaked_threads={leaked} rss_mb={rss}"));
+                    last = Some(Instant::now());
+                }
+            }
+        })
+    };
+
+    say("ready");
+    let mut backoff = Duration::from_millis(5);
+    let (mut last_report, mut unreported) = (None::<Instant>, 0u64);
+    loop {
+        // Backpressure: no accept while at the connection limit; the kernel queues them.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(e) => {
+                    unreported += 1;
+                    if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        eprintln!("accept: {e} ({unreported} such errors in the last second)");
+                        (last_report, unreported) = (Some(Instant::now()), 0);
+                    }
+                    if out_of_resources(&e) {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    continue;
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let worker = worker.clone();
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| worker.clone().handle(request)),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    // Stop accepting (the socket lives on in the supervisor and the other workers), let
+    // the connections in flight finish their requests.
+    drop(listener);
+    watch.abort();
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("drain: connections still open after {DRAIN:?}; closing them");
+    }
+    Ok(())
+}
+
+/// Runs a worker on `listener` in this process until it is told to stop.
+fn run_worker(
+    listener: std::net::TcpListener,
+    dir: PathBuf,
+    options: &Options,
+) -> Result<(), String> {
+    let pool = Pool::builder()
+        .max_frozen((options.recycle_at as usize * 4).max(64))
+        .build()
+        .map_err(|e| format!("build the pool: {e}"))?;
+    let worker = Arc::new(Worker {
+        pool,
+        // SAFETY: the directory holds the example services, built with `export_service!`.
+        services: Arc::new(unsafe { ServiceCache::new(dir, 16) }),
+        requests: AtomicU64::new(0),
+        recycling: AtomicBool::new(false),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start tokio: {e}"))?;
+    runtime
+        .block_on(serve(listener, worker.clone(), options))
+        .map_err(|e| format!("serve: {e}"))?;
+    drop(runtime);
+    let stats = worker.pool.stats();
+    worker.pool.shutdown();
+    say(&format!(
+        "worker {} shut down: {} requests, {} tasks completed, {} killed ({} threads frozen, {} abandoned){}",
+        std::process::id(),
+        worker.requests.load(Ordering::Relaxed),
+        stats.completed,
+        stats.cancelled + stats.frozen + stats.abandoned,
+        stats.frozen_threads,
+        stats.abandoned_threads,
+        if worker.recycling.load(Ordering::Relaxed) {
+            ", recycled"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The supervisor.
+
+enum Event {
+    Line(u32, String),
+}
+
+struct Proc {
+    child: Child,
+    pid: u32,
+    /// The replacement started for it, once it asked to be recycled.
+    replacement: Option<u32>,
+    /// Told to stop (its replacement is ready).
+    retiring: bool,
+}
+
+struct Supervisor {
+    exe: PathBuf,
+    args: Vec<String>,
+    events: mpsc::Sender<Event>,
+    procs: Vec<Proc>,
+    /// Workers recycled (stopped after their replacement was ready, and exited).
+    recycled: Arc<AtomicU64>,
+    /// Workers that exited without being told to: replaced at once.
+    crashed: u64,
+}
+
+impl Supervisor {
+    fn start(&mut self) -> Result<u32, String> {
+        let mut child = Command::new(&self.exe)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start a worker: {e}"))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("a worker's stdout")?;
+        let events = self.events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if events.send(Event::Line(pid, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.procs.push(Proc {
+            child,
+            pid,
+            replacement: None,
+            retiring: false,
+        });
+        Ok(pid)
+    }
+
+    fn on_line(&mut self, pid: u32, line: &str) -> Result<(), String> {
+        if line == "ready" {
+            // A replacement is ready: its predecessor stops accepting and drains.
+            if let Some(old) = self
+                .procs
+                .iter_mut()
+                .find(|p| p.replacement == Some(pid) && !p.retiring)
+            {
+                old.retiring = true;
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(old.pid as i32, libc::SIGTERM) };
+                say(&format!(
+                    "supervisor: worker {pid} ready, retiring worker {}",
+                    old.pid
+                ));
+            }
+        } else if line.starts_with("recycle ") {
+            let asked = self
+                .procs
+                .iter()
+                .find(|p| p.pid == pid)
+                .is_some_and(|p| !p.retiring && p.replacement.is_none());
+            if asked {
+                let new = self.start()?;
+                if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
+                    p.replacement = Some(new);
+                }
+                say(&format!(
+                    "supervisor: worker {pid} asks to be recycled ({line}); starting worker {new}"
+                ));
+            }
+        } else {
+            say(&format!("[worker {pid}] {line}"));
+        }
+        Ok(())
+    }
+
+    /// Reaps exited workers; replaces those that exited unasked (unless stopping).
+    fn reap(&mut self, stopping: bool) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.procs.len() {
+            let exited = self.procs[i].child.try_wait().ok().flatten();
+            let Some(status) = exited else {
+                i += 1;
+                continue;
+            };
+            let proc = self.procs.swap_remove(i);
+            if proc.retiring {
+                self.recycled.fetch_add(1, Ordering::SeqCst);
+            } else if !stopping {
+                self.crashed += 1;
+                say(&format!(
+                    "supervisor: worker {} exited unasked ({status}); replacing it",
+                    proc.pid
+                ));
+                // A replacement it was waiting for carries on as an ordinary worker.
+                self.start()?;
+            }
+            // A replacement whose predecessor was waiting for it died: ask again later.
+            for p in &mut self.procs {
+                if p.replacement == Some(proc.pid) {
+                    p.replacement = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every worker (SIGTERM: they drain), waiting at most `DRAIN` plus a margin.
+    fn stop_all(&mut self) {
+        for p in &self.procs {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(p.pid as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + DRAIN + Duration::from_secs(5);
+        while !self.procs.is_empty() && Instant::now() < deadline {
+            self.procs
+                .retain_mut(|p| p.child.try_wait().ok().flatten().is_none());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// Runs the supervisor until `stop`: `workers` workers on `listener`.
+fn supervise(
+    listener: &std::net::TcpListener,
+    dir: &std::path::Path,
+    options: &Options,
+    stop: Arc<AtomicBool>,
+    recycled: Arc<AtomicU64>,
+    ready: mpsc::Sender<()>,
+) -> Result<u64, String> {
+    let fd = listener.as_raw_fd();
+    // The workers inherit the socket: not closed on exec (std opens it close-on-exec).
+    // SAFETY: fcntl on a descriptor we own; clears only FD_CLOEXEC.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+        return Err(format!("fcntl: {}", std::io::Error::last_os_error()));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let args = vec![
+        "--listen-fd".into(),
+        fd.to_string(),
+        "--services-dir".into(),
+        dir.display().to_string(),
+        "--recycle-at".into(),
+        options.recycle_at.to_string(),
+        "--recycle-rss-mb".into(),
+        options.recycle_rss_mb.to_string(),
+        "--max-connections".into(),
+        options.max_connections.to_string(),
+    ];
+    let (events, lines) = mpsc::channel();
+    let mut supervisor = Supervisor {
+        exe,
+        args,
+        events,
+        procs: Vec::new(),
+        recycled,
+        crashed: 0,
+    };
+    let mut pending = Vec::new();
+    for _ in 0..options.workers {
+        pending.push(supervisor.start()?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(Event::Line(pid, line)) if line == "ready" => pending.retain(|&p| p != pid),
+            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line)?,
+            Err(_) => {
+                supervisor.stop_all();
+                return Err("the workers did not start within 60 s".into());
+            }
+        }
+    }
+    let _ = ready.send(());
+    while !stop.load(Ordering::SeqCst) {
+        match lines.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line)?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        supervisor.reap(false)?;
+    }
+    supervisor.stop_all();
+    // Lines the workers wrote as they stopped.
+    while let Ok(Event::Line(pid, line)) = lines.try_recv() {
+        let _ = supervisor.on_line(pid, &line);
+    }
+    Ok(supervisor.crashed)
+}
+
+// ---------------------------------------------------------------------------------------
+// The self-test: a client on hyper, a runaway storm long enough to recycle a worker.
+
+/// One request on a fresh connection: status and body.
+async fn call(port: u16, method: &str, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 fn fnv(input: &[u8]) -> String {
@@ -295,126 +723,159 @@ fn fnv(input: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
-/// Drives the server with a mix of good, runaway and panicking requests from a few client
-/// threads; returns whether everything came back as expected, and the SUMMARY line.
-fn self_test(port: u16) -> (bool, String) {
-    #[derive(Clone, Copy, PartialEq, Debug)]
-    enum Expect {
-        Ok,
-        Killed,
-        Panicked,
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Expect {
+    Ok,
+    Killed,
+    Panicked,
+}
+
+/// Whether an answer is the right one for the request.
+fn right(path: &str, body: &[u8], expect: Expect, status: u16, answer: &[u8]) -> bool {
+    match (expect, path) {
+        (Expect::Ok, "/hash") => status == 200 && answer == fnv(body).as_bytes(),
+        (Expect::Ok, _) => {
+            let text = String::from_utf8_lossy(answer);
+            status == 200 && text.contains("\"ADA\"") && text.contains("\"keys\":2")
+        }
+        (Expect::Killed, _) => status == 503 && answer.starts_with(b"killed"),
+        (Expect::Panicked, _) => status == 500,
     }
-    let mut plan: Vec<(&str, Vec<u8>, Expect)> = Vec::new();
-    for i in 0..60 {
-        plan.push(("/hash", format!("payload {i}").into_bytes(), Expect::Ok));
-        if i % 4 == 0 {
-            plan.push((
-                "/json",
-                format!("{{\"name\":\"ada\",\"n\":{i}}}").into_bytes(),
-                Expect::Ok,
-            ));
+}
+
+/// Rounds of good requests mixed with runaways, panics and stack overflows, 8 at a time,
+/// until a worker has been recycled (and a few rounds after); returns whether every answer
+/// was right, and the SUMMARY line.
+fn self_test(port: u16, recycled: &AtomicU64) -> (bool, String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the client");
+    let started = Instant::now();
+    let (mut total, mut counts, mut wrong) = (0usize, [0usize; 3], Vec::new());
+    let mut after_recycle = 0;
+    let mut round = 0;
+    while after_recycle < 3 && round < 60 {
+        let mut plan: Vec<(&'static str, Vec<u8>, Expect)> = Vec::new();
+        for i in 0..24 {
+            if i % 3 == 0 {
+                let body = format!("{{\"name\":\"ada\",\"n\":{}}}", round * 100 + i).into_bytes();
+                plan.push(("/json", body, Expect::Ok));
+            } else {
+                plan.push((
+                    "/hash",
+                    format!("round {round} payload {i}").into_bytes(),
+                    Expect::Ok,
+                ));
+            }
         }
-        if i % 15 == 7 {
+        for _ in 0..3 {
             plan.push(("/runaway", b"spin".to_vec(), Expect::Killed));
-            plan.push(("/panic", b"boom".to_vec(), Expect::Panicked));
         }
-        if i % 30 == 11 {
+        plan.push(("/panic", b"boom".to_vec(), Expect::Panicked));
+        if round % 3 == 1 {
             plan.push(("/overflow", b"deep".to_vec(), Expect::Killed));
         }
+        // Interleave: the storm among the good requests.
+        let n = plan.len();
+        plan.rotate_left(round % n);
+        total += plan.len();
+        let results: Vec<_> = runtime.block_on(async {
+            let limit = Arc::new(tokio::sync::Semaphore::new(8));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (path, body, expect) in plan {
+                let limit = limit.clone();
+                tasks.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let outcome = call(port, "POST", path, body.clone()).await;
+                    (path, body, expect, outcome)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                results.extend(done.ok());
+            }
+            results
+        });
+        for (path, body, expect, outcome) in results {
+            match outcome {
+                Ok((status, answer)) if right(path, &body, expect, status, &answer) => {
+                    counts[expect as usize] += 1;
+                }
+                Ok((status, answer)) => wrong.push(format!(
+                    "{path} ({expect:?}): {status} {}",
+                    String::from_utf8_lossy(&answer).trim()
+                )),
+                Err(e) => wrong.push(format!("{path} ({expect:?}): {e}")),
+            }
+        }
+        if recycled.load(Ordering::SeqCst) > 0 {
+            after_recycle += 1;
+        }
+        round += 1;
     }
-    let total = plan.len();
-    let started = Instant::now();
-    let results: Vec<(Expect, u16, bool)> = std::thread::scope(|scope| {
-        let chunks: Vec<_> = plan.chunks(total.div_ceil(4)).collect();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(path, body, expect)| {
-                            let (status, answer) =
-                                http(port, "POST", path, body).unwrap_or((0, vec![]));
-                            let right = match (*path, status) {
-                                ("/hash", 200) => answer == fnv(body).into_bytes(),
-                                ("/json", 200) => {
-                                    let text = String::from_utf8_lossy(&answer);
-                                    text.contains("\"ADA\"") && text.contains("\"keys\":2")
-                                }
-                                _ => true,
-                            };
-                            (*expect, status, right)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
-    let count = |e: Expect, status: u16| {
-        results
-            .iter()
-            .filter(|(x, s, right)| *x == e && *s == status && *right)
-            .count()
-    };
-    let (ok, killed, panicked) = (
-        count(Expect::Ok, 200),
-        count(Expect::Killed, 503),
-        count(Expect::Panicked, 500),
-    );
-    let expected = |e: Expect| results.iter().filter(|(x, _, _)| *x == e).count();
-    let (missing_status, _) = http(port, "POST", "/no-such-service", b"").unwrap_or((0, vec![]));
-    let (stats_status, stats) = http(port, "GET", "/stats", b"").unwrap_or((0, vec![]));
-    let alive = stats_status == 200 && stats.starts_with(b"{");
-    println!(
-        "self-test: {total} requests in {:.2?}: {ok}/{} good answered right (hash, json), \
-         {killed}/{} runaway and overflowing killed (503), {panicked}/{} panicking answered 500; \
-         an unknown service answered {missing_status}",
+    let (stats_status, stats) = runtime
+        .block_on(call(port, "GET", "/stats", Vec::new()))
+        .unwrap_or((0, Bytes::new()));
+    let (missing, _) = runtime
+        .block_on(call(port, "POST", "/no-such-service", Vec::new()))
+        .unwrap_or((0, Bytes::new()));
+    let alive = stats_status == 200 && stats.starts_with(b"{") && missing == 404;
+    let [ok, killed, panicked] = counts;
+    let recycled = recycled.load(Ordering::SeqCst);
+    for w in wrong.iter().take(10) {
+        say(&format!("self-test: WRONG: {w}"));
+    }
+    say(&format!(
+        "self-test: {total} requests in {round} rounds, {:.2?}: {ok} good answered right, \
+         {killed} runaways and overflows killed (503), {panicked} panics answered 500, \
+         {} wrong or failed; {recycled} workers recycled; an unknown service answered {missing}",
         started.elapsed(),
-        expected(Expect::Ok),
-        expected(Expect::Killed),
-        expected(Expect::Panicked),
-    );
-    println!("GET /stats: {}", String::from_utf8_lossy(&stats).trim());
-    let passed = alive
-        && missing_status == 404
-        && ok == expected(Expect::Ok)
-        && killed == expected(Expect::Killed)
-        && panicked == expected(Expect::Panicked);
+        wrong.len(),
+    ));
+    say(&format!(
+        "GET /stats: {}",
+        String::from_utf8_lossy(&stats).trim()
+    ));
+    let passed = alive && wrong.is_empty() && recycled >= 1;
     (
         passed,
         format!(
-            "SUMMARY faas requests={total} ok={ok} killed={killed} panicked={panicked} server_alive={alive}"
+            "SUMMARY faas requests={total} ok={ok} killed={killed} panicked={panicked} \
+             recycled={recycled} server_alive={alive}"
         ),
     )
 }
 
+// ---------------------------------------------------------------------------------------
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let test = args.iter().any(|a| a == "--self-test");
-    let port: u16 = match args.iter().position(|a| a == "--port") {
-        Some(i) => args.get(i + 1).ok_or("--port needs a number")?.parse()?,
-        None if test => 0,
-        None => 8080,
-    };
+    let options = Options::parse()?;
+    if let Some(fd) = options.listen_fd {
+        // A worker, started by the supervisor: it goes when the supervisor goes (a
+        // supervisor killed outright must not leave workers serving the port).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } == 1 {
+            return Err("the supervisor is gone".into());
+        }
+        // SAFETY: the supervisor passed its listening socket down at this number; this
+        // process owns its copy from here on.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        let dir = options
+            .services_dir
+            .clone()
+            .ok_or("a worker needs --services-dir")?;
+        run_worker(listener, dir, &options)?;
+        return Ok(());
+    }
     let dir = support::build(false)?;
-    let server = Arc::new(Server {
-        pool: Pool::new()?,
-        // SAFETY: the directory holds the example services, built just above with
-        // `export_service!`.
-        services: unsafe { ServiceCache::new(dir, 16) },
-        stop: Arc::new(AtomicBool::new(false)),
-        requests: AtomicU64::new(0),
-    });
-    signal_hook::flag::register(signal_hook::consts::SIGINT, server.stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, server.stop.clone())?;
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", options.port))?;
     let port = listener.local_addr()?.port();
     println!("listening on http://127.0.0.1:{port}");
-    if !test {
+    if !options.self_test {
         println!("try:");
         println!("  curl -s -X POST --data-binary 'hello' http://127.0.0.1:{port}/hash");
         println!("  curl -s -X POST -d '{{\"name\":\"ada\"}}' http://127.0.0.1:{port}/json");
@@ -425,32 +886,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Flush so a parent reading our output sees the port before we block.
     std::io::stdout().flush()?;
-    let serving = {
-        let server = server.clone();
-        std::thread::spawn(move || serve(listener, server))
-    };
-    let (passed, summary) = if test {
-        let (passed, summary) = self_test(port);
-        server.stop.store(true, Ordering::SeqCst);
-        (passed, Some(summary))
-    } else {
-        (true, None)
-    };
-    serving.join().map_err(|_| "the accept loop panicked")?;
-    let stats = server.pool.stats();
-    server.pool.shutdown();
-    println!(
-        "shut down: {} requests, {} tasks completed, {} killed ({} frozen threads left behind)",
-        server.requests.load(Ordering::Relaxed),
-        stats.completed,
-        stats.cancelled + stats.frozen,
-        stats.frozen_threads
-    );
-    if let Some(summary) = summary {
-        println!("{summary}");
+    if options.workers == 0 {
+        run_worker(listener, dir, &options)?;
+        return Ok(());
     }
-    if !passed {
-        return Err("the self-test found wrong answers".into());
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let recycled = Arc::new(AtomicU64::new(0));
+    let (ready, workers_ready) = mpsc::channel();
+    let supervisor = {
+        let (stop, recycled, options) = (stop.clone(), recycled.clone(), options.clone());
+        std::thread::spawn(move || supervise(&listener, &dir, &options, stop, recycled, ready))
+    };
+    let outcome = if options.self_test {
+        if workers_ready.recv().is_err() {
+            return Err(match supervisor.join() {
+                Ok(Err(e)) => e.into(),
+                _ => "the supervisor stopped before its workers were ready".into(),
+            });
+        }
+        let (passed, summary) = self_test(port, &recycled);
+        stop.store(true, Ordering::SeqCst);
+        Some((passed, summary))
+    } else {
+        None
+    };
+    let crashed = supervisor.join().map_err(|_| "the supervisor panicked")??;
+    say(&format!(
+        "supervisor: shut down; {} workers recycled, {crashed} replaced after exiting unasked",
+        recycled.load(Ordering::SeqCst)
+    ));
+    if let Some((passed, summary)) = outcome {
+        say(&summary);
+        if !passed {
+            return Err("the self-test found wrong answers".into());
+        }
     }
     Ok(())
 }
