@@ -68,18 +68,34 @@ const GATED: &[(&str, bool)] = &[
     ("libstdc++", false),
 ];
 
-/// [`refresh`] right after a `dlopen` (a service's load), if a pool has built the tables
-/// already: the handler must find the new object's unwind tables (and its std's lock
-/// holders) before its code can overflow its stack or be killed. The monitor would see
-/// it within 100 ms; a service called at once could fault sooner, and an overflow whose
-/// frames cannot be walked ends the process (`handler/freeze.rs`, `on_fault`).
+/// Right after a `dlopen` (a service's load), if a pool has built the tables already:
+/// records the unwind tables of the objects loaded now, so the handler can walk the new
+/// object's frames before its code can overflow its stack or be killed. The monitor's
+/// full [`refresh`] (library ranges, the new std's lock holders, by symbol) follows within
+/// 100 ms as before; doing all of it here cost 1.6 ms per load against 0.2 ms, and an
+/// overflow whose frames cannot be walked ends the process (`handler/freeze.rs`,
+/// `on_fault`), where a lock holder not yet known is only a freeze deferred.
 pub(crate) fn refresh_after_load() {
     if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
         return;
     }
     // Runtime code, possibly inside a task: not frozen holding the writer's lock.
     let _no_freeze = crate::handler::FreezeGuard::new();
-    refresh();
+    let _writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    let (objects, _) = sys::loaded_objects();
+    let frames: Vec<_> = objects.iter().map(eh_frame_of).collect();
+    let sources: Vec<UnwindSource<'_>> = objects
+        .iter()
+        .zip(&frames)
+        .filter_map(|(object, &eh_frame)| {
+            Some(UnwindSource {
+                text: &object.text,
+                hdr: object.eh_frame_hdr?,
+                eh_frame: eh_frame?,
+            })
+        })
+        .collect();
+    places::record_unwind_tables(&sources);
 }
 
 /// Builds both tables (once for the holders), or refreshes the ranges if the set of loaded

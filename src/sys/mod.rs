@@ -33,26 +33,20 @@ pub(crate) fn fork_count() -> u64 {
 /// The largest CPU index a `cpu_set_t` can describe.
 pub(crate) const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
 
-/// The CPUs the calling thread may run on (`sched_getaffinity`), in increasing order.
+/// The CPUs the calling thread may run on (`sched_getaffinity`, through nix), in
+/// increasing order.
 ///
 /// Called from the thread that builds a pool, so "the cores this process may run on" means
 /// what the embedder's thread is allowed, cgroup cpusets and `taskset` included.
 pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: the pointer and size describe `set`, which lives across the call; pid 0 is
-    // the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `CPU_ISSET` only reads the set, and every index is below `CPU_SETSIZE`.
-    Ok((0..MAX_CPUS)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
         .collect())
 }
 
-/// A CPU set holding `cpus` (indices below [`MAX_CPUS`]; others are skipped).
+/// A CPU set holding `cpus` (indices below [`MAX_CPUS`]; others are skipped), as the
+/// signal zone's raw calls take it (`async_safe::set_thread_affinity`).
 pub(crate) fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
@@ -63,25 +57,17 @@ pub(crate) fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     set
 }
 
-/// Restricts the calling thread to `cpus` (`sched_setaffinity`). Every index must be below
-/// [`MAX_CPUS`]; the builder checks that before any thread starts.
+/// Restricts the calling thread to `cpus` (`sched_setaffinity`, through nix). An index at
+/// or above [`MAX_CPUS`] is `InvalidInput`; the builder checks that before any thread
+/// starts.
 pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    let mut set = nix::sched::CpuSet::new();
     for &cpu in cpus {
-        if cpu >= MAX_CPUS {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
-        // SAFETY: `cpu` is below `CPU_SETSIZE`, checked just above.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
+        set.set(cpu)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     }
-    // SAFETY: the pointer and size describe `set`; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
 }
 
 /// `FUTEX_WAIT_PRIVATE`: sleeps while `*word == expected`, until a wake, the timeout, a
@@ -150,7 +136,9 @@ pub(crate) fn usable_timer_signal(signal: i32) -> bool {
     ) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal)
 }
 
-/// The action installed for `signal` (`sigaction` with no new action).
+/// The action installed for `signal` (`sigaction` with no new action). Raw libc here
+/// and in [`install_action`] and [`signal_blocked`]: the pool's signal may be a real-time
+/// one (`Builder::signal`), which nix's `Signal` cannot name.
 pub(crate) fn current_action(signal: i32) -> io::Result<libc::sigaction> {
     // SAFETY: all-zero is a valid `sigaction` (SIG_DFL, empty mask, no flags).
     let mut old: libc::sigaction = unsafe { mem::zeroed() };
@@ -357,7 +345,8 @@ impl AltStack {
         Ok(AltStack { base, len })
     }
 
-    /// Makes this the calling thread's alternate signal stack.
+    /// Makes this the calling thread's alternate signal stack (raw libc: nix 0.30 does
+    /// not wrap `sigaltstack`).
     pub(crate) fn install(&self) -> io::Result<()> {
         let stack = libc::stack_t {
             // SAFETY: still inside the mapping: above the guard page.
@@ -633,26 +622,26 @@ pub(crate) mod unwind {
 }
 
 /// Installs `handler` for a fault signal (SIGSEGV, SIGBUS) with `SA_SIGINFO | SA_ONSTACK`
-/// (no `SA_RESTART`: a fault interrupts no syscall); returns the action it replaced.
+/// (no `SA_RESTART`: a fault interrupts no syscall), through nix; returns the action it
+/// replaced, as the signal zone's chaining reads it.
 pub(crate) fn install_fault_action(
     signal: i32,
     handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void),
 ) -> io::Result<libc::sigaction> {
-    // SAFETY: all-zero is a valid sigaction; the pointers are valid for the call.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // Every signal blocked while it runs: the pool's timer handler must not run
-        // inside it (between taking the slot off and freezing, it would hand the slot off
-        // or freeze a second time).
-        libc::sigfillset(&mut action.sa_mask);
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(signal, &action, &mut old) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(old)
-    }
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let signal = Signal::try_from(signal)?;
+    // Every signal blocked while it runs: the pool's timer handler must not run inside it
+    // (between taking the slot off and freezing, it would hand the slot off or freeze a
+    // second time).
+    let action = SigAction::new(
+        SigHandler::SigAction(handler),
+        SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK,
+        SigSet::all(),
+    );
+    // SAFETY: `handler` is a valid SA_SIGINFO handler for the life of the process (a
+    // plain function), async-signal-safe (the zone's fence).
+    let old = unsafe { nix::sys::signal::sigaction(signal, &action) }?;
+    Ok(old.into())
 }
 
 pub(crate) mod async_safe;
