@@ -290,3 +290,73 @@ fn a_task_awaits_its_child_with_block_on() {
         shutdown_bounded(&pool);
     });
 }
+
+/// A waker whose `wake` never returns: tenant code can make one, and poll a handle with it
+/// from any thread it starts.
+struct WakesForever;
+
+impl std::task::Wake for WakesForever {
+    fn wake(self: Arc<Self>) {
+        spin_forever()
+    }
+}
+
+/// Polls `handle` once with a waker that never returns (the task must still be running).
+fn poll_with_forever<T>(handle: &mut microsched::JoinHandle<T>) {
+    let waker = std::task::Waker::from(Arc::new(WakesForever));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let polled = std::pin::Pin::new(handle).poll(&mut cx);
+    assert!(polled.is_pending(), "the task cannot have finished yet");
+}
+
+/// The runner that completes a task wakes its waker: one that never returns is preempted
+/// like a runaway (its slot handed to a standby), so a one-worker pool goes on serving.
+#[test]
+fn a_waker_that_never_returns_does_not_hold_the_slot() {
+    child("a_waker_that_never_returns_does_not_hold_the_slot", || {
+        let pool = pool(1);
+        let mut handle = pool.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            1u8
+        });
+        // From a thread of the tenant's own, as an attacker would.
+        std::thread::scope(|s| {
+            s.spawn(|| poll_with_forever(&mut handle));
+        });
+        std::mem::forget(handle);
+        // The task ends, its runner wakes the waker, which never returns: the tasks
+        // queued behind must still run.
+        good_tasks_still_run(&pool, 100);
+        assert!(pool.stats().handoffs >= 1, "{:?}", pool.stats());
+        // Its thread spins in the waker for good: a shutdown would wait for it.
+        std::mem::forget(pool);
+    });
+}
+
+/// A frozen task's waker is woken by the process's waker thread: one that never returns
+/// is left to it, and a new waker thread takes over, so later kills still wake their
+/// awaiters.
+#[test]
+fn a_waker_that_never_returns_does_not_stop_later_wakes() {
+    child(
+        "a_waker_that_never_returns_does_not_stop_later_wakes",
+        || {
+            let pool = pool(2);
+            // Starts the waker thread.
+            on_futures(async {
+                pool.spawn(|| std::thread::sleep(Duration::from_millis(5)))
+                    .await
+                    .unwrap()
+            });
+            let mut first = pool.spawn_with(cpu_budget(), || spin_forever());
+            poll_with_forever(&mut first);
+            std::mem::forget(first);
+            // A second runaway, awaited properly: its wake must come, from a new thread.
+            let second = pool.spawn_with(cpu_budget(), || spin_forever());
+            let k = killed(on_futures(second));
+            assert_eq!(k.how(), KillHow::Frozen, "{k:?}");
+            good_tasks_still_run(&pool, 20);
+            std::mem::forget(pool);
+        },
+    );
+}

@@ -208,6 +208,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             // Budgets, cancels, freezes and abandons (`kill.rs`).
             let due = kills.enforce(&|| shared.thread_frozen());
+            // A waker that never returns keeps the process's waker thread: replace it.
+            crate::task::watch_waker_thread();
             if now >= next_refresh {
                 // Every REFRESH, not every pass: after a storm of kills the handles of
                 // thousands of frozen threads are kept (they never finish), and a pass may

@@ -98,8 +98,8 @@ use crate::sys;
 
 mod wake;
 
-pub(crate) use wake::WakeHow;
 use wake::WakeSlot;
+pub(crate) use wake::{watch_waker_thread, WakeHow};
 
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
@@ -138,6 +138,27 @@ pub(crate) struct JoinState<T> {
 }
 
 const NO_CPU: u64 = u64::MAX;
+
+/// What [`JoinState::complete`] leaves its caller: a detached task's output, to drop on its
+/// own thread, and with [`WakeHow::Direct`] an awaiting handle's waker, to wake.
+#[must_use = "a detached output must be dropped, and a waker woken"]
+struct Completed<T> {
+    detached: Option<Result<T, JoinError>>,
+    wake: Option<Wake>,
+}
+
+/// An awaiting handle's waker slot, to wake on the completing thread.
+struct Wake(*mut WakeSlot);
+
+impl Wake {
+    /// Wakes it. `state` is the join state that owns the slot, kept alive by the caller.
+    fn wake<T>(self, state: &JoinState<T>) {
+        let _ = state;
+        // SAFETY: the slot lives while its join state does (it holds a count), and the
+        // caller holds the state.
+        unsafe { &*self.0 }.wake_here();
+    }
+}
 
 impl<T> JoinState<T> {
     fn new() -> Self {
@@ -193,7 +214,7 @@ impl<T> JoinState<T> {
         result: Result<T, JoinError>,
         cpu_ns: Option<u64>,
         how: WakeHow,
-    ) -> Option<Result<T, JoinError>> {
+    ) -> Completed<T> {
         if let Some(ns) = cpu_ns {
             self.cpu_ns.store(ns, Ordering::Relaxed);
         }
@@ -207,31 +228,27 @@ impl<T> JoinState<T> {
         if prev & WAITING != 0 {
             self.word.wake_all();
         }
+        let mut wake = None;
         if prev & AWAITING != 0 {
             // Stored before `AWAITING`, which this thread's read-modify-write has seen.
             let slot = self.waker.load(std::sync::atomic::Ordering::Acquire);
             if !slot.is_null() {
                 match how {
-                    // Under a freeze guard: the executor's waker may take its own lock, and
-                    // a task joining inline completes its child inside its own closure.
-                    WakeHow::Direct => {
-                        let _no_freeze = crate::handler::FreezeGuard::new();
-                        // SAFETY: the slot lives while this state does (it holds a count),
-                        // and the completer's `Arc` keeps the state alive through this call.
-                        unsafe { &*slot }.wake_here()
-                    }
-                    // SAFETY: as above; a task completes once, so the slot is not on the
-                    // deferred list already.
+                    WakeHow::Direct => wake = Some(Wake(slot)),
+                    // SAFETY: the slot lives while this state does (it holds a count); a
+                    // task completes once, so the slot is not on the deferred list already.
                     WakeHow::Deferred => unsafe { wake::defer(slot) },
                 }
             }
         }
-        if prev & DETACHED != 0 {
+        let detached = if prev & DETACHED != 0 {
             // SAFETY: the handle is gone and saw no `COMPLETE` (the two read-modify-writes
             // are ordered on one word): nothing else will touch the cell.
-            return self.output.with_mut(|out| unsafe { (*out).take() });
-        }
-        None
+            self.output.with_mut(|out| unsafe { (*out).take() })
+        } else {
+            None
+        };
+        Completed { detached, wake }
     }
 
     /// The handle is dropped: if the task is complete, its output is dropped here (the
@@ -501,10 +518,12 @@ where
             if let Some(supervisor) = env.supervisor {
                 supervisor.cancelled(killed.reason);
             }
-            drop_quietly(
-                self.join
-                    .complete(Err(JoinError::Killed(killed)), None, WakeHow::Direct),
-            );
+            // Between tasks, with no closure on record: a waker that never returned would
+            // hold the slot. Deferred.
+            let done = self
+                .join
+                .complete(Err(JoinError::Killed(killed)), None, WakeHow::Deferred);
+            drop_quietly(done.detached);
             return;
         }
         let outer_control = CURRENT.with(|c| c.replace(control));
@@ -563,7 +582,24 @@ where
             }
             Err(_) => env.counters.record_outcome(true),
         }
-        drop_quietly(self.join.complete(result, cpu_ns, WakeHow::Direct));
+        let done = self.join.complete(result, cpu_ns, WakeHow::Direct);
+        if let Some(wake) = done.wake {
+            // The waker is the executor's code, or a tenant's: woken with the record
+            // saying a closure runs (the finished one, its frames gone, so the gate never
+            // freezes here), so a waker that never returns is preempted like a runaway
+            // and its slot handed on, instead of holding the slot for good. Under a freeze
+            // guard all the same: a task joining inline completes its child inside its
+            // own closure.
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            if let Some(record) = env.record {
+                record.enter_user(&running);
+            }
+            wake.wake(&self.join);
+            if let Some(record) = env.record {
+                record.leave_user(&running);
+            }
+        }
+        drop_quietly(done.detached);
     }
 
     unsafe fn set_supervisor(&self, supervisor: &'static dyn Supervisor) {
@@ -589,11 +625,11 @@ where
             counters.record_kill(KillHow::Abandoned);
         }
         // A detached task's outcome comes back: a `Killed`, which owns nothing.
-        std::mem::forget(self.join.complete(
-            Err(JoinError::Killed(killed)),
-            cpu_ns,
-            WakeHow::Deferred,
-        ));
+        std::mem::forget(
+            self.join
+                .complete(Err(JoinError::Killed(killed)), cpu_ns, WakeHow::Deferred)
+                .detached,
+        );
     }
 
     fn reject_claimed(&self) {
@@ -601,10 +637,11 @@ where
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
         if self.join.decide() {
-            drop_quietly(
-                self.join
-                    .complete(Err(JoinError::Shutdown), None, WakeHow::Direct),
-            );
+            // Deferred: the rejecting thread may be the one shutting the pool down.
+            let done = self
+                .join
+                .complete(Err(JoinError::Shutdown), None, WakeHow::Deferred);
+            drop_quietly(done.detached);
         }
     }
 }
@@ -634,11 +671,11 @@ where
         counters.record_kill(KillHow::Frozen);
         // A detached task's outcome comes back: a `Killed`, which owns nothing (and the
         // signal handler drops nothing).
-        std::mem::forget(self.join.complete(
-            Err(JoinError::Killed(killed)),
-            cpu_ns,
-            WakeHow::Deferred,
-        ));
+        std::mem::forget(
+            self.join
+                .complete(Err(JoinError::Killed(killed)), cpu_ns, WakeHow::Deferred)
+                .detached,
+        );
     }
 }
 
