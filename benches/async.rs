@@ -11,6 +11,9 @@
 //!   `tokio::task::spawn_blocking(move || handle.join()).await` (what a user of a pool whose
 //!   handle is not a future must do: one blocking thread per pending join).
 //!
+//! Then round trips, one task at a time (spawn, await, the next), where every await
+//! finds its task unfinished and costs a wake: await against rayon + oneshot.
+//!
 //! Both pools have as many workers as the machine has cores. The three take turns within
 //! each round, in an order that rotates from round to round; the SUMMARY reports the
 //! median round time of each (µs for `N` tasks) and the median of the per-round ratios of
@@ -33,9 +36,14 @@ enum Way {
     Await,
     RayonOneshot,
     SpawnBlocking,
+    /// One at a time: spawn, await, the next (every await finds its task unfinished, so
+    /// each costs a wake).
+    AwaitTrip,
+    RayonOneshotTrip,
 }
 
 const WAYS: [Way; 3] = [Way::Await, Way::RayonOneshot, Way::SpawnBlocking];
+const TRIPS: [Way; 2] = [Way::AwaitTrip, Way::RayonOneshotTrip];
 
 fn work(i: u64) -> u64 {
     std::hint::black_box(i).wrapping_mul(2_654_435_761)
@@ -85,6 +93,21 @@ fn round(
                     sum = sum.wrapping_add(value);
                 }
             }
+            Way::AwaitTrip => {
+                for i in 0..N as u64 {
+                    let value = pool.spawn(move || work(i)).await;
+                    sum = sum.wrapping_add(value.expect("a trivial task"));
+                }
+            }
+            Way::RayonOneshotTrip => {
+                for i in 0..N as u64 {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    rayon.spawn(move || {
+                        let _ = tx.send(work(i));
+                    });
+                    sum = sum.wrapping_add(rx.await.expect("a rayon task"));
+                }
+            }
         }
         sum
     });
@@ -123,9 +146,11 @@ fn main() {
         .expect("build the tokio runtime");
 
     // Warm-up: every way once (threads started, the waker slot's thread, allocator pools).
-    for way in WAYS {
-        round(way, &rt, &pool, &rayon);
+    for way in WAYS.iter().chain(&TRIPS) {
+        round(*way, &rt, &pool, &rayon);
     }
+    let mut trip_wall = [Vec::new(), Vec::new()];
+    let mut trip_ratios = Vec::new();
     let mut wall = [Vec::new(), Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
     let mut ratios = Vec::new();
@@ -139,6 +164,13 @@ fn main() {
             this[i] = w;
         }
         ratios.push(this[0] / this[1]);
+        let mut trip = [0.0; 2];
+        for k in 0..2 {
+            let i = (r + k) % 2;
+            trip[i] = round(TRIPS[i], &rt, &pool, &rayon).0;
+            trip_wall[i].push(trip[i]);
+        }
+        trip_ratios.push(trip[0] / trip[1]);
     }
     println!(
         "{} workers, {N} trivial tasks per round, {rounds} rounds (medians; spread p10-p90)",
@@ -159,6 +191,8 @@ fn main() {
                 Way::Await => "await",
                 Way::RayonOneshot => "rayon + oneshot",
                 Way::SpawnBlocking => "spawn_blocking + join",
+                Way::AwaitTrip => "await, one at a time",
+                Way::RayonOneshotTrip => "rayon + oneshot, one at a time",
             },
             median(&wall[i]),
             p10,
@@ -173,6 +207,12 @@ fn main() {
         median(&ratios),
         sorted[sorted.len() / 10],
         sorted[sorted.len() * 9 / 10]
+    );
+    println!(
+        "round trips (spawn, await, the next; {N} per round): await {:.0} µs, rayon + oneshot {:.0} µs; ratio median {:.2}",
+        median(&trip_wall[0]),
+        median(&trip_wall[1]),
+        median(&trip_ratios)
     );
     println!(
         "SUMMARY async await_us={:.0} rayon_oneshot_us={:.0} spawn_blocking_us={:.0} ratio_vs_rayon_oneshot={:.2}",
