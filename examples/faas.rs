@@ -348,7 +348,18 @@ async fn serve(
     // The leak watch: asks to be recycled (again every second while it stands).
     let watch = {
         let worker = worker.clone();
-        let (recycle_at, rss_limit) = (options.recycle_at, options.recycle_rss_mb);
+        let (recycle_at, mut rss_limit) = (options.recycle_at, options.recycle_rss_mb);
+        if rss_mb() >= rss_limit {
+            // A fresh worker over the limit would be recycled back to back.
+            eprintln!(
+                "worker {}: resident memory {} MiB is over --recycle-rss-mb {} from the start; \
+                 recycling by memory is off",
+                std::process::id(),
+                rss_mb(),
+                rss_limit
+            );
+            rss_limit = u64::MAX;
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut last = None::<Instant>;
@@ -479,11 +490,17 @@ enum Event {
 struct Proc {
     child: Child,
     pid: u32,
+    /// When it was started, and whether it has said it is ready.
+    started: Instant,
+    ready: bool,
     /// The replacement started for it, once it asked to be recycled.
     replacement: Option<u32>,
     /// Told to stop (its replacement is ready).
     retiring: bool,
 }
+
+/// How long a worker may take to say it is ready before it is killed (and replaced).
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 struct Supervisor {
     exe: PathBuf,
@@ -517,14 +534,19 @@ impl Supervisor {
         self.procs.push(Proc {
             child,
             pid,
+            started: Instant::now(),
+            ready: false,
             replacement: None,
             retiring: false,
         });
         Ok(pid)
     }
 
-    fn on_line(&mut self, pid: u32, line: &str) -> Result<(), String> {
+    fn on_line(&mut self, pid: u32, line: &str) {
         if line == "ready" {
+            if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
+                p.ready = true;
+            }
             // A replacement is ready: its predecessor stops accepting and drains.
             if let Some(old) = self
                 .procs
@@ -546,22 +568,39 @@ impl Supervisor {
                 .find(|p| p.pid == pid)
                 .is_some_and(|p| !p.retiring && p.replacement.is_none());
             if asked {
-                let new = self.start()?;
-                if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
-                    p.replacement = Some(new);
+                // A failed start is tried again at the worker's next ask (every second).
+                match self.start() {
+                    Ok(new) => {
+                        if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
+                            p.replacement = Some(new);
+                        }
+                        say(&format!(
+                            "supervisor: worker {pid} asks to be recycled ({line}); starting worker {new}"
+                        ));
+                    }
+                    Err(e) => say(&format!("supervisor: {e}; worker {pid} serves on")),
                 }
-                say(&format!(
-                    "supervisor: worker {pid} asks to be recycled ({line}); starting worker {new}"
-                ));
             }
         } else {
             say(&format!("[worker {pid}] {line}"));
         }
-        Ok(())
     }
 
-    /// Reaps exited workers; replaces those that exited unasked (unless stopping).
-    fn reap(&mut self, stopping: bool) -> Result<(), String> {
+    /// Reaps exited workers and keeps `want` of them serving: one that exited unasked is
+    /// replaced, unless it was a replacement (its predecessor asks again) or being
+    /// replaced (its replacement carries on); one that never said it was ready within
+    /// [`READY_WITHIN`] is killed, and reaped so on a later pass. A start that fails is
+    /// tried again on the next pass.
+    fn reap(&mut self, want: usize) {
+        for p in &mut self.procs {
+            if !p.ready && p.started.elapsed() > READY_WITHIN {
+                say(&format!(
+                    "supervisor: worker {} never said it was ready; killing it",
+                    p.pid
+                ));
+                let _ = p.child.kill();
+            }
+        }
         let mut i = 0;
         while i < self.procs.len() {
             let exited = self.procs[i].child.try_wait().ok().flatten();
@@ -572,23 +611,36 @@ impl Supervisor {
             let proc = self.procs.swap_remove(i);
             if proc.retiring {
                 self.recycled.fetch_add(1, Ordering::SeqCst);
-            } else if !stopping {
+            } else {
                 self.crashed += 1;
                 say(&format!(
-                    "supervisor: worker {} exited unasked ({status}); replacing it",
+                    "supervisor: worker {} exited unasked ({status})",
                     proc.pid
                 ));
-                // A replacement it was waiting for carries on as an ordinary worker.
-                self.start()?;
             }
-            // A replacement whose predecessor was waiting for it died: ask again later.
+            // A replacement whose predecessor was waiting for it died: it asks again.
             for p in &mut self.procs {
                 if p.replacement == Some(proc.pid) {
                     p.replacement = None;
                 }
             }
         }
-        Ok(())
+        // Serving workers: those not retiring, counting a pending replacement in place of
+        // the worker it replaces.
+        let serving = self
+            .procs
+            .iter()
+            .filter(|p| !p.retiring && p.replacement.is_none())
+            .count();
+        for _ in serving..want {
+            match self.start() {
+                Ok(new) => say(&format!("supervisor: started worker {new}")),
+                Err(e) => {
+                    say(&format!("supervisor: {e}; trying again"));
+                    break;
+                }
+            }
+        }
     }
 
     /// Stops every worker (SIGTERM: they drain), waiting at most `DRAIN` plus a margin.
@@ -656,7 +708,7 @@ fn supervise(
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(Event::Line(pid, line)) if line == "ready" => pending.retain(|&p| p != pid),
-            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line)?,
+            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line),
             Err(_) => {
                 supervisor.stop_all();
                 return Err("the workers did not start within 60 s".into());
@@ -666,16 +718,16 @@ fn supervise(
     let _ = ready.send(());
     while !stop.load(Ordering::SeqCst) {
         match lines.recv_timeout(Duration::from_millis(20)) {
-            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line)?,
+            Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        supervisor.reap(false)?;
+        supervisor.reap(options.workers);
     }
     supervisor.stop_all();
     // Lines the workers wrote as they stopped.
     while let Ok(Event::Line(pid, line)) = lines.try_recv() {
-        let _ = supervisor.on_line(pid, &line);
+        supervisor.on_line(pid, &line);
     }
     Ok(supervisor.crashed)
 }
@@ -864,6 +916,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: the supervisor passed its listening socket down at this number; this
         // process owns its copy from here on.
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // Close-on-exec again: nothing this worker starts (a service may spawn a process)
+        // inherits the socket.
+        // SAFETY: fcntl on the descriptor this process owns now.
+        unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         let dir = options
             .services_dir
             .clone()

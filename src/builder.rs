@@ -317,6 +317,10 @@ impl Builder {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let affinities = self.check()?;
         let workers = affinities.len();
+        // The process's waker thread (an awaited handle's wakes), started here, on the
+        // embedder's thread, so it inherits a normal scheduling policy and the process's
+        // cores, not a pool thread's. Failing is not fatal: an await starts it later.
+        crate::task::ensure_waker_thread();
         let (preempt, kills) = if self.preemption {
             signal::install(self.signal).map_err(|source| BuildError::Os {
                 what: "install the preemption signal handler",

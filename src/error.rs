@@ -33,9 +33,10 @@ pub enum JoinError {
     /// has replaced it ([`Stats::signal_handler_replaced`](crate::Stats)). It was dropped
     /// unrun.
     KillsUnenforceable,
-    /// The task was spawned in a child process forked after the pool was built: the pool's
-    /// threads exist only in the parent (fork copies only the calling thread), so nothing
-    /// here could run it. It was dropped unrun. Build a new pool in the child.
+    /// This process is a child forked after the pool was built, and the pool's threads
+    /// exist only in the parent (fork copies only the calling thread): a task spawned
+    /// here was dropped unrun, and a task not finished at the fork never finishes here.
+    /// Build a new pool in the child.
     Forked,
 }
 
@@ -123,7 +124,8 @@ impl fmt::Display for JoinError {
                  signal-hook does), or build the pool with another signal",
             ),
             JoinError::Forked => f.write_str(
-                "task not run: this process is a fork of the one that built the pool, and                  the pool's threads did not come along; build a new pool in the child",
+                "task not run: this process is a fork of the one that built the pool, and \
+                 the pool's threads did not come along; build a new pool in the child",
             ),
         }
     }

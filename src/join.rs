@@ -15,11 +15,23 @@ pub struct JoinHandle<T> {
     task: Joiner<T>,
     /// The result was taken by a poll that returned `Ready`.
     taken: bool,
+    /// The process's fork count when the handle was made (`sys::fork_count`).
+    forks: u64,
 }
 
 impl<T> JoinHandle<T> {
     pub(crate) fn new(task: Joiner<T>) -> JoinHandle<T> {
-        JoinHandle { task, taken: false }
+        JoinHandle {
+            task,
+            taken: false,
+            forks: crate::sys::fork_count(),
+        }
+    }
+
+    /// In a child forked since the handle was made, a task not finished at the fork never
+    /// finishes here: no thread of its pool came along.
+    fn orphaned(&self) -> bool {
+        crate::sys::fork_count() != self.forks && !self.task.state().is_complete()
     }
 
     /// Panics if a poll took the result already (a misuse of the future's contract).
@@ -45,6 +57,9 @@ impl<T> JoinHandle<T> {
     #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
         self.not_taken();
+        if self.orphaned() {
+            return Err(JoinError::Forked);
+        }
         let state = self.task.state();
         if !state.is_complete() {
             if let Some((pool, task)) = self.task.clone().inline() {
@@ -77,6 +92,9 @@ impl<T> JoinHandle<T> {
     #[track_caller]
     fn wait_and_take(self, deadline: Option<Instant>) -> Result<Result<T, JoinError>, Self> {
         self.not_taken();
+        if self.orphaned() {
+            return Ok(Err(JoinError::Forked));
+        }
         let state = self.task.state();
         if state.wait(deadline) {
             // SAFETY: complete; `self` is the only handle and is consumed here.
@@ -131,14 +149,13 @@ impl<T> JoinHandle<T> {
 /// Awaiting a handle waits for the task without blocking a thread: the handle leaves the
 /// task's waker in its join state, and the task's end wakes it. Works on any executor.
 ///
-/// - A task that returns or panics wakes the waker on the runner that ran it, right after
-///   its result is published (as a rayon job sending on a oneshot channel would).
-/// - A task that is frozen (from the signal handler) or abandoned (by the monitor) is
-///   woken by the process's waker thread, `microsched-wake`, started by the first await
-///   that has to wait. Neither the signal handler nor the monitor ever runs a waker: it
-///   is the executor's code, and may lock or allocate. The wake is then as late as the
-///   kernel takes to run a woken thread: tens of µs on an idle core, up to a scheduler
-///   slice (a few ms) when every core is busy.
+/// Whoever completes the task (its runner, the signal handler freezing it, the monitor
+/// abandoning it) hands the wake to the process's waker thread, `microsched-wake`, which
+/// wakes the executor: no thread of a pool ever runs a waker (it is the executor's code,
+/// or a tenant's, and may lock, allocate or never return). The wake is as late as the
+/// kernel takes to run a woken thread: tens of µs on an idle core, up to a scheduler slice
+/// (a few ms) when every core is busy. A waker that keeps that thread more than 100 ms
+/// is left to it, and a new waker thread takes over.
 ///
 /// Dropping the handle (or a future that owns it) detaches the task, as
 /// [`JoinHandle`]'s `Drop` always does. Awaiting never runs the task inline, unlike
@@ -158,11 +175,16 @@ impl<T> std::future::Future for JoinHandle<T> {
     ) -> std::task::Poll<Self::Output> {
         let this = self.get_mut();
         this.not_taken();
+        if this.orphaned() {
+            this.taken = true;
+            return std::task::Poll::Ready(Err(JoinError::Forked));
+        }
         let state = this.task.state();
         if !state.is_complete() && !state.register(cx.waker()) {
             return std::task::Poll::Pending;
         }
         this.taken = true;
+        state.clear_waker();
         // SAFETY: complete (seen with Acquire, by `is_complete` or by `register`'s
         // read-modify-write); this is the only handle, and `taken` keeps it from taking
         // twice.
@@ -172,7 +194,9 @@ impl<T> std::future::Future for JoinHandle<T> {
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        self.task.state().detach();
+        let state = self.task.state();
+        state.clear_waker();
+        state.detach();
     }
 }
 

@@ -309,8 +309,8 @@ fn poll_with_forever<T>(handle: &mut microsched::JoinHandle<T>) {
     assert!(polled.is_pending(), "the task cannot have finished yet");
 }
 
-/// The runner that completes a task wakes its waker: one that never returns is preempted
-/// like a runaway (its slot handed to a standby), so a one-worker pool goes on serving.
+/// No thread of a pool runs a waker (the process's waker thread does): one that never
+/// returns holds no slot, and the pool goes on serving and shuts down.
 #[test]
 fn a_waker_that_never_returns_does_not_hold_the_slot() {
     child("a_waker_that_never_returns_does_not_hold_the_slot", || {
@@ -327,9 +327,7 @@ fn a_waker_that_never_returns_does_not_hold_the_slot() {
         // The task ends, its runner wakes the waker, which never returns: the tasks
         // queued behind must still run.
         good_tasks_still_run(&pool, 100);
-        assert!(pool.stats().handoffs >= 1, "{:?}", pool.stats());
-        // Its thread spins in the waker for good: a shutdown would wait for it.
-        std::mem::forget(pool);
+        shutdown_bounded(&pool);
     });
 }
 
@@ -356,6 +354,38 @@ fn a_waker_that_never_returns_does_not_stop_later_wakes() {
             let k = killed(on_futures(second));
             assert_eq!(k.how(), KillHow::Frozen, "{k:?}");
             good_tasks_still_run(&pool, 20);
+            std::mem::forget(pool);
+        },
+    );
+}
+
+/// A waker that blocks for a while and then returns must not hide one that never returns
+/// from the watch: the waker thread is replaced again, and a later kill still wakes its
+/// awaiter.
+#[test]
+fn a_slow_waker_returning_late_does_not_blind_the_watch() {
+    child(
+        "a_slow_waker_returning_late_does_not_blind_the_watch",
+        || {
+            struct Slow;
+            impl std::task::Wake for Slow {
+                fn wake(self: Arc<Self>) {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+            let pool = pool(2);
+            let mut slow = pool.spawn_with(cpu_budget(), || spin_forever());
+            let waker = std::task::Waker::from(Arc::new(Slow));
+            let polled =
+                std::pin::Pin::new(&mut slow).poll(&mut std::task::Context::from_waker(&waker));
+            assert!(polled.is_pending());
+            let mut stuck = pool.spawn_with(cpu_budget(), || spin_forever());
+            poll_with_forever(&mut stuck);
+            std::mem::forget((slow, stuck));
+            std::thread::sleep(Duration::from_millis(400));
+            let later = pool.spawn_with(cpu_budget(), || spin_forever());
+            let k = killed(on_futures(later));
+            assert_eq!(k.how(), KillHow::Frozen, "{k:?}");
             std::mem::forget(pool);
         },
     );

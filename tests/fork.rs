@@ -1,7 +1,7 @@
 //! A pool inherited by a forked child: its threads stayed in the parent, so spawns there
-//! resolve at once with `JoinError::Forked`, tasks queued at the fork resolve with
-//! `Shutdown` when the child shuts the pool down, and `shutdown()` returns. The parent's
-//! pool is unaffected.
+//! resolve at once with `JoinError::Forked`, so do handles of tasks unfinished at the
+//! fork (joined, timed or awaited), and `shutdown()` returns. The parent's pool is
+//! unaffected.
 //!
 //! Runs in a child process (`common::in_child`), which forks again; the forked child
 //! reports through its exit status and writes with `write(2)` only (another thread may
@@ -75,10 +75,10 @@ fn a_forked_child_gets_clear_errors_and_shutdown_returns() {
                 pool.shutdown();
                 let ok_queued = matches!(
                     queued.join_timeout(Duration::from_secs(10)),
-                    Ok(Err(JoinError::Shutdown))
+                    Ok(Err(JoinError::Forked))
                 );
-                std::mem::forget(busy);
-                let ok = ok_spawn && ok_handle && ok_queued;
+                let ok_busy = matches!(busy.join(), Err(JoinError::Forked));
+                let ok = ok_spawn && ok_handle && ok_queued && ok_busy;
                 say(if ok {
                     "fork child: all as expected\n"
                 } else {
@@ -91,7 +91,10 @@ fn a_forked_child_gets_clear_errors_and_shutdown_returns() {
                     say("  a Handle's spawn in the child did not resolve with Forked\n");
                 }
                 if !ok_queued {
-                    say("  the task queued at the fork did not resolve with Shutdown\n");
+                    say("  the task queued at the fork did not resolve with Forked\n");
+                }
+                if !ok_busy {
+                    say("  the task running at the fork did not resolve with Forked\n");
                 }
                 std::mem::forget(pool);
                 // SAFETY: leaves the child at once (no atexit handlers, no harness).

@@ -376,7 +376,7 @@ fn handoff(
         }
     }
     reserve.unwant(index);
-    finish_handoff(record, preempt, reserve, context)
+    finish_handoff(record, preempt, reserve, context, false)
 }
 
 /// The handoff of `record`'s slot to a standby, now, because its task is about to block
@@ -393,19 +393,26 @@ pub(super) fn hand_off_now(record: &Record) -> bool {
     if reserve.carriers() >= preempt.max_carriers || !reserve.take_standby() {
         return false;
     }
-    reserve
-        .counters
-        .blocking_handoffs
-        .fetch_add(1, Ordering::Relaxed);
-    finish_handoff(record, preempt, reserve, std::ptr::null_mut())
+    let handed = finish_handoff(record, preempt, reserve, std::ptr::null_mut(), true);
+    if handed {
+        reserve
+            .counters
+            .blocking_handoffs
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    handed
 }
 
-/// The rest of a handoff, once a standby is taken.
+/// The rest of a handoff, once a standby is taken. `blocking`: the task is about to block
+/// (`hand_off_now`); it takes its place in the carriers' line, but is not sent to wait for
+/// its turn in the handler meanwhile: a delivery inside its blocking call would hold it
+/// there, in line, after what it waited for had come.
 fn finish_handoff(
     record: &Record,
     preempt: &Preempt,
     reserve: &Reserve,
     context: *mut libc::c_void,
+    blocking: bool,
 ) -> bool {
     if record
         .state
@@ -454,7 +461,7 @@ fn finish_handoff(
     async_safe::yield_now();
     // The handler's entry then waits for this carrier's turn (`freeze.rs`, `await_turn`);
     // from the end of a runtime section (no handler context), at its next expiry.
-    if context.is_null() {
+    if context.is_null() && !blocking {
         record.arm_precise_from_anywhere(async_safe::monotonic_ns() + 1_000_000, 0);
     }
     true

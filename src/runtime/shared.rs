@@ -402,15 +402,16 @@ impl Shared {
     ) -> Result<(), ShutdownTimedOut> {
         let _no_freeze = crate::handler::FreezeGuard::new();
         let shared = self;
-        shared.close();
-        if inside {
+        if shared.forked() {
+            // No thread of the pool exists here to wait for, and nothing here may touch
+            // its gate or queues: a parent thread may have been halfway through a spawn at
+            // the fork, and would never finish it here. Spawns are refused already
+            // (`refuses`), and handles made before the fork resolve with `Forked`
+            // (`JoinHandle`).
             return Ok(());
         }
-        if shared.forked() {
-            // No thread of the pool exists here to wait for. What was queued at the fork
-            // never runs in this process: its handles resolve with `Shutdown`. Tasks that
-            // were running in the parent never resolve here.
-            shared.discard_queued();
+        shared.close();
+        if inside {
             return Ok(());
         }
         if !shared.wait_for_threads(deadline) {

@@ -99,7 +99,7 @@ use crate::sys;
 mod wake;
 
 use wake::WakeSlot;
-pub(crate) use wake::{watch_waker_thread, WakeHow};
+pub(crate) use wake::{ensure_waker_thread, watch_waker_thread};
 
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
@@ -138,27 +138,6 @@ pub(crate) struct JoinState<T> {
 }
 
 const NO_CPU: u64 = u64::MAX;
-
-/// What [`JoinState::complete`] leaves its caller: a detached task's output, to drop on its
-/// own thread, and with [`WakeHow::Direct`] an awaiting handle's waker, to wake.
-#[must_use = "a detached output must be dropped, and a waker woken"]
-struct Completed<T> {
-    detached: Option<Result<T, JoinError>>,
-    wake: Option<Wake>,
-}
-
-/// An awaiting handle's waker slot, to wake on the completing thread.
-struct Wake(*mut WakeSlot);
-
-impl Wake {
-    /// Wakes it. `state` is the join state that owns the slot, kept alive by the caller.
-    fn wake<T>(self, state: &JoinState<T>) {
-        let _ = state;
-        // SAFETY: the slot lives while its join state does (it holds a count), and the
-        // caller holds the state.
-        unsafe { &*self.0 }.wake_here();
-    }
-}
 
 impl<T> JoinState<T> {
     fn new() -> Self {
@@ -202,9 +181,10 @@ impl<T> JoinState<T> {
     }
 
     /// Protocol steps 2–3. Called once, by the thread that won `decide`. Async-signal-safe
-    /// when `result` is a [`JoinError::Killed`] and `how` is [`WakeHow::Deferred`] (the
-    /// freeze publishes so from the signal handler): the cell holds `None` until now, so
-    /// the store drops nothing, and the rest is atomics and futex wakes.
+    /// when `result` is a [`JoinError::Killed`] (the freeze publishes with it from the
+    /// signal handler): the cell holds `None` until now, so the store drops nothing, and
+    /// the rest is atomics and futex wakes. An awaiting handle's waker is never woken
+    /// here, whoever completes: it goes to the process's waker thread (`wake.rs`).
     ///
     /// Returns the output back if the handle was dropped before: the caller drops it, on
     /// its own thread (see [`DETACHED`]).
@@ -213,8 +193,7 @@ impl<T> JoinState<T> {
         &self,
         result: Result<T, JoinError>,
         cpu_ns: Option<u64>,
-        how: WakeHow,
-    ) -> Completed<T> {
+    ) -> Option<Result<T, JoinError>> {
         if let Some(ns) = cpu_ns {
             self.cpu_ns.store(ns, Ordering::Relaxed);
         }
@@ -228,27 +207,21 @@ impl<T> JoinState<T> {
         if prev & WAITING != 0 {
             self.word.wake_all();
         }
-        let mut wake = None;
         if prev & AWAITING != 0 {
             // Stored before `AWAITING`, which this thread's read-modify-write has seen.
             let slot = self.waker.load(std::sync::atomic::Ordering::Acquire);
             if !slot.is_null() {
-                match how {
-                    WakeHow::Direct => wake = Some(Wake(slot)),
-                    // SAFETY: the slot lives while this state does (it holds a count); a
-                    // task completes once, so the slot is not on the deferred list already.
-                    WakeHow::Deferred => unsafe { wake::defer(slot) },
-                }
+                // SAFETY: the slot lives while this state does (it holds a count); a task
+                // completes once, so the slot is not on the deferred list already.
+                unsafe { wake::defer(slot) };
             }
         }
-        let detached = if prev & DETACHED != 0 {
+        if prev & DETACHED != 0 {
             // SAFETY: the handle is gone and saw no `COMPLETE` (the two read-modify-writes
             // are ordered on one word): nothing else will touch the cell.
-            self.output.with_mut(|out| unsafe { (*out).take() })
-        } else {
-            None
-        };
-        Completed { detached, wake }
+            return self.output.with_mut(|out| unsafe { (*out).take() });
+        }
+        None
     }
 
     /// The handle is dropped: if the task is complete, its output is dropped here (the
@@ -322,6 +295,17 @@ impl<T> JoinState<T> {
                 }
             }
             self.word.wait(prev | WAITING, timeout);
+        }
+    }
+
+    /// The handle is done with its waker (it took the output, or it is dropped): drops
+    /// the waker left in the slot, if any, here, rather than wherever the task's last
+    /// reference goes (the monitor holds some). Only the handle calls this.
+    pub(crate) fn clear_waker(&self) {
+        let slot = self.waker.load(std::sync::atomic::Ordering::Relaxed);
+        if !slot.is_null() {
+            // SAFETY: the slot lives while this state does, and the caller holds the state.
+            unsafe { &*slot }.clear();
         }
     }
 
@@ -518,12 +502,7 @@ where
             if let Some(supervisor) = env.supervisor {
                 supervisor.cancelled(killed.reason);
             }
-            // Between tasks, with no closure on record: a waker that never returned would
-            // hold the slot. Deferred.
-            let done = self
-                .join
-                .complete(Err(JoinError::Killed(killed)), None, WakeHow::Deferred);
-            drop_quietly(done.detached);
+            drop_quietly(self.join.complete(Err(JoinError::Killed(killed)), None));
             return;
         }
         let outer_control = CURRENT.with(|c| c.replace(control));
@@ -582,24 +561,7 @@ where
             }
             Err(_) => env.counters.record_outcome(true),
         }
-        let done = self.join.complete(result, cpu_ns, WakeHow::Direct);
-        if let Some(wake) = done.wake {
-            // The waker is the executor's code, or a tenant's: woken with the record
-            // saying a closure runs (the finished one, its frames gone, so the gate never
-            // freezes here), so a waker that never returns is preempted like a runaway
-            // and its slot handed on, instead of holding the slot for good. Under a freeze
-            // guard all the same: a task joining inline completes its child inside its
-            // own closure.
-            let _no_freeze = crate::handler::FreezeGuard::new();
-            if let Some(record) = env.record {
-                record.enter_user(&running);
-            }
-            wake.wake(&self.join);
-            if let Some(record) = env.record {
-                record.leave_user(&running);
-            }
-        }
-        drop_quietly(done.detached);
+        drop_quietly(self.join.complete(result, cpu_ns));
     }
 
     unsafe fn set_supervisor(&self, supervisor: &'static dyn Supervisor) {
@@ -625,11 +587,7 @@ where
             counters.record_kill(KillHow::Abandoned);
         }
         // A detached task's outcome comes back: a `Killed`, which owns nothing.
-        std::mem::forget(
-            self.join
-                .complete(Err(JoinError::Killed(killed)), cpu_ns, WakeHow::Deferred)
-                .detached,
-        );
+        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
     }
 
     fn reject_claimed(&self) {
@@ -637,11 +595,7 @@ where
         let func = self.func.with_mut(|func| unsafe { (*func).take() });
         drop_quietly(func);
         if self.join.decide() {
-            // Deferred: the rejecting thread may be the one shutting the pool down.
-            let done = self
-                .join
-                .complete(Err(JoinError::Shutdown), None, WakeHow::Deferred);
-            drop_quietly(done.detached);
+            drop_quietly(self.join.complete(Err(JoinError::Shutdown), None));
         }
     }
 }
@@ -671,11 +625,7 @@ where
         counters.record_kill(KillHow::Frozen);
         // A detached task's outcome comes back: a `Killed`, which owns nothing (and the
         // signal handler drops nothing).
-        std::mem::forget(
-            self.join
-                .complete(Err(JoinError::Killed(killed)), cpu_ns, WakeHow::Deferred)
-                .detached,
-        );
+        std::mem::forget(self.join.complete(Err(JoinError::Killed(killed)), cpu_ns));
     }
 }
 

@@ -1,73 +1,70 @@
-//! Waking an awaited [`JoinHandle`](crate::JoinHandle): the waker slot, and the deferred
-//! wakes of outcomes published where no waker may run.
+//! Waking an awaited [`JoinHandle`](crate::JoinHandle): the waker slot, and the process's
+//! waker thread that runs every wake.
 //!
-//! A `Waker` is the executor's code: waking one may take a lock, allocate or, for a waker
-//! a tenant made itself, do anything at all. So it is woken only on ordinary threads:
+//! A `Waker` is the executor's code, or a tenant's: a task can make one whose `wake` never
+//! returns, and poll a handle with it from any thread it starts. So no thread of a pool
+//! ever runs one. Whoever completes a task (its runner, the signal handler freezing it, the
+//! monitor abandoning it, a rejection at shutdown) pushes the slot on a lock-free list and
+//! wakes the process's waker thread, `microsched-wake`, with one `FUTEX_WAKE`; that thread
+//! wakes the executor. All of it is async-signal-safe: two atomic read-modify-writes, a
+//! compare-exchange loop and a raw syscall.
 //!
-//! - **Directly** by the runner whose closure returned or unwound (what a rayon job that
-//!   sends on a tokio oneshot does too), with its record saying a closure runs again
-//!   (`task/mod.rs`, `run_claimed`): a waker that never returns (a tenant can make one,
-//!   and poll a handle with it from any thread) is then preempted like a runaway, its
-//!   slot handed to a standby, instead of holding the slot for good.
-//! - **Deferred** for the outcomes published elsewhere: a freeze (in the signal handler,
-//!   on the frozen thread, where nothing but atomics and raw syscalls may run), an abandon
-//!   (on the monitor, which must never run code it does not own: a waker that blocks would
-//!   stop every later kill), a cancel before the task started and a rejection at
-//!   shutdown. They push the slot on a lock-free list and wake the process's waker thread
-//!   with one `FUTEX_WAKE`; that thread wakes the executor. A deferred wake is as late as
-//!   the kernel takes to run a woken thread at normal priority: tens of µs on an idle
-//!   core, up to a scheduler slice (a few ms) when every core is busy. A waker that keeps
-//!   the waker thread more than [`STUCK`] is left to it: the thread is replaced (by the
-//!   next look, from a pool's monitor or an await), and the stuck one exits if its wake
-//!   ever returns.
+//! The hop costs nothing measurable against rayon + a tokio oneshot, whose worker wakes
+//! the executor itself (`cargo bench --bench async`). A wake is as late as the kernel
+//! takes to run a woken thread at normal priority: tens of µs on an idle core, up to a
+//! scheduler slice (a few ms) when every core is busy.
+//!
+//! A wake that keeps the waker thread more than [`STUCK`] is left to it: the next look
+//! (every pool's monitor pass, every await that registers) starts a new waker thread,
+//! which goes on from where the stuck one was; the stuck one exits if its wake ever
+//! returns. At most [`MAX_STUCK`] are replaced so: a waker thread is a thread, and past
+//! that the process stops paying for tenants' wakers (the later wakes wait behind the
+//! stuck one).
 //!
 //! The slot is allocated on the first poll that finds the task unfinished, so a task
 //! nobody awaits carries one null pointer.
 
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
 
 /// Where an awaiting handle leaves its waker. Shared (an `Arc` behind a raw pointer) by the
-/// task's join state and, while a deferred wake is pending, the list below.
+/// task's join state and, while a wake is pending, the list below.
 pub(crate) struct WakeSlot {
     waker: AtomicWaker,
-    /// The next slot on the deferred list; written by the pusher before the slot is
+    /// The next slot on the pending list; written by the pusher before the slot is
     /// published, read by the waker thread after taking the list.
     next: AtomicPtr<WakeSlot>,
 }
 
-/// How the thread that completes a task wakes its awaiting handle.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum WakeHow {
-    /// An ordinary thread that may run the executor's waker.
-    Direct,
-    /// The signal handler or the monitor: defer to the waker thread.
-    Deferred,
-}
-
-/// The deferred list's head (a Treiber stack; the waker thread takes it whole).
+/// The pending list's head (a Treiber stack; the waker thread takes it whole, so a slot is
+/// never popped while pushed: no ABA).
 static PENDING: AtomicPtr<WakeSlot> = AtomicPtr::new(ptr::null_mut());
 /// Bumped after each push; the waker thread sleeps on it.
 static PUSHED: AtomicU32 = AtomicU32::new(0);
-/// The process whose waker thread runs (0: none yet). A child forked after it started has
-/// no such thread (fork copies only the calling thread): its first await starts its own.
-static RUNNING: AtomicI32 = AtomicI32::new(0);
-/// Held while starting it.
+/// The waker thread of the current generation runs, in the process whose fork count was
+/// this value plus one (0: none). A child forked after it started has no such thread
+/// (fork copies only the calling thread): its first await starts its own.
+static RUNNING: AtomicU64 = AtomicU64::new(0);
+/// Held (briefly, by ordinary threads) while starting a waker thread.
 static STARTING: Mutex<()> = Mutex::new(());
 /// The current waker thread's generation: a thread whose generation is past exits.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-/// When the waker thread began the wake it is in (monotonic ns since the time base), 0
-/// between wakes.
-static BUSY_SINCE: AtomicU64 = AtomicU64::new(0);
-/// The slots taken off the pending list and not woken yet (ordinary threads only: a
-/// replacement waker thread goes on from where a stuck one was).
+/// The waker thread in a wake: its generation in the top 16 bits, and when the wake began
+/// (µs since the process's time base, 48 bits); 0 between wakes. Cleared only by the
+/// thread that set it (compare-exchange), so a stuck thread's mark survives an older
+/// thread's return.
+static BUSY: AtomicU64 = AtomicU64::new(0);
+/// Slots taken off the pending list and not woken yet (the waker threads only: a
+/// replacement goes on from where a stuck one was).
 static TAKEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// How long one wake may keep the waker thread before it is replaced.
 pub(crate) const STUCK: std::time::Duration = std::time::Duration::from_millis(100);
+/// How many stuck waker threads are replaced at most in a process's life.
+pub(crate) const MAX_STUCK: u64 = 64;
 
 impl WakeSlot {
     /// A new slot, as the raw pointer the join state owns (one strong count).
@@ -82,22 +79,28 @@ impl WakeSlot {
     /// Leaves `waker` to be woken by the next wake (the awaiting handle, before it sets
     /// `AWAITING`).
     ///
-    /// If the waker thread cannot be started (the process is out of threads), a deferred
-    /// wake would never come: the pending list is drained here and the caller is woken at
-    /// once, so its executor polls again (a busy wait, only until a later poll manages to
-    /// start the thread).
+    /// If the waker thread cannot be started (the process is out of threads), a wake
+    /// would never come: the caller is woken at once, so its executor polls again (a busy
+    /// wait, only until a later poll manages to start the thread).
     pub(crate) fn register(&self, waker: &Waker) {
+        // Runtime code that may run inside a task: not frozen holding `STARTING`.
+        let _no_freeze = crate::handler::FreezeGuard::new();
         self.waker.register(waker);
         watch_waker_thread();
         if !ensure_waker_thread() {
-            drain(u64::MAX);
             waker.wake_by_ref();
         }
     }
 
-    /// Wakes the registered waker on this thread (an ordinary one), catching a panic from
-    /// the executor's code: the caller may be a runner, which must not unwind.
-    pub(crate) fn wake_here(&self) {
+    /// Drops the registered waker, if any (the handle is done with the slot: a waker left
+    /// behind would be dropped by whoever drops the task last, the monitor among them).
+    pub(crate) fn clear(&self) {
+        drop(self.waker.take());
+    }
+
+    /// Wakes the registered waker on this thread (the waker thread), catching a panic
+    /// from the executor's code.
+    fn wake_here(&self) {
         if let Err(payload) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.waker.wake()))
         {
@@ -142,8 +145,13 @@ pub(crate) unsafe fn defer(slot: *mut WakeSlot) {
     crate::sys::futex_wake(&PUSHED, 1);
 }
 
-/// Wakes every slot on the deferred list, on this (ordinary) thread; returns early if a
-/// newer waker thread than `generation` has taken over (`u64::MAX`: never).
+/// Microseconds since the time base, for [`BUSY`].
+fn now_us() -> u64 {
+    crate::sys::async_safe::monotonic_ns() / 1_000
+}
+
+/// Wakes every slot on the pending list, oldest first; returns early once a newer waker
+/// thread than `generation` has taken over.
 fn drain(generation: u64) {
     loop {
         let next = {
@@ -151,14 +159,14 @@ fn drain(generation: u64) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut node = PENDING.swap(ptr::null_mut(), Ordering::Acquire);
-            let mut batch = Vec::new();
+            let at = taken.len();
             while !node.is_null() {
-                batch.push(node as usize);
+                taken.push(node as usize);
                 // SAFETY: on the list, so it holds the count `defer` added.
                 node = unsafe { &*node }.next.load(Ordering::Relaxed);
             }
-            // Oldest first (the list is a stack).
-            taken.extend(batch.into_iter().rev());
+            // The list is a stack: the batch just added is newest first.
+            taken[at..].reverse();
             if taken.is_empty() {
                 return;
             }
@@ -167,56 +175,66 @@ fn drain(generation: u64) {
         // SAFETY: every slot taken off the list holds the count `defer` added; it is given
         // up below, after the wake.
         let slot = unsafe { Arc::from_raw(next as *const WakeSlot) };
-        BUSY_SINCE.store(
-            crate::sys::async_safe::monotonic_ns().max(1),
-            Ordering::Relaxed,
-        );
+        let mark = (generation << 48) | (now_us().max(1) & ((1 << 48) - 1));
+        BUSY.store(mark, Ordering::Relaxed);
         slot.wake_here();
-        BUSY_SINCE.store(0, Ordering::Relaxed);
+        // Only our own mark: a replacement's stays.
+        let _ = BUSY.compare_exchange(mark, 0, Ordering::Relaxed, Ordering::Relaxed);
         drop(slot);
-        if GENERATION.load(Ordering::Acquire) != generation && generation != u64::MAX {
+        if GENERATION.load(Ordering::Acquire) != generation {
             return;
         }
     }
 }
 
 /// Replaces the waker thread if one wake has kept it longer than [`STUCK`] (a waker that
-/// never returns). Called by each pool's monitor, and by every await that registers.
+/// never returns), at most [`MAX_STUCK`] times. Called by every pool's monitor pass and
+/// every await that registers; never blocks (a look that finds another under way leaves
+/// it to that one).
 pub(crate) fn watch_waker_thread() {
-    let since = BUSY_SINCE.load(Ordering::Relaxed);
-    if since == 0
-        || crate::sys::async_safe::monotonic_ns().saturating_sub(since) < STUCK.as_nanos() as u64
+    let busy = BUSY.load(Ordering::Relaxed);
+    if busy == 0 {
+        return;
+    }
+    let (generation, since) = (busy >> 48, busy & ((1 << 48) - 1));
+    let current = GENERATION.load(Ordering::Acquire);
+    if generation != current
+        || current >= MAX_STUCK
+        || now_us().saturating_sub(since) < STUCK.as_micros() as u64
     {
         return;
     }
-    let _starting = STARTING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if BUSY_SINCE.load(Ordering::Relaxed) != since {
+    let Ok(_starting) = STARTING.try_lock() else {
+        return;
+    };
+    if GENERATION
+        .compare_exchange(current, current + 1, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
         return;
     }
     // The stuck thread exits if its wake ever returns; a new one takes over.
-    BUSY_SINCE.store(0, Ordering::Relaxed);
-    GENERATION.fetch_add(1, Ordering::AcqRel);
     RUNNING.store(0, Ordering::Release);
-    drop(_starting);
-    ensure_waker_thread();
-    PUSHED.fetch_add(1, Ordering::Release);
-    crate::sys::futex_wake(&PUSHED, 1);
+    start_locked();
 }
 
 /// Starts the process's waker thread unless it runs; false if it cannot be started.
-fn ensure_waker_thread() -> bool {
-    let pid = std::process::id() as i32;
-    if RUNNING.load(Ordering::Acquire) == pid {
+pub(crate) fn ensure_waker_thread() -> bool {
+    let here = crate::sys::fork_count() + 1;
+    if RUNNING.load(Ordering::Acquire) == here {
         return true;
     }
     let _starting = STARTING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if RUNNING.load(Ordering::Acquire) == pid {
+    if RUNNING.load(Ordering::Acquire) == here {
         return true;
     }
+    start_locked()
+}
+
+/// Starts a waker thread of the current generation. The caller holds `STARTING`.
+fn start_locked() -> bool {
     let generation = GENERATION.load(Ordering::Acquire);
     let started = std::thread::Builder::new()
         .name("microsched-wake".into())
@@ -230,7 +248,10 @@ fn ensure_waker_thread() -> bool {
         })
         .is_ok();
     if started {
-        RUNNING.store(pid, Ordering::Release);
+        RUNNING.store(crate::sys::fork_count() + 1, Ordering::Release);
+        // Whatever was pushed while no thread ran.
+        PUSHED.fetch_add(1, Ordering::Release);
+        crate::sys::futex_wake(&PUSHED, 1);
     }
     started
 }
