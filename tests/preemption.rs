@@ -687,6 +687,9 @@ fn shutdown_waits_for_carried_tasks_and_leaves_nothing_behind() {
     in_child(
         "shutdown_waits_for_carried_tasks_and_leaves_nothing_behind",
         || {
+            // The first pool starts the process's waker thread (awaited handles' wakes),
+            // which outlives every pool: started before the baseline.
+            builder(1).build().unwrap().shutdown();
             let threads_before = proc_status("Threads");
             let pool = builder(2)
                 .quantum(Duration::from_millis(1))

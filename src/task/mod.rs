@@ -13,7 +13,7 @@
 //!
 //! | word | where | bits / fields | who may change it |
 //! |---|---|---|---|
-//! | task word | [`JoinState`], this file | `CLAIMED` `DECIDED` `COMPLETE` `WAITING` `DETACHED` | `CLAIMED`: a queue's consumer or an inline joiner. `DECIDED`: the closure's thread (it returned or unwound), the freeze on that thread, or the monitor abandoning it. `COMPLETE`: `DECIDED`'s winner only. `WAITING`: the joiner. `DETACHED`: the handle's drop. Each bit is set once, by `fetch_or`. |
+//! | task word | [`JoinState`], this file | `CLAIMED` `DECIDED` `COMPLETE` `WAITING` `AWAITING` `DETACHED` | `CLAIMED`: a queue's consumer or an inline joiner. `DECIDED`: the closure's thread (it returned or unwound), the freeze on that thread, or the monitor abandoning it. `COMPLETE`: `DECIDED`'s winner only. `WAITING`: the joiner. `AWAITING`: the handle polled as a future. `DETACHED`: the handle's drop. Each bit is set once, by `fetch_or`. |
 //! | kill word | `Control`, `handler/control.rs` | reason and time of the first kill (one compare-exchange), the thread running the task, CPU clocks, checkpoint counts | The kill: [`JoinHandle::cancel`](crate::JoinHandle::cancel), the monitor (a budget ran out), a freeze (`reason_if_none`). The thread, CPU start and start time: the runner, before the closure starts (`thread` last, SeqCst). Checkpoint count: the task's thread. The CPU clock at the kill: the monitor. |
 //! | thread record | `Record`, `handler/record.rs` | `state` (`IDLE`, `IN_TASK`, `CARRIED`), the running closure, the freeze asked for, a pending redirect, `fate` (none, frozen, abandoned) | `state`: the runner (`IDLE` ↔ `IN_TASK`); `IN_TASK` → `CARRIED` by the handler's handoff or the monitor's outside handoff, racing the runner's `end_task` on one compare-exchange. `fate`: the freeze (on the thread) or the monitor, one compare-exchange with the thread's id. |
 //!
@@ -71,13 +71,19 @@
 //!    (`kill.rs`). A winner that is not the closure's thread leaves the closure running;
 //!    when it ends, its thread loses the decision and drops the value it returned.
 //! 3. If the word it replaced had `WAITING`, it wakes all waiters on the word. Its own
-//!    `Arc` keeps the word alive across the wake.
+//!    `Arc` keeps the word alive across the wake. If it had `AWAITING`, it pushes the
+//!    handle's waker slot on the waker thread's list (`wake.rs`; async-signal-safe).
 //! 4. A joiner spins briefly on `COMPLETE` (Acquire), then `fetch_or(WAITING, Acquire)`:
 //!    both read-modify-writes are totally ordered on the word, so either the joiner sees
 //!    `COMPLETE` in the value it replaced and returns, or the winner sees `WAITING` in the
 //!    value it replaced and wakes it. The joiner then sleeps while the word still holds the
 //!    value it wrote; the kernel compares and queues atomically, so the wake cannot be
 //!    lost (any other change of the word, such as `CLAIMED`, just makes it look again).
+//!    Inside a task of a pool, before it sleeps, it gives its slot to a standby
+//!    (`handler::hand_off_before_blocking`). A handle polled as a future does the same
+//!    with `AWAITING` instead of `WAITING`, after leaving its waker in the slot: either
+//!    the poll sees `COMPLETE` and returns `Ready`, or the winner sees `AWAITING` and
+//!    hands the wake on.
 //! 5. Having observed `COMPLETE` with Acquire, the handle takes the output. `join`
 //!    consumes the handle, so the output is taken at most once.
 
@@ -112,7 +118,8 @@ const DETACHED: u32 = 0b1_0000;
 /// the closure returns or unwinds, the freeze, or the monitor abandoning the task.
 const DECIDED: u32 = 0b1000;
 /// The handle, polled as a future, has left a waker in the state's [`WakeSlot`] (protocol
-/// step 4 for futures): whoever sets `COMPLETE` wakes it, directly or deferred (`wake.rs`).
+/// step 4 for futures): whoever sets `COMPLETE` hands its wake to the process's waker
+/// thread (`wake.rs`).
 const AWAITING: u32 = 0b10_0000;
 
 /// How long a joiner spins on the word before it sleeps. A futex sleep plus wake costs

@@ -83,11 +83,16 @@ impl WakeSlot {
     /// would never come: the caller is woken at once, so its executor polls again (a busy
     /// wait, only until a later poll manages to start the thread).
     pub(crate) fn register(&self, waker: &Waker) {
-        // Runtime code that may run inside a task: not frozen holding `STARTING`.
-        let _no_freeze = crate::handler::FreezeGuard::new();
+        // The waker's own code (its clone, a wake if one races) runs here, outside any
+        // freeze guard: a task looping in it can be frozen like anywhere else.
         self.waker.register(waker);
-        watch_waker_thread();
-        if !ensure_waker_thread() {
+        let running = {
+            // Runtime code that may run inside a task: not frozen holding `STARTING`.
+            let _no_freeze = crate::handler::FreezeGuard::new();
+            watch_waker_thread();
+            ensure_waker_thread()
+        };
+        if !running {
             waker.wake_by_ref();
         }
     }
