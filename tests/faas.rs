@@ -71,34 +71,8 @@ fn good_requests_succeed_around_a_runaway_and_sigterm_shuts_down() {
     if Command::new("curl").arg("--version").output().is_err() {
         panic!("this test needs curl (apt-get install curl)");
     }
-    let mut child = Command::new(example())
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the faas example (built by cargo test)");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let server = Server(child);
-    // The first line says where it listens (after building the services, which can take
-    // a while the first time).
-    // Read its output on a thread (and keep draining it, so it never blocks on a full
-    // pipe); a silent server fails the test at the deadline instead of hanging it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let base = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the server did not start in time");
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_string();
-        }
-    };
+    // The supervisor and its workers; no file-descriptor limit of note.
+    let (server, base, _stderr) = start_limited(None, &["--port", "0"]);
 
     let (status, body) = curl(
         &["-X", "POST", "--data-binary", "hello"],
@@ -150,12 +124,19 @@ fn good_requests_succeed_around_a_runaway_and_sigterm_shuts_down() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Starts the example under `sh -c 'ulimit -n <fds>; exec ...'` with `args`; returns the
-/// server, its base URL, and its stderr lines as they come.
-fn start_limited(fds: u32, args: &[&str]) -> (Server, String, mpsc::Receiver<String>) {
+/// Starts the example under `sh -c 'ulimit -n <fds>; exec ...'` (no limit with `None`)
+/// with `args`; returns the
+/// server, its base URL, and its stderr lines as they come. Its output is read on
+/// threads (and kept draining, so it never blocks on a full pipe); a silent server fails
+/// the test at the deadline instead of hanging it. The first line says where it listens,
+/// after building the services, which can take a while the first time.
+fn start_limited(fds: Option<u32>, args: &[&str]) -> (Server, String, mpsc::Receiver<String>) {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+        .arg(match fds {
+            Some(fds) => format!("ulimit -n {fds} && exec \"$0\" \"$@\""),
+            None => "exec \"$0\" \"$@\"".to_string(),
+        })
         .arg(example())
         .args(args)
         .stdout(Stdio::piped())
@@ -213,7 +194,7 @@ fn idle_and_trickling_clients_under_a_low_fd_limit_do_not_starve_or_spin_the_ser
         panic!("this test needs curl (apt-get install curl)");
     }
     // One process (no supervisor), so its CPU time is the server's.
-    let (server, base, stderr) = start_limited(256, &["--port", "0", "--workers", "0"]);
+    let (server, base, stderr) = start_limited(Some(256), &["--port", "0", "--workers", "0"]);
     let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
     let (status, body) = curl(
         &["-X", "POST", "--data-binary", "warm"],

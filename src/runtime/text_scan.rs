@@ -83,6 +83,11 @@ pub(crate) fn refresh_after_load() {
     let _no_freeze = crate::handler::FreezeGuard::new();
     let _writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
     let (objects, _) = sys::loaded_objects();
+    record_unwind_tables(&objects);
+}
+
+/// Records the unwind tables of `objects` (those loaded now) for the handler's walk.
+fn record_unwind_tables(objects: &[sys::LoadedObject]) {
     let frames: Vec<_> = objects.iter().map(eh_frame_of).collect();
     let sources: Vec<UnwindSource<'_>> = objects
         .iter()
@@ -112,19 +117,7 @@ pub(crate) fn refresh() {
     if LOADER_SEEN.swap(packed, Ordering::Relaxed) == packed {
         return;
     }
-    let frames: Vec<_> = objects.iter().map(eh_frame_of).collect();
-    let sources: Vec<UnwindSource<'_>> = objects
-        .iter()
-        .zip(&frames)
-        .filter_map(|(object, &eh_frame)| {
-            Some(UnwindSource {
-                text: &object.text,
-                hdr: object.eh_frame_hdr?,
-                eh_frame: eh_frame?,
-            })
-        })
-        .collect();
-    places::record_unwind_tables(&sources);
+    record_unwind_tables(&objects);
     // The named functions of each loaded object whose symbols were read, by (file, load
     // address): rebuilt into the tables from the objects loaded now, so an unloaded
     // service's entries go.
