@@ -113,6 +113,8 @@ struct Options {
     /// Internal: run as a worker on this inherited listening socket.
     listen_fd: Option<RawFd>,
     services_dir: Option<PathBuf>,
+    /// Internal: the supervisor's pid, which a worker checks is still its parent.
+    supervisor_pid: Option<i32>,
 }
 
 impl Options {
@@ -151,6 +153,12 @@ impl Options {
                 })
                 .transpose()?,
             services_dir: value("--services-dir")?.map(PathBuf::from),
+            supervisor_pid: value("--supervisor-pid")?
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| "--supervisor-pid needs a number".to_string())
+                })
+                .transpose()?,
         };
         if options.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -276,7 +284,7 @@ impl Worker {
     /// Threads this worker has lost to kills for good.
     fn leaked_threads(&self) -> u64 {
         let s = self.pool.stats();
-        s.frozen_threads + s.abandoned_threads
+        s.frozen_threads + s.abandoned_threads + s.stuck_waker_threads
     }
 
     fn stats_json(&self) -> String {
@@ -495,8 +503,9 @@ struct Proc {
     ready: bool,
     /// The replacement started for it, once it asked to be recycled.
     replacement: Option<u32>,
-    /// Told to stop (its replacement is ready).
+    /// Told to stop (its replacement is ready), and when.
     retiring: bool,
+    retiring_since: Option<Instant>,
 }
 
 /// How long a worker may take to say it is ready before it is killed (and replaced).
@@ -511,6 +520,8 @@ struct Supervisor {
     recycled: Arc<AtomicU64>,
     /// Workers that exited without being told to: replaced at once.
     crashed: u64,
+    /// After a failed start, no other before this.
+    next_try: Instant,
 }
 
 impl Supervisor {
@@ -538,6 +549,7 @@ impl Supervisor {
             ready: false,
             replacement: None,
             retiring: false,
+            retiring_since: None,
         });
         Ok(pid)
     }
@@ -554,6 +566,7 @@ impl Supervisor {
                 .find(|p| p.replacement == Some(pid) && !p.retiring)
             {
                 old.retiring = true;
+                old.retiring_since = Some(Instant::now());
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(old.pid as i32, libc::SIGTERM) };
                 say(&format!(
@@ -600,6 +613,17 @@ impl Supervisor {
                 ));
                 let _ = p.child.kill();
             }
+            // A retiring worker drains within `DRAIN` (its requests are bounded); one that
+            // has not exited well after is killed.
+            if p.retiring_since
+                .is_some_and(|t| t.elapsed() > DRAIN + Duration::from_secs(10))
+            {
+                say(&format!(
+                    "supervisor: retiring worker {} did not exit; killing it",
+                    p.pid
+                ));
+                let _ = p.child.kill();
+            }
         }
         let mut i = 0;
         while i < self.procs.len() {
@@ -632,12 +656,15 @@ impl Supervisor {
             .iter()
             .filter(|p| !p.retiring && p.replacement.is_none())
             .count();
-        for _ in serving..want {
-            match self.start() {
-                Ok(new) => say(&format!("supervisor: started worker {new}")),
-                Err(e) => {
-                    say(&format!("supervisor: {e}; trying again"));
-                    break;
+        if serving < want && self.next_try <= Instant::now() {
+            for _ in serving..want {
+                match self.start() {
+                    Ok(new) => say(&format!("supervisor: started worker {new}")),
+                    Err(e) => {
+                        say(&format!("supervisor: {e}; trying again in a second"));
+                        self.next_try = Instant::now() + Duration::from_secs(1);
+                        break;
+                    }
                 }
             }
         }
@@ -679,6 +706,8 @@ fn supervise(
     }
     let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
     let args = vec![
+        "--supervisor-pid".into(),
+        std::process::id().to_string(),
         "--listen-fd".into(),
         fd.to_string(),
         "--services-dir".into(),
@@ -698,6 +727,7 @@ fn supervise(
         procs: Vec::new(),
         recycled,
         crashed: 0,
+        next_try: Instant::now(),
     };
     let mut pending = Vec::new();
     for _ in 0..options.workers {
@@ -707,7 +737,10 @@ fn supervise(
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
-            Ok(Event::Line(pid, line)) if line == "ready" => pending.retain(|&p| p != pid),
+            Ok(Event::Line(pid, line)) if line == "ready" => {
+                pending.retain(|&p| p != pid);
+                supervisor.on_line(pid, &line);
+            }
             Ok(Event::Line(pid, line)) => supervisor.on_line(pid, &line),
             Err(_) => {
                 supervisor.stop_all();
@@ -909,8 +942,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // supervisor killed outright must not leave workers serving the port).
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        // The supervisor may have died before the flag was set (it may itself be pid 1,
+        // in a container: compare with its pid, not with 1).
         // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } == 1 {
+        let parent = unsafe { libc::getppid() };
+        if options.supervisor_pid.is_some_and(|pid| pid != parent) {
             return Err("the supervisor is gone".into());
         }
         // SAFETY: the supervisor passed its listening socket down at this number; this

@@ -48,6 +48,11 @@ pub struct Stats {
     /// and spawns with a budget are refused with
     /// [`JoinError::KillsUnenforceable`](crate::JoinError::KillsUnenforceable).
     pub signal_handler_replaced: bool,
+    /// Process-wide: waker threads left stuck in a wake that never returned (an awaited
+    /// handle's waker, the executor's or a tenant's) and replaced, still alive. Each is a
+    /// thread lost for good, like a frozen one; past 64, later wakes wait behind the
+    /// stuck one.
+    pub stuck_waker_threads: u64,
     /// Times the pool's monitor caught a panic of its own (a bug: reported on stderr the
     /// first time). It goes on enforcing budgets after each.
     pub monitor_panics: u64,
@@ -269,6 +274,7 @@ impl Stats {
             abandoned_cpu_ns: kills.abandoned_cpu_ns,
             signal_blocked: kills.signal_blocked,
             signal_handler_replaced: kills.handler_replaced,
+            stuck_waker_threads: crate::task::stuck_waker_threads(),
             monitor_panics: kills.monitor_panics,
             kills_cpu_budget: kills.by_reason[KillReason::CpuBudget.index()],
             kills_wall_deadline: kills.by_reason[KillReason::WallDeadline.index()],

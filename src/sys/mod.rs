@@ -30,6 +30,15 @@ pub(crate) fn fork_count() -> u64 {
     FORKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Runs `handler` in the child of every later `fork()` (libc's). The handler must be
+/// async-signal-safe: the child of a multithreaded process may do nothing else. A failed
+/// registration (ENOMEM) leaves forks unhandled, as for a fork libc does not see.
+pub(crate) fn on_fork_child(handler: extern "C" fn()) {
+    // SAFETY: registers a child-side handler only; the caller vouches that it is
+    // async-signal-safe.
+    unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+}
+
 /// The largest CPU index a `cpu_set_t` can describe.
 pub(crate) const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
 

@@ -105,7 +105,7 @@ use crate::sys;
 mod wake;
 
 use wake::WakeSlot;
-pub(crate) use wake::{ensure_waker_thread, watch_waker_thread};
+pub(crate) use wake::{ensure_waker_thread, stuck_waker_threads, watch_waker_thread};
 
 const COMPLETE: u32 = 0b001;
 const WAITING: u32 = 0b010;
