@@ -190,3 +190,55 @@ fn a_service_overflowing_right_after_its_load_is_frozen() {
         },
     );
 }
+
+/// The same with an object the runtime was never told about: a task `dlopen`s a fresh
+/// copy itself and calls it at once, before the monitor's periodic refresh could have
+/// recorded its unwind tables. The fault handler asks the monitor to refresh now and waits
+/// for it, instead of ending the process.
+#[test]
+fn an_overflow_in_an_object_loaded_behind_the_runtimes_back_is_frozen() {
+    common::in_child(
+        "an_overflow_in_an_object_loaded_behind_the_runtimes_back_is_frozen",
+        || {
+            let pool = common::builder(1).build().unwrap();
+            let source = dir().join("libsvc_overflow.so");
+            for round in 0..5 {
+                let copy = std::env::temp_dir()
+                    .join(format!("raw-overflow-{}-{round}.so", std::process::id()));
+                std::fs::copy(&source, &copy).unwrap();
+                let path = std::ffi::CString::new(copy.to_str().unwrap()).unwrap();
+                let h = pool.spawn(move || {
+                    // SAFETY: a copy of an example service (built with `export_service!`),
+                    // whose entry point has the ABI's `CallFn` type; the buffers are live
+                    // for the call.
+                    unsafe {
+                        let lib = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                        assert!(!lib.is_null(), "dlopen failed");
+                        let entry = libc::dlsym(lib, c"microsched_service_call".as_ptr());
+                        assert!(!entry.is_null(), "no entry point");
+                        let call = std::mem::transmute::<
+                            *mut libc::c_void,
+                            microsched_service::CallFn,
+                        >(entry);
+                        let mut out = [0u8; 64];
+                        let mut len = 0usize;
+                        call(b"x".as_ptr(), 1, out.as_mut_ptr(), out.len(), &mut len)
+                    }
+                });
+                match common::join(h) {
+                    Err(microsched::JoinError::Killed(k)) => assert_eq!(
+                        k.reason(),
+                        microsched::KillReason::StackOverflow,
+                        "round {round}"
+                    ),
+                    other => {
+                        panic!("round {round}: expected a stack-overflow kill, got {other:?}")
+                    }
+                }
+                let _ = std::fs::remove_file(&copy);
+            }
+            // SAFETY: ends the child at once (its frozen threads never exit).
+            unsafe { libc::_exit(0) };
+        },
+    );
+}

@@ -418,13 +418,19 @@ fn gate(
     // 2.27: a platform precondition, checked by `build.rs`).
     let (lo, hi) = record.stack_range();
     let floor = record.guard_lo.load(Ordering::Relaxed);
-    super::walk::walk(regs, (lo, hi), floor, redirect, |frame| {
+    let end = super::walk::walk(regs, (lo, hi), floor, redirect, |frame| {
         walk.each(&LivePlaces, frame)
     });
     if let Some(why) = walk.defer {
         return Verdict::Defer(why);
     }
     if !walk.reached_boundary {
+        if end == super::walk::End::Unrecorded {
+            // A `dlopen` the monitor has not seen yet: ask it to look now.
+            places::REFRESH_WANTED.store(true, Ordering::Relaxed);
+            record.preempt().ring();
+            return Verdict::Defer(Defer::Unrecorded);
+        }
         return Verdict::Defer(Defer::Unwalkable);
     }
     // The outermost lock holder first: by the time it returns, so have the library
@@ -1053,6 +1059,25 @@ pub(crate) fn is_cancel_unwind(payload: &(dyn std::any::Any + Send)) -> bool {
 /// frozen (it cannot go on: returning would fault again). That freeze is not gated: the
 /// alternative is the end of the process. Every other fault goes to the previous handler
 /// (std's, which reports a stack overflow of other threads and aborts).
+/// How long a stack overflow waits for the monitor to record the unwind tables of an
+/// object loaded since its last refresh (its period is 100 ms) before the process ends as
+/// it would have without us.
+const OVERFLOW_REFRESH_WAIT_NS: u64 = 1_000_000_000;
+
+/// Whether an overflow that met unrecorded code may wait more for the refresh: the first
+/// time starts the clock.
+fn waits_for_refresh(record: &Record) -> bool {
+    let now = async_safe::monotonic_ns();
+    let since = record.overflow_wait_since.load(Ordering::Relaxed);
+    if since == 0 {
+        record
+            .overflow_wait_since
+            .store(now.max(1), Ordering::Relaxed);
+        return true;
+    }
+    now.saturating_sub(since) < OVERFLOW_REFRESH_WAIT_NS
+}
+
 pub(crate) extern "C" fn on_fault(
     signal: i32,
     info: *mut libc::siginfo_t,
@@ -1076,14 +1101,23 @@ pub(crate) extern "C" fn on_fault(
             // a process-wide lock held (an overflow inside malloc, inside `println!`, in a
             // runtime section), the process ends as it would have without us (std's
             // message and abort) rather than deadlock later.
-            if !matches!(
-                gate(record, running, context, Wait::None, true),
-                Verdict::Now
-            ) {
-                chain(signal, info, context, on_fault as *const () as usize);
-                async_safe::set_errno(errno);
-                return;
+            match gate(record, running, context, Wait::None, true) {
+                Verdict::Now => {}
+                Verdict::Defer(Defer::Unrecorded) if waits_for_refresh(record) => {
+                    // Its code's tables are not recorded yet: come back once the monitor
+                    // has refreshed them (asked just now). Returning re-runs the faulting
+                    // instruction, which faults again.
+                    async_safe::yield_now();
+                    async_safe::set_errno(errno);
+                    return;
+                }
+                _ => {
+                    chain(signal, info, context, on_fault as *const () as usize);
+                    async_safe::set_errno(errno);
+                    return;
+                }
             }
+            record.overflow_wait_since.store(0, Ordering::Relaxed);
             let Some(reserved) = take_slot_off(record) else {
                 // Come back when a standby has parked: returning re-runs the faulting
                 // instruction, which faults again.

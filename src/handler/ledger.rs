@@ -22,6 +22,9 @@ pub(crate) enum Defer {
     LockHeld,
     /// The walk did not reach the task's first frame.
     Unwalkable,
+    /// The walk met code of an object loaded since the tables were last refreshed (a
+    /// `dlopen` the monitor has not seen yet).
+    Unrecorded,
     /// The thread holds its slot and no standby is parked yet.
     NoStandby,
     /// The task has not yet had its grace period of CPU time since the cancel.

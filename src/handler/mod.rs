@@ -116,6 +116,12 @@ pub(crate) use freeze::{
     set_this_record, unwind_cancelled,
 };
 pub(crate) use history::{RunHistory, MAX_KEEP_QUANTA};
+
+/// Whether the handler asked for the loaded objects' tables to be refreshed now (it met
+/// code of an object loaded since the last refresh), clearing the ask.
+pub(crate) fn take_refresh_wanted() -> bool {
+    places::REFRESH_WANTED.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
 pub(crate) use ledger::KillLedger;
 pub(crate) use record::{
     init_magic, token, CarrierLine, FrozenPool, FrozenTask, Holder, Outside, Preempt, Record,

@@ -139,6 +139,9 @@ pub(crate) static LIBRARIES: SortedRanges = SortedRanges::new();
 pub(crate) static HOLDERS: [AtomicUsize; MAX_HOLDERS] =
     [const { AtomicUsize::new(0) }; MAX_HOLDERS];
 pub(crate) static HOLDER_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Set by the handler when a walk met an object loaded since the last refresh; the
+/// monitor refreshes on its next pass instead of at its period.
+pub(crate) static REFRESH_WANTED: AtomicBool = AtomicBool::new(false);
 /// Lock-holding std functions found by name in the symbol tables, flagged with whether
 /// each is a stdio or environment function (one that takes its lock itself, so a thread
 /// blocked *acquiring* that lock inside it holds nothing yet), as opposed to a panic

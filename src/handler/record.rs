@@ -336,6 +336,10 @@ pub(crate) struct Record {
     pub(super) abandon_done: AtomicBool,
     /// An outside handoff of the slot is pending (see `begin_outside_handoff`).
     pub(super) outside: AtomicBool,
+    /// When a stack overflow of this thread first found code whose unwind tables are not
+    /// recorded yet (monotonic ns; 0: none): the fault handler waits for the monitor's
+    /// refresh until a bound (`freeze.rs`, `on_fault`).
+    pub(super) overflow_wait_since: AtomicU64,
     /// The handler is running on this thread (with the pool's signal blocked).
     pub(super) handling: AtomicBool,
     /// Times in a row the standby maker found this thread, asked to freeze, with the
@@ -431,6 +435,7 @@ impl Record {
             fate: AtomicU64::new(0),
             abandon_done: AtomicBool::new(false),
             outside: AtomicBool::new(false),
+            overflow_wait_since: AtomicU64::new(0),
             nudges: AtomicU32::new(0),
             handling: AtomicBool::new(false),
             sigblocked_seen: AtomicU8::new(0),
@@ -443,6 +448,7 @@ impl Record {
 
     /// A thread claims this record: its fate is undecided.
     pub(crate) fn reset_fate(&self, tid: i32) {
+        self.overflow_wait_since.store(0, Ordering::Relaxed);
         self.abandon_done.store(false, Ordering::SeqCst);
         self.abandoned_exited.store(false, Ordering::SeqCst);
         self.fate.store(

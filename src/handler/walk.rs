@@ -51,6 +51,9 @@ pub(super) enum End {
     /// does not follow, a stack pointer outside the thread's stack or not going up, or
     /// the outermost frame.
     Unwalkable,
+    /// A frame's code belongs to an object loaded since the tables were last refreshed:
+    /// a refresh would make it walkable.
+    Unrecorded,
 }
 
 /// The registers the walk tracks (DWARF numbering, 0–16).
@@ -127,7 +130,11 @@ pub(super) fn walk(
         // frame's PC is the instruction itself.
         let lookup = if first { ip } else { ip - 1 };
         let Some(tables) = places::unwind_tables(lookup) else {
-            return End::Unwalkable;
+            return if crate::sys::async_safe::eh_frame_hdr_at(lookup).is_some() {
+                End::Unrecorded
+            } else {
+                End::Unwalkable
+            };
         };
         let Some((start, row)) = row_for(&tables, lookup, &mut ctx) else {
             return End::Unwalkable;

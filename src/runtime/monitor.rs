@@ -210,7 +210,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
             let due = kills.enforce(&|| shared.thread_frozen());
             // A waker that never returns keeps the process's waker thread: replace it.
             crate::task::watch_waker_thread();
-            if now >= next_refresh {
+            // A library loaded since the last look joins the freeze gate's tables at the
+            // period, or at once when the handler met its code (an overflow waits in its
+            // fault handler for this).
+            let wanted = crate::handler::take_refresh_wanted();
+            if now >= next_refresh || wanted {
                 // Every REFRESH, not every pass: after a storm of kills the handles of
                 // thousands of frozen threads are kept (they never finish), and a pass may
                 // come every 250 µs while freezes are deferred.
