@@ -181,10 +181,6 @@ impl Service {
             path: path.clone(),
             reason,
         })?;
-        // The handler must know the object before its code runs (its unwind tables, for
-        // an overflow's walk): a service called right after its load used to overflow
-        // before the monitor's refresh, and the process aborted.
-        crate::runtime::text_scan::refresh_after_load();
         let missing = |symbol| LoadError::MissingSymbol {
             path: path.clone(),
             symbol,
@@ -399,7 +395,6 @@ impl ServiceCache {
     /// under it (an evicted service is unloaded after the lock is released). A task
     /// waiting for another's load waits in a futex, where a kill may freeze it.
     pub fn get(&self, name: &str) -> Result<Arc<Service>, LoadError> {
-        let path = self.path_of(name)?;
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut waited = std::time::Duration::ZERO;
         let flight = loop {
@@ -449,7 +444,7 @@ impl ServiceCache {
         });
         // Loaded outside the lock: a `dlopen` takes a while, and other names stay served.
         // SAFETY: `new`'s contract: the directory holds services.
-        let service = Arc::new(unsafe { Service::load(path) }?);
+        let service = Arc::new(unsafe { Service::load(self.path_of(name)?) }?);
         self.loads.fetch_add(1, Ordering::Relaxed);
         let (service, unload) = {
             let _no_freeze = crate::handler::FreezeGuard::new();

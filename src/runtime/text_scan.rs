@@ -68,24 +68,6 @@ const GATED: &[(&str, bool)] = &[
     ("libstdc++", false),
 ];
 
-/// Right after a `dlopen` (a service's load), if a pool has built the tables already:
-/// records the unwind tables of the objects loaded now, so the handler can walk the new
-/// object's frames before its code can overflow its stack or be killed. The monitor's
-/// full [`refresh`] (library ranges, the new std's lock holders, by symbol) follows within
-/// 100 ms as before; doing all of it here cost 1.6 ms per load against 0.2 ms, and an
-/// overflow whose frames cannot be walked ends the process (`handler/freeze.rs`,
-/// `on_fault`), where a lock holder not yet known is only a freeze deferred.
-pub(crate) fn refresh_after_load() {
-    if HOLDER_COUNT.load(Ordering::Relaxed) == 0 {
-        return;
-    }
-    // Runtime code, possibly inside a task: not frozen holding the writer's lock.
-    let _no_freeze = crate::handler::FreezeGuard::new();
-    let _writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
-    let (objects, _) = sys::loaded_objects();
-    record_unwind_tables(&objects);
-}
-
 /// Records the unwind tables of `objects` (those loaded now) for the handler's walk.
 fn record_unwind_tables(objects: &[sys::LoadedObject]) {
     let frames: Vec<_> = objects.iter().map(eh_frame_of).collect();
