@@ -78,25 +78,7 @@ fn a_forked_child_gets_clear_errors_and_shutdown_returns() {
                     Ok(Err(JoinError::Forked))
                 );
                 let ok_busy = matches!(busy.join(), Err(JoinError::Forked));
-                // A new pool in the child works, awaits included (the waker thread is
-                // the child's own: the parent's did not come along).
-                let fresh = builder(1).build().unwrap();
-                let value = futures::executor::block_on(fresh.spawn(|| {
-                    std::thread::sleep(Duration::from_millis(5));
-                    7u8
-                }));
-                let runaway = fresh.spawn_with(
-                    microsched::Budget::cpu(Duration::from_millis(20))
-                        .grace(Duration::from_millis(5)),
-                    || loop {
-                        std::hint::spin_loop();
-                    },
-                );
-                let killed = futures::executor::block_on(runaway);
-                let ok_fresh =
-                    matches!(value, Ok(7)) && matches!(killed, Err(JoinError::Killed(_)));
-                std::mem::forget(fresh);
-                let ok = ok_spawn && ok_handle && ok_queued && ok_busy && ok_fresh;
+                let ok = ok_spawn && ok_handle && ok_queued && ok_busy;
                 say(if ok {
                     "fork child: all as expected\n"
                 } else {
@@ -113,9 +95,6 @@ fn a_forked_child_gets_clear_errors_and_shutdown_returns() {
                 }
                 if !ok_busy {
                     say("  the task running at the fork did not resolve with Forked\n");
-                }
-                if !ok_fresh {
-                    say("  a new pool in the child did not answer an await\n");
                 }
                 std::mem::forget(pool);
                 // SAFETY: leaves the child at once (no atexit handlers, no harness).
